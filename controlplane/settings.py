@@ -1,0 +1,109 @@
+"""Where the autopilot keeps its state, and the settings a platform owner writes.
+
+Spec and status are apart: ``autopilot.yaml`` (settings) and ``fleet.yaml`` are written by
+people; the store, telemetry and reports under the same directory are written by the
+controller.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from policies._model import Strict, dump_yaml, load_yaml_document
+
+__all__ = ["Settings", "StateDir", "resolve_state_dir", "ENV_STATE_DIR", "DEFAULT_STATE_DIR"]
+
+ENV_STATE_DIR = "AUTOPILOT_HOME"
+DEFAULT_STATE_DIR = Path("~/.autopilot")
+
+
+class Settings(Strict):
+    api_version: Literal["autopilot/v1"] = Field(default="autopilot/v1", alias="apiVersion")
+    kind: Literal["Settings"] = "Settings"
+    store_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the state directory"
+    )
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP endpoint for spans; default: JSON lines on disk"
+    )
+    platform_owners: list[str] = Field(default_factory=list)
+    default_verifier_cost_usd: float = Field(
+        default=0.0, ge=0, description="verifier cost of a task whose span carries none"
+    )
+    runaway_attempts: int = Field(
+        default=10, ge=1, description="a task with more attempts than this is a runaway loop"
+    )
+    finops: dict[str, Any] = Field(
+        default_factory=dict, description="FinOps register targets (see controlplane.finops)"
+    )
+
+    def finops_targets(self):
+        from controlplane.finops import FinOpsTargets
+
+        return FinOpsTargets.model_validate(self.finops)
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """The layout of one state directory (embedded default: everything under one folder)."""
+
+    root: Path
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "autopilot.yaml"
+
+    @property
+    def fleet_path(self) -> Path:
+        return self.root / "fleet.yaml"
+
+    @property
+    def telemetry_dir(self) -> Path:
+        return self.root / "telemetry"
+
+    @property
+    def spans_dir(self) -> Path:
+        """Where the embedded default's JSON-lines span exporter writes, before ingest."""
+        return self.root / "spans"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def policies_dir(self) -> Path:
+        return self.root / "policies"
+
+    @property
+    def database_path(self) -> Path:
+        return self.root / "autopilot.db"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    def exists(self) -> bool:
+        return self.settings_path.is_file()
+
+    def settings(self) -> Settings:
+        if not self.settings_path.is_file():
+            return Settings()
+        return load_yaml_document(Settings, self.settings_path)
+
+    def save_settings(self, settings: Settings) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.settings_path.write_text(dump_yaml(settings), encoding="utf-8")
+
+    def store_url(self) -> str:
+        return self.settings().store_url or f"sqlite:///{self.database_path}"
+
+
+def resolve_state_dir(explicit: str | os.PathLike[str] | None = None) -> StateDir:
+    """``--state-dir`` beats ``$AUTOPILOT_HOME`` beats ``~/.autopilot``."""
+    raw = explicit or os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_DIR
+    return StateDir(Path(raw).expanduser().resolve())
