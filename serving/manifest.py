@@ -28,6 +28,7 @@ __all__ = [
     "load_fleet",
     "save_fleet",
     "sha256_file",
+    "resolve_path",
     "verify_files",
 ]
 
@@ -227,6 +228,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def resolve_path(path: str | Path, base_dir: str | Path) -> Path:
+    """A weights or adapter path of the manifest: relative paths resolve against the
+    directory that holds the manifest file, so a fleet folder can move as a whole."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (Path(base_dir) / p).resolve()
 
 
 def verify_files(root: str | Path, files: dict[str, str]) -> list[tuple[str, str]]:

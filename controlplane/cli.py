@@ -1,0 +1,343 @@
+"""The ``autopilot`` command: tables for people, ``--json`` for machines.
+
+Each command is a thin shell over the package fronts; no rule lives here. Errors the
+product raises on purpose (refused documents, store rules) print one clear message and
+exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from controlplane.errors import AutopilotError
+from controlplane.settings import StateDir, resolve_state_dir
+from policies._model import DocumentError
+
+__all__ = ["main", "cli"]
+
+STARTER = Path(__file__).parent / "starter"
+
+
+class Context:
+    def __init__(self, state_dir: StateDir, as_json: bool):
+        self.state = state_dir
+        self.as_json = as_json
+
+    # -- output -------------------------------------------------------------------------
+    def emit(self, data: Any, *, title: str | None = None, columns: list[str] | None = None):
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, default=_json_default))
+            return
+        if isinstance(data, list) and data and isinstance(data[0], dict):
+            _print_table(data, title=title, columns=columns)
+        elif isinstance(data, dict):
+            _print_table([{"field": k, "value": v} for k, v in data.items()], title=title)
+        else:
+            click.echo(data)
+
+    # -- state ----------------------------------------------------------------------------
+    def require_init(self) -> None:
+        if not self.state.exists():
+            raise click.ClickException(
+                f"no autopilot state in {self.state.root}: run `autopilot init` first "
+                f"(or pass --state-dir / set AUTOPILOT_HOME)"
+            )
+
+    def fleet(self):
+        from serving.manifest import load_fleet
+
+        self.require_init()
+        return load_fleet(self.state.fleet_path)
+
+    def store(self):
+        from controlplane.store import Store
+
+        self.require_init()
+        return Store.open(self.state.store_url())
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        if abs(value) >= 100:
+            return f"{value:,.2f}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _print_table(rows: list[dict[str, Any]], *, title: str | None, columns: list[str] | None = None):
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = columns or list(rows[0].keys())
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*(_fmt(r.get(c)) for c in columns))
+    Console(width=max(120, 0)).print(table)
+
+
+@click.group()
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="State directory (default: $AUTOPILOT_HOME or ~/.autopilot).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
+    """L5 autopilot for self-hosted LLM fleets: lowers cost per Green PR behind gates."""
+    ctx.obj = Context(resolve_state_dir(state_dir), as_json)
+
+
+# ---------------------------------------------------------------------------------- init
+@cli.command()
+@click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
+              help="Fleet manifest to start from (default: the starter manifest).")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
+              help="Initial policy (default: the starter cascade).")
+@click.option("--force", is_flag=True, help="Overwrite settings and fleet of an existing state dir.")
+@click.pass_obj
+def init(obj: Context, fleet_file: str | None, policy_file: str | None, force: bool) -> None:
+    """Create the state directory: settings, fleet manifest, store, active policy v1."""
+    from controlplane.bootstrap import initialise_state
+
+    result = initialise_state(
+        obj.state,
+        fleet_file=Path(fleet_file) if fleet_file else None,
+        policy_file=Path(policy_file) if policy_file else None,
+        force=force,
+    )
+    obj.emit(result, title=f"autopilot state in {obj.state.root}")
+
+
+# -------------------------------------------------------------------------------- ingest
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.pass_obj
+def ingest(obj: Context, paths: tuple[str, ...]) -> None:
+    """Ingest telemetry files (OTLP/JSON or flat JSON lines; folders are walked)."""
+    from controlplane.telemetry.ingest import ingest_paths
+
+    obj.require_init()
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+    report = ingest_paths(files, obj.state.telemetry_dir)
+    data = report.as_dict() if hasattr(report, "as_dict") else report.__dict__
+    obj.emit(data, title="ingest")
+    from controlplane.bootstrap import record_ingest
+
+    record_ingest(obj.store(), data)
+
+
+# ------------------------------------------------------------------------------- metrics
+def _window_options(fn):
+    fn = click.option("--since", help="First day (YYYY-MM-DD), inclusive.")(fn)
+    fn = click.option("--until", help="Last day (YYYY-MM-DD), inclusive.")(fn)
+    return fn
+
+
+@cli.command()
+@click.option("--by", default="", help="Group by any of team,repo,family,day (comma-separated).")
+@_window_options
+@click.pass_obj
+def metrics(obj: Context, by: str, since: str | None, until: str | None) -> None:
+    """Cost per Green PR, FPY, tier mix, cache hit rate, eval share (per group)."""
+    from controlplane.views import metrics_rows
+
+    keys = [k.strip() for k in by.split(",") if k.strip()]
+    bad = [k for k in keys if k not in ("team", "repo", "family", "day")]
+    if bad:
+        raise click.BadParameter(f"unknown group {bad[0]!r}; use team, repo, family, day",
+                                 param_hint="--by")
+    rows = metrics_rows(obj.state, obj.fleet(), keys, since, until)
+    if not rows:
+        obj.emit([] if obj.as_json else "no telemetry in this window: run `autopilot ingest`")
+        return
+    obj.emit(rows, title="metrics")
+
+
+@cli.command()
+@_window_options
+@click.pass_obj
+def finops(obj: Context, since: str | None, until: str | None) -> None:
+    """The FinOps register FIN-01..FIN-09 with breaches, and team budgets."""
+    from controlplane.views import finops_rows
+
+    register, budgets = finops_rows(obj.state, obj.fleet(), since, until)
+    if obj.as_json:
+        obj.emit({"register": register, "budgets": budgets})
+        return
+    obj.emit(register, title="FinOps register", columns=["id", "name", "value", "target", "status", "message"])
+    if budgets:
+        obj.emit(budgets, title="team budgets")
+
+
+# -------------------------------------------------------------------------------- policy
+@cli.group()
+def policy() -> None:
+    """Policy versions: show, diff, history, validate."""
+
+
+def _resolve_policy(obj: Context, ref: str | None):
+    """A version number, a YAML file, or (None) the active policy."""
+    from policies.policy import load_policy
+
+    if ref and Path(ref).is_file():
+        return load_policy(Path(ref))
+    store = obj.store()
+    if ref is None:
+        active = store.active_policy()
+        if active is None:
+            raise click.ClickException("no active policy: run `autopilot init`")
+        return active.policy
+    try:
+        version = int(ref)
+    except ValueError:
+        raise click.BadParameter(f"{ref!r} is neither a policy version nor a file") from None
+    return store.get_policy(version).policy
+
+
+@policy.command("show")
+@click.argument("ref", required=False)
+@click.pass_obj
+def policy_show(obj: Context, ref: str | None) -> None:
+    """Show a policy (version, file, or the active one) as YAML."""
+    p = _resolve_policy(obj, ref)
+    if obj.as_json:
+        obj.emit({"content_hash": p.content_hash, **p.model_dump(mode="json", by_alias=True)})
+    else:
+        click.echo(f"# version {p.metadata.version}  hash {p.content_hash}")
+        click.echo(p.to_yaml())
+
+
+@policy.command("diff")
+@click.argument("old")
+@click.argument("new")
+@click.pass_obj
+def policy_diff_cmd(obj: Context, old: str, new: str) -> None:
+    """What changed between two policies (versions or files)."""
+    from policies.policy import describe_diff, policy_diff
+
+    a, b = _resolve_policy(obj, old), _resolve_policy(obj, new)
+    if obj.as_json:
+        obj.emit([{"path": p, "old": x, "new": y} for p, x, y in policy_diff(a, b)])
+        return
+    lines = describe_diff(a, b)
+    click.echo(f"v{a.metadata.version} ({a.content_hash[:12]}) -> v{b.metadata.version} "
+               f"({b.content_hash[:12]})")
+    click.echo("\n".join(f"  {line}" for line in lines) if lines else "  no change in spec")
+
+
+@policy.command("history")
+@click.pass_obj
+def policy_history(obj: Context) -> None:
+    """Every activation of a policy version, newest first."""
+    from controlplane.views import history_rows
+
+    obj.emit(history_rows(obj.store()), title="policy history")
+
+
+@policy.command("validate")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def policy_validate(obj: Context, path: str) -> None:
+    """Validate a policy file (fields, and tiers/variants against the fleet)."""
+    from policies.policy import load_policy, validate_against_fleet
+
+    p = load_policy(Path(path))
+    if obj.state.exists():
+        validate_against_fleet(p, obj.fleet())
+    obj.emit({"file": path, "valid": True, "version": p.metadata.version,
+              "content_hash": p.content_hash})
+
+
+# --------------------------------------------------------------------------------- fleet
+@cli.group()
+def fleet() -> None:
+    """The fleet manifest."""
+
+
+@fleet.command("show")
+@click.pass_obj
+def fleet_show(obj: Context) -> None:
+    """Tiers, variants, pinned files and the $/token each variant costs."""
+    from controlplane.views import fleet_rows
+
+    f = obj.fleet()
+    obj.emit(fleet_rows(f), title=f"fleet {f.metadata.name} ({f.content_hash[:12]})")
+
+
+# --------------------------------------------------------------------------------- audit
+@cli.group()
+def audit() -> None:
+    """The append-only, hash-chained audit log."""
+
+
+@audit.command("verify")
+@click.pass_obj
+def audit_verify(obj: Context) -> None:
+    """Recompute the hash chain; exit 1 if any entry was altered, removed or reordered."""
+    result = obj.store().verify_audit()
+    data = result.__dict__ if hasattr(result, "__dict__") else dict(result)
+    obj.emit(data, title="audit verify")
+    if not data.get("ok"):
+        sys.exit(1)
+
+
+@audit.command("log")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def audit_log(obj: Context, limit: int) -> None:
+    """The latest audit entries."""
+    from controlplane.views import audit_rows
+
+    obj.emit(audit_rows(obj.store(), limit), title="audit log")
+
+
+# ---------------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--tasks", default=3000, show_default=True, help="Tasks in the simulated day.")
+@click.option("--fresh/--keep", default=True, show_default=True,
+              help="Start from an empty state directory.")
+@click.pass_obj
+def demo(obj: Context, tasks: int, fresh: bool) -> None:
+    """Run the loop on the embedded default (what `make demo` runs)."""
+    from controlplane.demo import run_demo
+
+    run_demo(obj.state, tasks=tasks, fresh=fresh, echo=click.echo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="autopilot", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except (DocumentError, AutopilotError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,171 @@
+"""Rows for people and machines: what the CLI, the demo and reports print.
+
+Each function reads through an adapter (store, warehouse) and shapes plain dicts; the
+rules themselves live in the cost model, metrics and FinOps modules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from controlplane.settings import StateDir
+    from serving.manifest import FleetManifest
+
+__all__ = [
+    "fleet_rows",
+    "history_rows",
+    "audit_rows",
+    "metrics_rows",
+    "finops_rows",
+    "load_window",
+    "print_rows",
+]
+
+
+def fleet_rows(fleet: "FleetManifest") -> list[dict[str, Any]]:
+    rows = []
+    for tier in fleet.tiers:
+        for v in tier.variants:
+            e = v.economics
+            rows.append({
+                "tier": tier.name,
+                "rank": tier.rank,
+                "model": tier.model,
+                "variant": v.name + (" (default)" if v.name == tier.variant().name else ""),
+                "stands_in_for": tier.stands_in_for,
+                "gpus": e.gpus,
+                "usd_per_gpu_hour": e.usd_per_gpu_hour,
+                "usd_per_1k_input": round(e.usd_per_input_token * 1000, 7),
+                "usd_per_1k_output": round(e.usd_per_output_token * 1000, 7),
+                "replicas": e.replicas,
+                "capacity": str(e.capacity_type),
+                "pinned_files": len(v.files),
+                "adapters": ", ".join(a.name for a in v.adapters) or None,
+            })
+    return rows
+
+
+def history_rows(store: Any) -> list[dict[str, Any]]:
+    rows = []
+    for a in store.activation_history():
+        record = store.get_policy(a.version)
+        rows.append({
+            "activated_at": a.activated_at,
+            "version": a.version,
+            "previous": a.previous_version,
+            "hash": record.content_hash[:12],
+            "author": record.author,
+            "actor": a.actor,
+            "reason": a.reason,
+            "proposal": a.proposal_id,
+        })
+    return rows
+
+
+def audit_rows(store: Any, limit: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "seq": e.seq,
+            "ts": e.ts,
+            "actor": e.actor,
+            "action": e.action,
+            "subject": e.subject,
+            "hash": e.entry_hash[:12],
+        }
+        for e in store.audit_entries(newest_first=True, limit=limit)
+    ]
+
+
+def load_window(state: "StateDir", since: str | None, until: str | None):
+    """The three telemetry tables of a day window, as DataFrames."""
+    from controlplane.telemetry.ingest import read_table
+
+    return tuple(
+        read_table(state.telemetry_dir, table, start_day=since, end_day=until)
+        for table in ("tasks", "attempts", "calls")
+    )
+
+
+def _records(frame) -> list[dict[str, Any]]:
+    rows = frame.to_dict(orient="records")
+    return [{k: _plain(v) for k, v in r.items()} for r in rows]
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    try:
+        import pandas as pd
+
+        if v is pd.NA or v is pd.NaT:
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+def metrics_rows(
+    state: "StateDir", fleet: "FleetManifest", by: list[str], since: str | None, until: str | None
+) -> list[dict[str, Any]]:
+    from controlplane.metrics import compute_metrics
+
+    tasks, attempts, calls = load_window(state, since, until)
+    if tasks.empty:
+        return []
+    settings = state.settings()
+    frame = compute_metrics(tasks, attempts, calls, fleet, by=by, **_metric_options(settings))
+    return _records(frame)
+
+
+def _metric_options(settings) -> dict[str, Any]:
+    return {
+        "default_verifier_cost_usd": settings.default_verifier_cost_usd,
+        "runaway_attempts": settings.runaway_attempts,
+    }
+
+
+def finops_rows(
+    state: "StateDir", fleet: "FleetManifest", since: str | None, until: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The register over the window and each budgeted team's spend per day.
+
+    Team budgets come from the active policy's guardrails (they are a lever the autopilot
+    may change); targets from ``autopilot.yaml``.
+    """
+    from controlplane.finops import budget_status, finops_register
+    from controlplane.metrics import compute_metrics
+
+    settings = state.settings()
+    tasks, attempts, calls = load_window(state, since, until)
+    options = _metric_options(settings)
+    whole = compute_metrics(tasks, attempts, calls, fleet, by=[], **options)
+    register = [e.as_dict() for e in finops_register(whole, settings.finops_targets())]
+    budgets: list[dict[str, Any]] = []
+    team_budgets = _active_team_budgets(state)
+    if team_budgets and not tasks.empty:
+        by_team_day = compute_metrics(tasks, attempts, calls, fleet, by=["team", "day"], **options)
+        budgets = [b.as_dict() for b in budget_status(by_team_day, team_budgets)]
+    return [{k: _plain(v) for k, v in r.items()} for r in register], budgets
+
+
+def _active_team_budgets(state: "StateDir") -> dict[str, Any]:
+    from controlplane.store import Store
+
+    store = Store.open(state.store_url())
+    try:
+        record = store.active_policy()
+    finally:
+        store.close()
+    return {} if record is None else dict(record.policy.spec.guardrails.team_budgets)
+
+
+def print_rows(rows: list[dict[str, Any]], *, title: str | None = None,
+               columns: list[str] | None = None) -> None:
+    from controlplane.cli import _print_table
+
+    if rows:
+        _print_table(rows, title=title, columns=[c for c in (columns or rows[0]) if c in rows[0]])
