@@ -1,0 +1,1 @@
+"""The closed loop: decisions of the nightly controller, approvals, verification, reports."""

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from controlplane.loop.verification import (
+    VerifyOutcome,
+    VerifySettings,
+    ratio_estimate,
+    verify_decision,
+)
+
+
+def window(n, cost, p_green, p_first, seed):
+    rng = np.random.default_rng(seed)
+    green = rng.random(n) < p_green
+    first = green & (rng.random(n) < p_first / p_green)
+    spend = rng.gamma(4.0, cost / 4.0, n)
+    return spend, green, first
+
+
+def decide(base, cand, look=1, **kw):
+    return verify_decision(baseline_spend=base[0], baseline_green=base[1],
+                           baseline_first_pass=base[2], candidate_spend=cand[0],
+                           candidate_green=cand[1], candidate_first_pass=cand[2],
+                           predicted_rel_delta=-0.2, look=look, settings=VerifySettings(**kw))
+
+
+def test_ratio_estimate_matches_definition():
+    est = ratio_estimate(np.array([1.0, 2.0, 3.0]), np.array([1, 0, 1]))
+    assert est.value == pytest.approx(3.0) and est.green == 2 and est.variance > 0
+
+
+def test_no_green_prs_is_undefined():
+    assert ratio_estimate(np.array([1.0, 2.0]), np.array([0, 0])).value is None
+
+
+def test_realised_saving_is_verified():
+    base = window(8000, 0.010, 0.8, 0.6, 1)
+    cand = window(8000, 0.007, 0.8, 0.6, 2)
+    d = decide(base, cand)
+    assert d.outcome == VerifyOutcome.VERIFIED
+    assert d.stats["rel_delta"] < -0.2 and "predicted -20.0%" in d.message
+
+
+def test_significant_cost_regression_rolls_back():
+    base = window(3000, 0.010, 0.8, 0.6, 1)
+    cand = window(3000, 0.014, 0.8, 0.6, 2)
+    d = decide(base, cand)
+    assert d.outcome == VerifyOutcome.ROLL_BACK and "cost per Green PR" in d.message
+
+
+def test_fpy_regression_rolls_back_even_when_cheaper():
+    base = window(3000, 0.010, 0.8, 0.7, 1)
+    cand = window(3000, 0.010, 0.8, 0.5, 2)
+    d = decide(base, cand)
+    assert d.outcome == VerifyOutcome.ROLL_BACK and "FPY" in d.message
+
+
+def test_small_windows_keep_watching_then_settle_at_max_looks():
+    base = window(60, 0.010, 0.8, 0.6, 1)
+    cand = window(60, 0.0102, 0.8, 0.6, 2)
+    assert decide(base, cand, look=1).outcome == VerifyOutcome.KEEP_WATCHING
+    last = decide(base, cand, look=7)
+    assert last.outcome == VerifyOutcome.VERIFIED and "inconclusive" in last.message
+
+
+def test_later_looks_spend_less_alpha():
+    base = window(500, 0.010, 0.8, 0.6, 1)
+    cand = window(500, 0.011, 0.8, 0.6, 2)
+    assert decide(base, cand, look=3).stats["z"] > decide(base, cand, look=1).stats["z"]

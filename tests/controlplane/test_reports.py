@@ -1,0 +1,78 @@
+"""Change and quarterly reports over a real store and simulated telemetry."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.bootstrap import initialise_state
+from controlplane.reports import (
+    quarter_bounds,
+    write_change_report,
+    write_quarterly_report,
+)
+from controlplane.settings import StateDir
+from controlplane.store import Decision, GateVerdict, ProposalState, Store
+from controlplane.telemetry.ingest import ingest_paths
+from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
+from serving.manifest import load_fleet
+
+
+@pytest.fixture()
+def promoted(tmp_path):
+    state = StateDir(tmp_path / "state")
+    initialise_state(state)
+    fleet = load_fleet(state.fleet_path)
+    store = Store.open(state.store_url())
+    v1 = store.active_policy().policy
+    routing = v1.spec.routing.model_copy(update={"max_attempts": 2})
+    v2 = v1.evolve(author="autopilot-nightly", description="fewer repair loops", routing=routing)
+    store.put_policy(v2)
+    for day, policy in (("2026-11-20", v1), ("2026-11-21", v2)):
+        f = state.spans_dir / f"{day}.jsonl"
+        write_spans(simulate_spans(policy, fleet, WorkloadShape(tasks=300, day=day)), f)
+        ingest_paths([f], state.telemetry_dir)
+    p = store.create_proposal(candidate_version=2, baseline_version=1, lever="routing",
+                              window="2026-11-20", actor="autopilot-nightly",
+                              predicted={"cost_per_green_pr_rel_delta": -0.12, "risk": "low"})
+    evidence = {"suite_hash": "ab" * 32, "gates": [
+        {"name": "pinned_weights", "phase": "PASSED", "message": "3/3 files match"},
+        {"name": "quality_non_inferiority", "phase": "PASSED",
+         "message": "pass rate 0.91 vs 0.90, lower bound -0.01 > margin -0.02"}]}
+    store.record_gate(p.proposal_id, GateVerdict.PASSED, actor="gates", evidence=evidence)
+    store.transition_proposal(p.proposal_id, ProposalState.AWAITING_APPROVAL, actor="nightly")
+    store.record_decision(p.proposal_id, approver="alice", decision=Decision.APPROVE,
+                          reason="looks right")
+    store.promote(p.proposal_id, actor="nightly", reason="approved")
+    store.audit_append(actor="verify", action="verify.look", subject=p.proposal_id,
+                       payload={"outcome": "verified", "message": "realised -10.0%",
+                                "stats": {"rel_delta": -0.10}})
+    return state, store, fleet, p.proposal_id
+
+
+def test_change_report_names_the_change(promoted):
+    state, store, fleet, pid = promoted
+    out = write_change_report(state, store, fleet, pid)
+    md = open(out["markdown"]).read()
+    page = open(out["html"]).read()
+    assert f"Change report {pid}: routing" in md
+    assert "spec.routing.max_attempts: 3 -> 2" in md
+    assert "quality_non_inferiority | PASSED" in md
+    assert "approve by **alice**" in md and "realised -10.0%" in md
+    assert int(out["charts"]) == 4
+    assert page.count("data:image/png;base64,") == 4 and "max_attempts: 3 -&gt; 2" in page
+
+
+def test_quarterly_report_aggregates(promoted):
+    state, store, fleet, pid = promoted
+    quarter = f"{store.get_proposal(pid).created_at.year}Q" \
+              f"{(store.get_proposal(pid).created_at.month - 1) // 3 + 1}"
+    out = write_quarterly_report(state, store, fleet, quarter)
+    md = open(out["markdown"]).read()
+    assert pid in md and "1 promoted" in md
+
+
+def test_quarter_bounds():
+    assert [d.isoformat() for d in quarter_bounds("2026q4")] == ["2026-10-01", "2026-12-31"]
+    assert [d.isoformat() for d in quarter_bounds("2027Q1")] == ["2027-01-01", "2027-03-31"]
+    with pytest.raises(ValueError, match="2026Q4"):
+        quarter_bounds("2026-4")
