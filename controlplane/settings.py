@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from controlplane.loop.approvals import AutoApprovalRule
+from controlplane.loop.verification import VerifySettings
 from policies._model import Strict, dump_yaml, load_yaml_document
 
 __all__ = ["Settings", "StateDir", "resolve_state_dir", "ENV_STATE_DIR", "DEFAULT_STATE_DIR"]
@@ -40,6 +42,20 @@ class Settings(Strict):
     )
     finops: dict[str, Any] = Field(
         default_factory=dict, description="FinOps register targets (see controlplane.finops)"
+    )
+    auto_approve: list[AutoApprovalRule] = Field(
+        default_factory=list,
+        description="auto-approval rules (controlplane.loop.approvals.AutoApprovalRule); "
+        "empty: a platform owner decides every proposal",
+    )
+    approval_timeout_s: int = Field(
+        default=3600, ge=1, description="the nightly flow waits this long; then it is a rejection"
+    )
+    nightly_cron: str = Field(default="0 2 * * *", description="when the nightly flow runs")
+    timezone: str = Field(default="UTC", description="time zone of nightly_cron")
+    verify: VerifySettings = Field(
+        default_factory=VerifySettings,
+        description="sequential verification of promoted policies (docs/loop.md)",
     )
 
     def finops_targets(self):

@@ -1,0 +1,122 @@
+"""Waiting for a platform owner: Prefect's pause-for-input, bridged to the CLI and the store.
+
+Inside the nightly flow, ``wait_for_owner`` records which flow run waits for which proposal
+(an ``approval.waiting`` audit entry), then pauses the run with Prefect's
+``pause_flow_run(wait_for_input=ApprovalInput)``, so an owner can answer from the Prefect UI
+form. ``autopilot proposals approve|reject`` records the decision in the store first and
+then resumes that run (``resume_waiting_flow``). On resume the store is the source of truth:
+a decision already recorded by the CLI wins; otherwise the UI's input is authorised like a
+CLI decision and recorded. A timeout counts as a rejection, recorded as such.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from controlplane.loop.approvals import NotAuthorised, authorise
+
+if TYPE_CHECKING:  # pragma: no cover
+    from controlplane.settings import StateDir
+
+__all__ = ["ApprovalInput", "OwnerDecision", "prefect_environment", "resume_waiting_flow",
+           "wait_for_owner", "WAITING_ACTION", "TIMEOUT_ACTOR"]
+
+WAITING_ACTION = "approval.waiting"
+TIMEOUT_ACTOR = "autopilot-timeout"
+
+
+class ApprovalInput(BaseModel):
+    """The form Prefect's UI shows for a paused nightly run."""
+
+    approve: bool
+    approver: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class OwnerDecision:
+    approve: bool
+    approver: str
+    reason: str
+    via: str  # "cli", "prefect-ui", "timeout", "recorded"
+
+
+def prefect_environment(state: "StateDir") -> None:
+    """Give Prefect this state directory's own home (a database migrated by another Prefect
+    version would refuse to start) and keep it quiet and local."""
+    home = state.prefect_home
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+
+
+def _recorded(store: Any, proposal_id: str) -> OwnerDecision | None:
+    approval = store.get_approval(proposal_id)
+    if approval is None:
+        return None
+    return OwnerDecision(approval.decision.value == "approve", approval.approver,
+                         approval.reason, "recorded")
+
+
+def wait_for_owner(store: Any, proposal: Any, *, owners: list[str], timeout_s: int,
+                   poll_interval_s: int = 5) -> OwnerDecision:
+    """Block the running flow until an owner decides ``proposal`` (or the timeout)."""
+    from prefect import pause_flow_run
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.runtime import flow_run
+
+    earlier = _recorded(store, proposal.proposal_id)
+    if earlier is not None:
+        return earlier
+    store.audit_append(actor="autopilot-nightly", action=WAITING_ACTION,
+                       subject=proposal.proposal_id,
+                       payload={"flow_run_id": str(flow_run.id), "timeout_s": timeout_s})
+    try:
+        answer = pause_flow_run(wait_for_input=ApprovalInput, timeout=timeout_s,
+                                poll_interval=poll_interval_s, key=proposal.proposal_id)
+    except FlowPauseTimeout:
+        answer = None
+    recorded = _recorded(store, proposal.proposal_id)
+    if recorded is not None:
+        return OwnerDecision(recorded.approve, recorded.approver, recorded.reason, "cli")
+    if answer is None:
+        reason = f"no decision within {timeout_s} s: counted as a rejection"
+        store.record_decision(proposal.proposal_id, approver=TIMEOUT_ACTOR, decision="reject",
+                              reason=reason)
+        return OwnerDecision(False, TIMEOUT_ACTOR, reason, "timeout")
+    try:
+        authorise(answer.approver, author=proposal.created_by, owners=owners)
+    except NotAuthorised as refused:
+        reason = f"refused input from the Prefect UI ({refused}): counted as a rejection"
+        store.record_decision(proposal.proposal_id, approver=TIMEOUT_ACTOR, decision="reject",
+                              reason=reason)
+        return OwnerDecision(False, TIMEOUT_ACTOR, reason, "prefect-ui")
+    decision = "approve" if answer.approve else "reject"
+    store.record_decision(proposal.proposal_id, approver=answer.approver, decision=decision,
+                          reason=answer.reason or f"{decision} from the Prefect UI")
+    return OwnerDecision(answer.approve, answer.approver, answer.reason, "prefect-ui")
+
+
+def resume_waiting_flow(state: "StateDir", store: Any, proposal_id: str, *, approver: str,
+                        approve: bool, reason: str) -> str:
+    """Resume the nightly run paused on ``proposal_id``, if one is; says what happened."""
+    waiting = store.audit_entries(subject=proposal_id, action=WAITING_ACTION)
+    if not waiting:
+        return "no nightly run is waiting on this proposal"
+    flow_run_id = waiting[-1].payload.get("flow_run_id")
+    prefect_environment(state)
+    try:
+        from uuid import UUID
+
+        from prefect import resume_flow_run
+
+        resume_flow_run(UUID(flow_run_id), run_input={"approve": approve, "approver": approver,
+                                                      "reason": reason})
+    except Exception as exc:  # foreign errors end here: the decision is already recorded
+        return f"decision recorded; run {flow_run_id} not resumed ({type(exc).__name__}: {exc})"
+    return f"resumed nightly run {flow_run_id}"

@@ -1,0 +1,87 @@
+"""`autopilot proposals`, `policy rollback` and `report` on a real store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from controlplane.cli import cli
+from controlplane.settings import StateDir
+from controlplane.store import GateVerdict, ProposalState, Store
+
+
+@pytest.fixture()
+def state(tmp_path):
+    root = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["--state-dir", str(root), "init"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    settings = yaml.safe_load((root / "autopilot.yaml").read_text())
+    settings["platform_owners"] = ["alice", "bob"]
+    (root / "autopilot.yaml").write_text(yaml.safe_dump(settings))
+    store = Store.open(StateDir(root).store_url())
+    v1 = store.active_policy().policy
+    v2 = v1.evolve(author="alice", routing=v1.spec.routing.model_copy(update={"max_attempts": 2}))
+    store.put_policy(v2)
+    p = store.create_proposal(candidate_version=2, baseline_version=1, lever="routing",
+                              window="2026-11-20", actor="alice",
+                              predicted={"cost_per_green_pr_rel_delta": -0.1, "risk": "low"})
+    store.record_gate(p.proposal_id, GateVerdict.PASSED, actor="gates",
+                      evidence={"gates": [{"name": "pinned_weights", "phase": "PASSED",
+                                           "message": "ok"}]})
+    store.transition_proposal(p.proposal_id, ProposalState.AWAITING_APPROVAL, actor="nightly")
+    return root, store, p.proposal_id
+
+
+def run(root, *args):
+    return CliRunner().invoke(cli, ["--state-dir", str(root), "--json", *args])
+
+
+def test_list_and_show(state):
+    root, _, pid = state
+    rows = json.loads(run(root, "proposals", "list").output)
+    assert [r["proposal_id"] for r in rows] == [pid] and rows[0]["state"] == "awaiting_approval"
+    shown = json.loads(run(root, "proposals", "show", pid).output)
+    assert shown["diff"] == ["spec.routing.max_attempts: 3 -> 2"]
+
+
+def test_author_cannot_approve_and_strangers_are_refused(state):
+    root, store, pid = state
+    author = run(root, "proposals", "approve", pid, "--as", "alice")
+    assert author.exit_code != 0 and "four eyes" in str(author.exception or author.output)
+    stranger = run(root, "proposals", "approve", pid, "--as", "mallory")
+    assert stranger.exit_code != 0
+    assert store.get_proposal(pid).state == ProposalState.AWAITING_APPROVAL
+
+
+def test_approve_promote_then_rollback(state):
+    root, store, pid = state
+    ok = run(root, "proposals", "approve", pid, "--as", "bob", "--reason", "good")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["nightly_flow"].startswith("no nightly run")
+    store.promote(pid, actor="nightly", reason="approved")
+    assert store.active_policy().version == 2
+    back = run(root, "policy", "rollback", "--as", "bob", "--reason", "regression")
+    assert back.exit_code == 0, back.output
+    assert store.active_policy().version == 1
+    assert store.get_proposal(pid).state == ProposalState.ROLLED_BACK
+    assert store.verify_audit().ok
+
+
+def test_reject_needs_a_reason_and_is_final(state):
+    root, store, pid = state
+    assert run(root, "proposals", "reject", pid, "--as", "bob").exit_code != 0
+    assert run(root, "proposals", "reject", pid, "--as", "bob", "--reason", "no").exit_code == 0
+    again = run(root, "proposals", "approve", pid, "--as", "bob")
+    assert again.exit_code != 0
+    assert store.get_proposal(pid).state == ProposalState.REJECTED
+
+
+def test_report_change_writes_files(state):
+    root, _, pid = state
+    out = json.loads(run(root, "report", "change", pid).output)
+    assert out["markdown"].endswith(f"{pid}.md")
+    bad = run(root, "report", "quarterly", "Q4-2026")
+    assert bad.exit_code != 0
