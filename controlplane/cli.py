@@ -283,6 +283,27 @@ def fleet_show(obj: Context) -> None:
     obj.emit(fleet_rows(f), title=f"fleet {f.metadata.name} ({f.content_hash[:12]})")
 
 
+@fleet.command("train")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: serving/reference/fleet).")
+@click.option("--seed", type=int, default=None, help="Training seed (default: the pinned one).")
+@click.option("--quick", is_flag=True, help="A few steps per tier (smoke runs, tests).")
+@click.option("--evaluator", type=click.Choice(["auto", "vllm", "transformers"]), default="auto",
+              help="Engine that measures the held-out ladder (auto: vLLM when installed).")
+@click.option("--no-ladder", is_flag=True, help="Skip the held-out ladder measurement.")
+def fleet_train(out: str | None, seed: int | None, quick: bool, evaluator: str,
+                no_ladder: bool) -> None:
+    """Train the reference fleet (tiers, int8/int4 variants, fleet.yaml, ladder.json)."""
+    from serving.reference import train
+
+    argv = ["--evaluator", evaluator]
+    argv += ["--out", out] if out else []
+    argv += ["--seed", str(seed)] if seed is not None else []
+    argv += ["--quick"] if quick else []
+    argv += ["--no-ladder"] if no_ladder else []
+    train.main(argv)
+
+
 # --------------------------------------------------------------------------------- audit
 @cli.group()
 def audit() -> None:
@@ -321,6 +342,10 @@ def demo(obj: Context, tasks: int, fresh: bool) -> None:
     from controlplane.demo import run_demo
 
     run_demo(obj.state, tasks=tasks, fresh=fresh, echo=click.echo)
+
+
+# The owner's side of the loop (proposals, rollback, reports) lives in its own module.
+from controlplane import cli_loop as _cli_loop  # noqa: E402,F401  (registers its commands)
 
 
 def main(argv: list[str] | None = None) -> None:
