@@ -1,0 +1,128 @@
+"""Pure decisions of the nightly controller: what to gate, what to record, what to do next.
+
+Each function takes observed state (candidates from the search, proposals already in the
+store, gate verdicts, approvals) and returns a decision; the Prefect flow in
+``controlplane.flows`` only sequences them with the adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+__all__ = [
+    "GatingChoice",
+    "NextStep",
+    "choose_for_gating",
+    "default_window",
+    "next_step",
+    "predicted_record",
+]
+
+
+@dataclass(frozen=True)
+class GatingChoice:
+    chosen: list[Any]
+    skipped: list[tuple[str, str]]  # (policy hash prefix, reason)
+
+
+def default_window(today: date) -> tuple[str, str]:
+    """The nightly run judges yesterday (UTC): the last complete day of telemetry."""
+    day = (today - timedelta(days=1)).isoformat()
+    return day, day
+
+
+def _rel_delta(candidate: Any) -> tuple[float, float, float]:
+    d = candidate.deltas.cost_per_green_pr
+    return d.point, d.low, d.high
+
+
+def choose_for_gating(candidates: Sequence[Any], *, proposed_hashes: Iterable[str],
+                      max_gated: int = 2, min_saving: float = 0.02) -> GatingChoice:
+    """The best few candidates worth the gates' time, best first.
+
+    A candidate is gated when it is feasible (FPY and Green PRs non-inferior within the
+    margin), its predicted relative change of cost per Green PR is a saving of at least
+    ``min_saving`` with the interval's upper end below zero (never confidently-better on
+    thin data), its risk is not high, and no proposal already exists for the same spec
+    (a rerun over the same window never duplicates a proposal).
+    """
+    seen = set(proposed_hashes)
+    chosen: list[Any] = []
+    skipped: list[tuple[str, str]] = []
+    for c in candidates:
+        h = c.policy.content_hash
+        point, _low, high = _rel_delta(c)
+        reason = None
+        if h in seen:
+            reason = "already proposed"
+        elif not c.feasible:
+            reason = "not non-inferior on FPY or Green PRs"
+        elif point > -min_saving:
+            reason = f"predicted change {point:+.1%} is not a saving of {min_saving:.0%}"
+        elif high >= 0:
+            reason = f"interval upper end {high:+.1%} >= 0: not confidently cheaper"
+        elif c.risk == "high":
+            reason = "risk high (thin support for the tiers it uses)"
+        elif len(chosen) >= max_gated:
+            reason = f"gating budget of {max_gated} used"
+        if reason:
+            skipped.append((h[:12], reason))
+            continue
+        seen.add(h)
+        chosen.append(c)
+    return GatingChoice(chosen, skipped)
+
+
+def predicted_record(candidate: Any, active_estimate: Any | None = None) -> dict[str, Any]:
+    """What the proposal records as its prediction (read by approvals, reports, verify)."""
+    e, d = candidate.estimate, candidate.deltas
+    record = {
+        "cost_per_green_pr_rel_delta": d.cost_per_green_pr.point,
+        "cost_per_green_pr_rel_delta_ci": [d.cost_per_green_pr.low, d.cost_per_green_pr.high],
+        "fpy_delta": d.fpy.point,
+        "fpy_delta_ci": [d.fpy.low, d.fpy.high],
+        "green_prs_rel_delta": d.green_prs.point,
+        "green_prs_rel_delta_ci": [d.green_prs.low, d.green_prs.high],
+        "cost_per_green_pr": e.cost_per_green_pr.point,
+        "cost_per_green_pr_ci": [e.cost_per_green_pr.low, e.cost_per_green_pr.high],
+        "fpy": e.fpy.point,
+        "support": e.support,
+        "risk": candidate.risk,
+        "lever": candidate.lever,
+        "level": e.level,
+    }
+    if active_estimate is not None:
+        record["active_cost_per_green_pr"] = active_estimate.cost_per_green_pr.point
+        record["active_fpy"] = active_estimate.fpy.point
+    return record
+
+
+@dataclass(frozen=True)
+class NextStep:
+    action: str  # "gate", "await_approval", "auto_approve", "promote", "report", "stop"
+    reason: str
+
+
+def next_step(*, state: str, gate_verdict: str | None, auto_approves: bool,
+              dry_run: bool = False) -> NextStep:
+    """Where a proposal goes next in the nightly run, from its lifecycle state."""
+    if state == "proposed":
+        return NextStep("gate", "new proposal")
+    if state == "gated":
+        if gate_verdict != "PASSED":
+            return NextStep("stop", f"gates {gate_verdict}: never promoted automatically")
+        return NextStep("await_approval", "gates PASSED")
+    if state == "awaiting_approval":
+        if dry_run:
+            return NextStep("stop", "dry run: recorded, not promoted")
+        if auto_approves:
+            return NextStep("auto_approve", "an auto-approval rule applies")
+        return NextStep("await_approval", "a platform owner decides")
+    if state == "approved":
+        return NextStep("promote", "approved")
+    if state in ("active", "verified", "rolled_back", "rejected"):
+        return NextStep("report", f"{state}: nothing more to do tonight")
+    return NextStep("stop", f"unknown state {state!r}")

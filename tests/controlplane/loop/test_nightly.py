@@ -1,0 +1,88 @@
+from dataclasses import dataclass
+from datetime import date
+
+from controlplane.loop.nightly import choose_for_gating, default_window, next_step, predicted_record
+
+
+@dataclass
+class I:
+    point: float
+    low: float
+    high: float
+
+
+@dataclass
+class D:
+    cost_per_green_pr: I
+    fpy: I
+    green_prs: I
+
+
+@dataclass
+class E:
+    cost_per_green_pr: I
+    fpy: I
+    support: float = 1.0
+    level: float = 0.9
+
+
+@dataclass
+class P:
+    content_hash: str
+
+
+@dataclass
+class C:
+    policy: P
+    deltas: D
+    feasible: bool = True
+    risk: str = "low"
+    lever: str = "routing"
+    estimate: E = None
+
+
+def cand(h, point, high, **kw):
+    d = D(I(point, point - 0.05, high), I(0, -0.01, 0.01), I(0, -0.01, 0.01))
+    return C(P(h * 64), d, estimate=E(I(0.01, 0.009, 0.011), I(0.8, 0.78, 0.82)), **kw)
+
+
+def test_choose_for_gating_rules():
+    cs = [cand("a", -0.2, -0.1), cand("b", -0.3, 0.05), cand("c", -0.2, -0.1, feasible=False),
+          cand("d", -0.01, -0.001), cand("e", -0.2, -0.1, risk="high"), cand("f", -0.15, -0.1),
+          cand("g", -0.15, -0.1), cand("a", -0.2, -0.1)]
+    choice = choose_for_gating(cs, proposed_hashes=["f" * 64], max_gated=2)
+    assert [c.policy.content_hash[0] for c in choice.chosen] == ["a", "g"]
+    reasons = dict(choice.skipped)
+    assert "not confidently cheaper" in reasons["b" * 12]
+    assert "non-inferior" in reasons["c" * 12]
+    assert "not a saving" in reasons["d" * 12]
+    assert "risk high" in reasons["e" * 12]
+    assert reasons["f" * 12] == "already proposed"
+    assert reasons["a" * 12] == "already proposed"  # the duplicate within one search
+
+
+def test_gating_budget():
+    cs = [cand(x, -0.2, -0.1) for x in "abc"]
+    choice = choose_for_gating(cs, proposed_hashes=[], max_gated=1)
+    assert len(choice.chosen) == 1 and "budget" in dict(choice.skipped)["b" * 12]
+
+
+def test_predicted_record_has_what_approvals_and_verify_read():
+    rec = predicted_record(cand("a", -0.2, -0.1))
+    assert rec["cost_per_green_pr_rel_delta"] == -0.2 and rec["risk"] == "low"
+    assert rec["cost_per_green_pr_rel_delta_ci"] == [-0.25, -0.1]
+
+
+def test_default_window_is_yesterday():
+    assert default_window(date(2026, 11, 25)) == ("2026-11-24", "2026-11-24")
+
+
+def test_next_step():
+    assert next_step(state="proposed", gate_verdict=None, auto_approves=False).action == "gate"
+    for verdict in ("FAILED", "ERROR", "INCONCLUSIVE"):
+        assert next_step(state="gated", gate_verdict=verdict, auto_approves=True).action == "stop"
+    assert next_step(state="awaiting_approval", gate_verdict="PASSED",
+                     auto_approves=True).action == "auto_approve"
+    assert next_step(state="awaiting_approval", gate_verdict="PASSED", auto_approves=True,
+                     dry_run=True).action == "stop"
+    assert next_step(state="approved", gate_verdict="PASSED", auto_approves=False).action == "promote"
