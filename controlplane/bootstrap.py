@@ -8,7 +8,7 @@ from typing import Any
 
 from controlplane.settings import StateDir
 
-__all__ = ["initialise_state", "record_ingest", "STARTER_DIR"]
+__all__ = ["initialise_state", "link_relative_paths", "record_ingest", "STARTER_DIR"]
 
 STARTER_DIR = Path(__file__).parent / "starter"
 INIT_ACTOR = "autopilot-init"
@@ -46,6 +46,9 @@ def initialise_state(
     if force or not state.fleet_path.exists():
         shutil.copyfile(fleet_src, state.fleet_path)
         wrote.append(state.fleet_path.name)
+        linked = link_relative_paths(fleet, Path(fleet_src).resolve().parent, state.root)
+        if linked:
+            wrote.append(f"links to {', '.join(linked)}")
     state.settings()  # validate what is there now, even if it was not written by us
 
     store = Store.open(state.store_url())
@@ -61,6 +64,39 @@ def initialise_state(
         "fleet": f"{fleet.metadata.name} ({len(fleet.tiers)} tiers, {fleet.content_hash[:12]})",
         "active_policy": f"v{active.policy.metadata.version} ({active.policy.content_hash[:12]})",
     }
+
+
+def link_relative_paths(fleet: Any, source_dir: Path, state_root: Path) -> list[str]:
+    """Keep the manifest's relative weight and adapter paths valid in the state directory.
+
+    Relative paths resolve against the manifest's own folder; rather than rewriting them
+    (which would change the manifest's content hash), the state directory gets a symlink
+    for each top-level folder they name, pointing into the source folder.
+    """
+    tops: set[str] = set()
+    for tier in fleet.spec.tiers:
+        for variant in tier.variants:
+            paths = [variant.weights, *(a.path for a in variant.adapters)]
+            for raw in paths:
+                p = Path(raw)
+                if not p.is_absolute() and (source_dir / p).exists():
+                    tops.add(p.parts[0])
+    linked = []
+    for top in sorted(tops):
+        target = (source_dir / top).resolve()
+        link = state_root / top
+        if source_dir.resolve() == state_root.resolve():
+            continue
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and link.resolve() == target:
+                continue
+            if link.is_symlink():
+                link.unlink()
+            else:
+                continue  # a real folder of the owner's: never replaced
+        link.symlink_to(target, target_is_directory=True)
+        linked.append(top)
+    return linked
 
 
 def record_ingest(store: Any, report: dict[str, Any]) -> None:

@@ -1,0 +1,112 @@
+"""The verify flow's adapter: read the windows, apply ``verify_decision``, act on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["verify_promoted", "task_outcomes"]
+
+
+def task_outcomes(tasks, attempts, calls, fleet, *, default_verifier_cost_usd: float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per task of ``tasks``: spend, Green PR, first serve attempt passed."""
+    from controlplane.costmodel import build_ledger, green_pr_mask
+
+    if tasks.empty:
+        empty = np.zeros(0)
+        return empty, empty.astype(bool), empty.astype(bool)
+    ledger = build_ledger(tasks, attempts, calls, fleet,
+                          default_verifier_cost_usd=default_verifier_cost_usd)
+    spend = ledger.task_spend()["spend_total"]
+    rows = ledger.task_row
+    keep = rows >= 0
+    per_row = np.zeros(len(tasks))
+    first = np.zeros(len(tasks), dtype=bool)
+    per_row[rows[keep]] = spend[keep]
+    first[rows[keep]] = ledger.task_first_serve_passed[keep]
+    return per_row, green_pr_mask(tasks), first
+
+
+def _window_days(label: str) -> tuple[str, str]:
+    if ".." in label:
+        since, until = label.split("..", 1)
+        return since, until
+    return label, label
+
+
+def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, until: str | None,
+                    actor: str) -> dict[str, Any]:
+    """One look at the active proposal: VERIFIED, ROLL_BACK (done here) or KEEP_WATCHING.
+
+    Baseline: the proposal's own window, tasks served under the baseline version. Candidate:
+    ``[since, until]`` (default: everything after the baseline window), tasks served under
+    the candidate version, so traffic from before the switch never counts for it.
+    """
+    from controlplane.loop.promotion import active_proposal
+    from controlplane.loop.verification import VerifyOutcome, verify_decision
+    from controlplane.store import ProposalState
+    from controlplane.views import load_window
+
+    proposal = active_proposal(store)
+    if proposal is None:
+        return {"proposal_id": None, "outcome": "nothing to verify (no active proposal)"}
+    settings = state.settings()
+    b_since, b_until = _window_days(proposal.window)
+    base = load_window(state, b_since, b_until)
+    if since is None:
+        since = _next_day(b_until)
+    cand = load_window(state, since, until)
+
+    def served_by(frames, version: int):
+        tasks, attempts, calls = frames
+        if tasks.empty:
+            return tasks, attempts, calls
+        ids = set(tasks.loc[tasks["policy_version"] == str(version), "task_id"])
+        return (tasks[tasks["task_id"].isin(ids)], attempts[attempts["task_id"].isin(ids)],
+                calls[calls["task_id"].isin(ids)])
+
+    verifier = settings.default_verifier_cost_usd
+    b = task_outcomes(*served_by(base, proposal.baseline_version), fleet,
+                      default_verifier_cost_usd=verifier)
+    c = task_outcomes(*served_by(cand, proposal.candidate_version), fleet,
+                      default_verifier_cost_usd=verifier)
+    look = 1 + len(store.audit_entries(subject=proposal.proposal_id, action="verify.look"))
+    decision = verify_decision(
+        baseline_spend=b[0], baseline_green=b[1], baseline_first_pass=b[2],
+        candidate_spend=c[0], candidate_green=c[1], candidate_first_pass=c[2],
+        predicted_rel_delta=proposal.predicted.get("cost_per_green_pr_rel_delta"), look=look,
+        settings=settings.verify)
+    store.audit_append(actor=actor, action="verify.look", subject=proposal.proposal_id,
+                       payload=_finite({"outcome": decision.outcome.value,
+                                        "message": decision.message, "stats": decision.stats,
+                                        "candidate_window": [since, until]}))
+    result = {"proposal_id": proposal.proposal_id, "outcome": decision.outcome.value,
+              "message": decision.message, "stats": decision.stats}
+    if decision.outcome == VerifyOutcome.ROLL_BACK:
+        record = store.rollback(proposal.proposal_id, actor=actor, reason=decision.message)
+        result["active_version"] = record.version
+    elif decision.outcome == VerifyOutcome.VERIFIED:
+        store.transition_proposal(proposal.proposal_id, ProposalState.VERIFIED, actor=actor,
+                                  reason=decision.message)
+    return result
+
+
+def _finite(value: Any) -> Any:
+    """JSON for the audit log: NaN and infinities become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
+
+
+def _next_day(day: str) -> str:
+    from datetime import date, timedelta
+
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
