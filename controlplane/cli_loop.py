@@ -159,3 +159,57 @@ def report_quarterly(obj: Context, quarter: str) -> None:
         raise click.BadParameter(str(err), param_hint="QUARTER") from None
     obj.emit(write_quarterly_report(obj.state, obj.store(), obj.fleet(), quarter),
              title=f"quarterly report {quarter.upper()}")
+
+
+@cli.command()
+@click.option("--since", help="First day of the window (default: yesterday, UTC).")
+@click.option("--until", help="Last day of the window (default: --since).")
+@click.option("--lever", "levers", multiple=True,
+              help="Lever to search (repeatable; default: all).")
+@click.option("--gateway-url", default=None, help="A running gateway to gate through "
+              "(default: start a fleet for the gates).")
+@click.option("--approver", default=None,
+              help="Approve as this platform owner without waiting (non-interactive runs).")
+@click.option("--dry-run", is_flag=True, help="Propose and gate; never promote.")
+@click.pass_obj
+def nightly(obj: Context, since: str | None, until: str | None, levers: tuple[str, ...],
+            gateway_url: str | None, approver: str | None, dry_run: bool) -> None:
+    """Run the nightly flow once, now (Prefect)."""
+    from controlplane.loop.waiting import prefect_environment
+
+    obj.require_init()
+    prefect_environment(obj.state)
+    from controlplane.flows import nightly as nightly_flow
+
+    result = nightly_flow(state_dir=str(obj.state.root), since=since, until=until or since,
+                          levers=list(levers) or "all", gateway_url=gateway_url,
+                          approver=approver, dry_run=dry_run)
+    obj.emit(result)
+
+
+@cli.command()
+@click.option("--since", help="First day of the promoted policy's window.")
+@click.option("--until", help="Last day.")
+@click.pass_obj
+def verify(obj: Context, since: str | None, until: str | None) -> None:
+    """Run the verify flow once: realised against predicted, rollback on a regression."""
+    from controlplane.loop.waiting import prefect_environment
+
+    obj.require_init()
+    prefect_environment(obj.state)
+    from controlplane.flows import verify as verify_flow
+
+    obj.emit(verify_flow(state_dir=str(obj.state.root), since=since, until=until))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print the schedules; serve nothing.")
+@click.pass_obj
+def schedule(obj: Context, dry_run: bool) -> None:
+    """Serve the nightly, verify and quarterly deployments on their cron schedules."""
+    from controlplane.deploy import serve_deployments
+
+    obj.require_init()
+    specs = serve_deployments(obj.state, dry_run=dry_run)
+    obj.emit([{"deployment": s.name, "cron": s.cron, "timezone": s.timezone} for s in specs],
+             title="schedules")

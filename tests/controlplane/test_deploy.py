@@ -1,0 +1,19 @@
+from controlplane.deploy import deployment_specs
+from controlplane.settings import Settings
+
+
+def test_nightly_follows_the_configured_cron():
+    specs = {s.flow: s for s in deployment_specs(Settings(nightly_cron="30 3 * * *",
+                                                          timezone="Europe/Paris"), "/tmp/s")}
+    assert specs["nightly"].cron == "30 3 * * *"
+    assert specs["verify"].cron == "30 4 * * *"
+    assert specs["nightly"].timezone == "Europe/Paris"
+    assert specs["nightly"].parameters == {"state_dir": "/tmp/s"}
+    assert set(specs) == {"nightly", "verify", "quarterly_report"}
+
+
+def test_flows_exist_for_every_spec():
+    import controlplane.flows as flows
+
+    for spec in deployment_specs(Settings(), "/tmp/s"):
+        assert callable(getattr(flows, spec.flow))
