@@ -147,6 +147,31 @@ def choose(candidates: Any, proposed_hashes: list[str], max_gated: int, min_savi
 
 
 @io_task
+def window_acted(state_dir: str, window_label: str) -> str | None:
+    from controlplane.loop.nightly import window_already_acted
+
+    with _store(state_dir) as store:
+        return window_already_acted(store.list_proposals(), window_label)
+
+
+@io_task
+def unfinished(state_dir: str, window_label: str) -> list[str] | None:
+    from controlplane.loop.nightly import unfinished_proposals
+
+    with _store(state_dir) as store:
+        found = unfinished_proposals(store.list_proposals(), window_label,
+                                     store.active_policy().version)
+        return None if found is None else [p.proposal_id for p in found]
+
+
+@io_task
+def proposal_state(state_dir: str, proposal_id: str) -> tuple[str, str | None]:
+    with _store(state_dir) as store:
+        p = store.get_proposal(proposal_id)
+        return p.state.value, p.gate_verdict.value if p.gate_verdict else None
+
+
+@io_task
 def proposed_hashes(state_dir: str, window_label: str) -> list[str]:
     """Candidate hashes already proposed against the active policy for this window."""
     with _store(state_dir) as store:
@@ -249,7 +274,7 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
             dry_run: bool = False, seed: int = 0,
             search: dict[str, Any] | None = None) -> dict[str, Any]:
     """observe -> learn -> propose and experiment -> gate -> propose -> approve -> promote."""
-    from controlplane.loop.nightly import default_window, next_step, predicted_record
+    from controlplane.loop.nightly import default_window, predicted_record
 
     if since is None or until is None:
         since, until = default_window(datetime.now(UTC).date())
@@ -261,6 +286,16 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
         _say(summary["skipped"])
         return summary
     try:
+        done = window_acted(state_dir, window_label)
+        if done:
+            summary["skipped"] = done
+            _say(done)
+            return summary
+        resume = unfinished(state_dir, window_label)
+        if resume is not None:
+            summary["resumed"] = resume
+            _carry_through(state_dir, resume, summary, gateway_url, approver, dry_run)
+            return summary
         summary["ingest"] = ingest_spans(state_dir)
         observed = observe(state_dir, since, until)
         summary["observed"] = observed["metrics"]
@@ -278,30 +313,46 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
                         min_saving)
         summary["skipped_candidates"] = choice.skipped
         active_estimate = getattr(candidates, "active_estimate", None)
-        for candidate in choice.chosen:
-            pid = record_proposal(state_dir, candidate, window_label,
-                                  predicted_record(candidate, active_estimate))
-            entry: dict[str, Any] = {"proposal_id": pid, "lever": candidate.lever}
-            summary["proposals"].append(entry)
-            verdict = gate(state_dir, pid, gateway_url, dry_run)
-            entry["gates"] = verdict
-            step = next_step(state="gated", gate_verdict=verdict, auto_approves=False,
-                             dry_run=dry_run)
-            if step.action == "stop" or dry_run:
-                entry["stopped"] = step.reason if step.action == "stop" else "dry run"
-                entry["report"] = write_report(state_dir, pid)
-                continue
-            to_awaiting(state_dir, pid)
-            decision = decide(state_dir, pid, approver)
-            entry["decision"] = decision
-            if decision["approve"]:
-                entry["active_version"] = promote(state_dir, pid)
-                entry["report"] = write_report(state_dir, pid)
-                break  # one promotion a night: the next night judges it
-            entry["report"] = write_report(state_dir, pid)
+        todo = [record_proposal(state_dir, c, window_label, predicted_record(c, active_estimate))
+                for c in choice.chosen]
+        _carry_through(state_dir, todo, summary, gateway_url, approver, dry_run)
         return summary
     finally:
         release_lease(state_dir, holder)
+
+
+def _carry_through(state_dir: str, proposal_ids: list[str], summary: dict[str, Any],
+                   gateway_url: str | None, approver: str | None, dry_run: bool) -> None:
+    """Move each proposal along its lifecycle as far as tonight allows (sequencing only:
+    every decision is ``next_step``); stop after the first promotion."""
+    from controlplane.loop.nightly import next_step
+
+    for pid in proposal_ids:
+        entry: dict[str, Any] = {"proposal_id": pid}
+        summary["proposals"].append(entry)
+        for _ in range(6):  # the lifecycle has fewer steps than this
+            state, verdict = proposal_state(state_dir, pid)
+            step = next_step(state=state, gate_verdict=verdict, auto_approves=False,
+                             dry_run=dry_run)
+            if step.action == "gate":
+                entry["gates"] = gate(state_dir, pid, gateway_url, dry_run)
+                if dry_run:
+                    entry["stopped"] = "dry run"
+                    break
+            elif step.action == "await_approval" and state == "gated":
+                to_awaiting(state_dir, pid)
+            elif step.action == "await_approval":
+                entry["decision"] = decide(state_dir, pid, approver)
+            elif step.action == "promote":
+                entry["active_version"] = promote(state_dir, pid)
+                break
+            else:
+                entry["stopped"] = step.reason
+                break
+        entry["state"] = proposal_state(state_dir, pid)[0]
+        entry["report"] = write_report(state_dir, pid)
+        if "active_version" in entry:
+            break  # one promotion a night: the next night judges it
 
 
 @io_task

@@ -19,6 +19,8 @@ __all__ = [
     "default_window",
     "next_step",
     "predicted_record",
+    "unfinished_proposals",
+    "window_already_acted",
 ]
 
 
@@ -32,6 +34,34 @@ def default_window(today: date) -> tuple[str, str]:
     """The nightly run judges yesterday (UTC): the last complete day of telemetry."""
     day = (today - timedelta(days=1)).isoformat()
     return day, day
+
+
+def window_already_acted(proposals: Iterable[Any], window_label: str) -> str | None:
+    """Why a rerun over ``window_label`` must not act again, or None.
+
+    A window whose proposal was promoted (active, verified or rolled back since) has had
+    its night: judging it again against the new active policy would promote twice on the
+    same evidence.
+    """
+    for p in proposals:
+        state = getattr(p.state, "value", p.state)
+        if p.window == window_label and state in ("active", "verified", "rolled_back"):
+            return f"window {window_label} already promoted {p.proposal_id} ({state})"
+    return None
+
+
+def unfinished_proposals(proposals: Iterable[Any], window_label: str,
+                         active_version: int) -> list[Any] | None:
+    """A rerun over a window that was already judged against the active policy resumes
+    that night's proposals instead of searching again (so it never proposes more); None
+    when the window has not been judged against the active policy yet."""
+    mine = [p for p in proposals
+            if p.window == window_label and p.baseline_version == active_version]
+    if not mine:
+        return None
+    return [p for p in mine
+            if getattr(p.state, "value", p.state) in ("proposed", "gated", "awaiting_approval",
+                                                      "approved")]
 
 
 def _rel_delta(candidate: Any) -> tuple[float, float, float]:

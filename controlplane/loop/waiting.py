@@ -53,6 +53,8 @@ def prefect_environment(state: "StateDir") -> None:
     os.environ.setdefault("PREFECT_HOME", str(home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    # The ephemeral API starts in a subprocess; on two busy cores 20 s is not always enough.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _recorded(store: Any, proposal_id: str) -> OwnerDecision | None:

@@ -86,3 +86,18 @@ def test_next_step():
     assert next_step(state="awaiting_approval", gate_verdict="PASSED", auto_approves=True,
                      dry_run=True).action == "stop"
     assert next_step(state="approved", gate_verdict="PASSED", auto_approves=False).action == "promote"
+
+
+def test_window_already_acted():
+    from controlplane.loop.nightly import window_already_acted
+
+    @dataclass
+    class Prop:
+        window: str
+        state: str
+        proposal_id: str = "P-1"
+
+    assert window_already_acted([Prop("2026-11-20", "gated")], "2026-11-20") is None
+    assert window_already_acted([Prop("2026-11-19", "active")], "2026-11-20") is None
+    assert "already promoted" in window_already_acted([Prop("2026-11-20", "rolled_back")],
+                                                      "2026-11-20")
