@@ -291,8 +291,9 @@ def fleet_show(obj: Context) -> None:
 @click.option("--evaluator", type=click.Choice(["auto", "vllm", "transformers"]), default="auto",
               help="Engine that measures the held-out ladder (auto: vLLM when installed).")
 @click.option("--no-ladder", is_flag=True, help="Skip the held-out ladder measurement.")
+@click.option("--tiers", default=None, help="Comma-separated tiers to retrain (others kept).")
 def fleet_train(out: str | None, seed: int | None, quick: bool, evaluator: str,
-                no_ladder: bool) -> None:
+                no_ladder: bool, tiers: str | None) -> None:
     """Train the reference fleet (tiers, int8/int4 variants, fleet.yaml, ladder.json)."""
     from serving.reference import train
 
@@ -301,7 +302,30 @@ def fleet_train(out: str | None, seed: int | None, quick: bool, evaluator: str,
     argv += ["--seed", str(seed)] if seed is not None else []
     argv += ["--quick"] if quick else []
     argv += ["--no-ladder"] if no_ladder else []
+    argv += ["--tiers", tiers] if tiers else []
     train.main(argv)
+
+
+# --------------------------------------------------------------------------------- serve
+@cli.command()
+@click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Fleet manifest (default: the state dir's fleet.yaml).")
+@click.option("--port", type=int, default=8000, show_default=True,
+              help="Gateway HTTP port (0: a free one).")
+@click.option("--ray-address", default=None,
+              help="Connect to this Ray cluster (default: start local Ray).")
+@click.option("--reload-interval", type=float, default=2.0, show_default=True,
+              help="Seconds between polls of the store's active policy.")
+@click.pass_obj
+def serve(obj: Context, fleet_file: str | None, port: int, ray_address: str | None,
+          reload_interval: float) -> None:
+    """Start the fleet (tier deployments + gateway) for the active policy; Ctrl-C stops it."""
+    from serving.fleet import serve_until_signalled
+
+    obj.require_init()
+    serve_until_signalled(obj.state, Path(fleet_file) if fleet_file else obj.state.fleet_path,
+                          port=port, ray_address=ray_address, reload_interval_s=reload_interval,
+                          echo=click.echo)
 
 
 # --------------------------------------------------------------------------------- audit
@@ -331,17 +355,120 @@ def audit_log(obj: Context, limit: int) -> None:
     obj.emit(audit_rows(obj.store(), limit), title="audit log")
 
 
+# -------------------------------------------------------------------------------- whatif
+@cli.command()
+@click.option("--telemetry", "telemetry", multiple=True, required=True,
+              type=click.Path(exists=True),
+              help="Ingested telemetry directory, or span files/folders (repeatable).")
+@click.option("--fleet", "fleet_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Fleet manifest YAML.")
+@click.option("--policy", "policy_ref", default=None,
+              help="Active policy YAML (default: the state directory's active policy).")
+@click.option("--lever", type=click.Choice(["routing", "quantization", "cache", "distillation",
+                                            "guardrails", "all"]), default="routing",
+              show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write each candidate as a policy YAML (and whatif.json) here.")
+@click.option("--candidates", default=10, show_default=True, help="Candidates to rank.")
+@click.option("--trials", default=8, show_default=True, help="Ray Tune trials per lever run.")
+@click.option("--per-trial", default=32, show_default=True, help="Candidates each trial evaluates.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--executor", type=click.Choice(["tune", "inline"]), default="tune",
+              show_default=True, help="Ray Tune, or Optuna in this process (no Ray).")
+@_window_options
+@click.pass_obj
+def whatif(obj: Context, telemetry: tuple[str, ...], fleet_file: str, policy_ref: str | None,
+           lever: str, out_dir: str | None, candidates: int, trials: int, per_trial: int,
+           seed: int, executor: str, since: str | None, until: str | None) -> None:
+    """Search cheaper policies on a telemetry window; no fleet needs to run."""
+    from experiments.whatif import whatif as run_whatif
+
+    active = _resolve_policy(obj, policy_ref)
+    report = run_whatif(list(telemetry), fleet_file, active, lever=lever, out=out_dir,
+                        candidates=candidates, since=since, until=until, trials=trials,
+                        per_trial=per_trial, seed=seed, executor=executor,
+                        progress=not obj.as_json)
+    if obj.as_json:
+        obj.emit({"active": report.active, "candidates": report.rows,
+                  "evaluated": report.evaluated, "notes": report.notes})
+        return
+    obj.emit(report.active, title="active policy on this window")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if report.rows:
+        obj.emit(report.rows, title=f"candidates ({report.evaluated} evaluated, "
+                                    f"{report.seconds:.1f} s)")
+    else:
+        click.echo("no candidate found")
+
+
+# ---------------------------------------------------------------------------------- gate
+@cli.command()
+@click.option("--candidate", "candidate_file", required=True,
+              type=click.Path(exists=True, dir_okay=False), help="Candidate policy YAML.")
+@click.option("--dry-run", is_flag=True, help="Evaluate and record, but never block (exit 0).")
+@click.option("--suite", "suite_file", type=click.Path(exists=True, dir_okay=False),
+              help="Gate suite (JSON/YAML; default: the pinned reference suite).")
+@click.option("--suite-hash", help="Refuse the suite unless its content hash is this one.")
+@click.option("--url", help="Base URL of a running gateway (default: start the fleet).")
+@click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
+              help="Fleet manifest (default: the state directory's fleet.yaml).")
+@click.option("--proposal", "proposal_id", help="Record the verdict on this proposal.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Cases in flight at once.")
+@click.option("--cache-sample", default=30, show_default=True, type=click.IntRange(1, 10_000),
+              help="Cases sampled by the cache-safety gate.")
+@click.pass_obj
+def gate(obj: Context, candidate_file: str, dry_run: bool, suite_file: str | None,
+         suite_hash: str | None, url: str | None, fleet_file: str | None,
+         proposal_id: str | None, concurrency: int, cache_sample: int) -> None:
+    """Run the deterministic gates for a candidate policy against the active one."""
+    from gates.command import run_gate_command
+    from gates.runner import GateOptions
+
+    obj.require_init()
+    echo = (lambda _line: None) if obj.as_json else click.echo
+    result = run_gate_command(
+        obj.state, candidate_file, suite_path=suite_file, suite_hash=suite_hash, url=url,
+        fleet_path=fleet_file, dry_run=dry_run, proposal_id=proposal_id,
+        options=GateOptions(concurrency=concurrency, cache_sample=cache_sample), echo=echo)
+    report = result.report
+    if obj.as_json:
+        obj.emit({"overall": report.overall.value, "dry_run": dry_run,
+                  "candidate_version": report.candidate.metadata.version,
+                  "gates": [{"name": r.name, "phase": r.phase.value, "message": r.message}
+                            for r in report.results],
+                  "bundle_hash": result.bundle["bundle_hash"],
+                  "evidence_sha256": result.evidence_sha256,
+                  "evidence_path": str(result.evidence_path)})
+    else:
+        for r in report.results:
+            click.echo(r.line())
+        click.echo(f"{'overall':<24} {report.overall.value:<12} "
+                   f"{'dry run: not blocking' if dry_run else ''}".rstrip())
+        click.echo(f"evidence {result.evidence_sha256} -> {result.evidence_path} "
+                   f"(bundle hash {result.bundle['bundle_hash']})")
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
 # ---------------------------------------------------------------------------------- demo
 @cli.command()
-@click.option("--tasks", default=3000, show_default=True, help="Tasks in the simulated day.")
+@click.option("--quick", is_flag=True, help="A smaller day and search (about 5 minutes).")
+@click.option("--tasks", type=int, default=None, help="Tasks per day (default: 800, quick 240).")
+@click.option("--simulated", is_flag=True,
+              help="The quick tour without engines: a seeded span simulator, not measured.")
 @click.option("--fresh/--keep", default=True, show_default=True,
               help="Start from an empty state directory.")
 @click.pass_obj
-def demo(obj: Context, tasks: int, fresh: bool) -> None:
-    """Run the loop on the embedded default (what `make demo` runs)."""
-    from controlplane.demo import run_demo
+def demo(obj: Context, quick: bool, tasks: int | None, simulated: bool, fresh: bool) -> None:
+    """Run the whole loop on the embedded default (what `make demo` runs)."""
+    from controlplane.demo import run_demo, run_simulated_demo
 
-    run_demo(obj.state, tasks=tasks, fresh=fresh, echo=click.echo)
+    if simulated:
+        run_simulated_demo(obj.state, tasks=tasks or 3000, fresh=fresh, echo=click.echo)
+        return
+    run_demo(obj.state, quick=quick, tasks=tasks, fresh=fresh, echo=click.echo)
 
 
 # The owner's side of the loop (proposals, rollback, reports) lives in its own module.

@@ -13,9 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["gate_proposal", "GATE_ACTOR"]
+__all__ = ["gate_proposal", "register_fleet", "GATE_ACTOR"]
 
 GATE_ACTOR = "autopilot-gate"
+# Fleets started in this process, by gateway URL: the gates ask the one they run through
+# to deploy what a candidate needs (a variant or adapter not serving yet).
+_FLEETS: dict[str, Any] = {}
+
+
+def register_fleet(handle: Any) -> None:
+    _FLEETS[handle.url.rstrip("/")] = handle
 
 
 def gate_proposal(state: Any, proposal_id: str, *, gateway_url: str | None,
@@ -84,6 +91,8 @@ def _run(state: Any, store: Any, proposal: Any, *, gateway_url: str | None, dry_
                                      spans_path=spans)
                 gateway_url = handle.url
                 handle.ensure_variants(candidate)
+            elif gateway_url.rstrip("/") in _FLEETS:
+                _FLEETS[gateway_url.rstrip("/")].ensure_variants(candidate)
             else:
                 _ensure_remote_variants(gateway_url, candidate.metadata.version)
             serving = GatewayServingPath(gateway_url)
