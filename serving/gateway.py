@@ -1,0 +1,229 @@
+"""The gateway: a FastAPI ingress deployment on Ray Serve in front of the tier deployments.
+
+HTTP in, ``GatewayCore`` (routing, guardrails, cache, telemetry) in the middle, tier
+deployment handles out. A background thread polls the store's active pointer every
+``reload_interval_s``; when a new version is active it first deploys any tier deployment
+the new policy needs that is not running, then swaps the policy in one assignment.
+Requests in flight keep the policy snapshot they started with.
+
+This module imports Ray and FastAPI at import time: only ``serving.fleet`` imports it,
+inside ``start_fleet``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+
+from controlplane.errors import PermanentError, TransientError
+from controlplane.store.errors import NotFoundError
+from policies.policy import DocumentError, validate_against_fleet
+from serving.engine import EngineOptions, UnknownAdapter
+from serving.gateway_core import GatewayCore, GuardrailError, PolicyBook, UnknownModel
+from serving.manifest import load_fleet
+from serving.protocol import BadRequest, parse_request
+from serving.tiers import (
+    DeploymentKey,
+    TierStartFailed,
+    deploy_tiers,
+    required_deployments,
+    running_apps,
+)
+
+__all__ = ["GatewayIngress", "gateway_application", "GATEWAY_APP"]
+
+_log = logging.getLogger(__name__)
+GATEWAY_APP = "gateway"
+api = FastAPI(title="fleet-autopilot gateway")
+
+
+def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status,
+                        content={"error": {"type": kind, "message": message, **extra}})
+
+
+@serve.ingress(api)
+class GatewayIngress:
+    def __init__(self, manifest_path: str, store_url: str, engine_options: dict[str, Any],
+                 spans_path: str | None, otlp_endpoint: str | None, reload_interval_s: float,
+                 policy_version: int | None, seed: int = 0):
+        from controlplane.store import Store
+        from controlplane.telemetry.otel import configure_tracing
+
+        self.manifest_path = manifest_path
+        self.fleet = load_fleet(Path(manifest_path))
+        self.engine_options = EngineOptions(**engine_options)
+        self.store = Store.open(store_url)
+        if policy_version is not None:
+            initial = self.store.get_policy(policy_version).policy
+        else:
+            record = self.store.active_policy()
+            if record is None:
+                raise PermanentError("the store has no active policy: activate one first")
+            initial = record.policy
+        self.pinned_version = policy_version  # a fixed version never reloads
+        self.provider = configure_tracing(otlp_endpoint=otlp_endpoint, jsonl_path=spans_path)
+        tracer = self.provider.get_tracer("serving.gateway")
+        book = PolicyBook(initial, self._load_version)
+        self.core = GatewayCore(self.fleet, book, self._call_tier, tracer=tracer, seed=seed)
+        self._handles: dict[DeploymentKey, Any] = {}
+        self._deploy_locks: dict[DeploymentKey, asyncio.Lock] = {}
+        self._deploy_thread_lock = threading.Lock()
+        self.reload_interval_s = reload_interval_s
+        self.reload_error: str | None = None
+        self._stop = threading.Event()
+        self._reloader = threading.Thread(target=self._reload_loop, name="policy-reload",
+                                          daemon=True)
+        self._reloader.start()
+
+    def _load_version(self, version: int):
+        """A stored policy a request names (gate traffic); refused if the fleet lacks a tier,
+        variant or adapter it names."""
+        policy = self.store.get_policy(version).policy
+        validate_against_fleet(policy, self.fleet)
+        return policy
+
+    # ------------------------------------------------------------------ tier handles
+    def _deploy(self, keys: list[DeploymentKey]) -> None:
+        with self._deploy_thread_lock:
+            running = running_apps()
+            missing = [k for k in keys if running.get(k.app_name) != "RUNNING"]
+            if missing:
+                deploy_tiers(self.manifest_path, missing, self.engine_options)
+
+    async def _call_tier(self, key: DeploymentKey, request: dict[str, Any]) -> dict[str, Any]:
+        handle = self._handles.get(key)
+        if handle is None:
+            lock = self._deploy_locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                handle = self._handles.get(key)
+                if handle is None:
+                    await asyncio.to_thread(self._deploy, [key])
+                    handle = serve.get_app_handle(key.app_name)
+                    self._handles[key] = handle
+        return await handle.generate.remote(request)
+
+    # ------------------------------------------------------------------------ reload
+    def _reload_loop(self) -> None:
+        while not self._stop.wait(self.reload_interval_s):
+            if self.pinned_version is not None:
+                continue
+            try:
+                self.reload_once()
+                self.reload_error = None
+            except Exception as exc:  # noqa: BLE001 - keep serving the current policy
+                self.reload_error = f"{type(exc).__name__}: {exc}"
+                _log.error("policy reload failed; still serving v%d: %s",
+                           self.core.policies.active.metadata.version, exc)
+
+    def reload_once(self) -> bool:
+        record = self.store.active_policy()
+        current = self.core.policies.active
+        if record is None or record.content_hash == current.content_hash and \
+                record.version == current.metadata.version:
+            return False
+        validate_against_fleet(record.policy, self.fleet)  # refused: keep serving the old one
+        needed = required_deployments(record.policy, self.fleet)
+        self._deploy(needed)  # the new policy's tiers run before it takes any request
+        self.core.policies.swap(record.policy)
+        _log.info("policy v%d (%s) is active", record.version, record.content_hash[:12])
+        return True
+
+    # --------------------------------------------------------------------- endpoints
+    async def _complete(self, request: Request, kind: str):
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            return _error(400, "invalid_request", f"<body>: not JSON ({exc})", fields=["<body>"])
+        try:
+            parsed = parse_request(body, kind, request.headers.get("traceparent"))
+            result = await self.core.complete(parsed)
+            # orjson straight to bytes: FastAPI's generic encoder costs more than the routing.
+            return Response(orjson.dumps(result), media_type="application/json")
+        except BadRequest as exc:
+            return JSONResponse(status_code=400, content=exc.as_error())
+        except GuardrailError as exc:
+            return JSONResponse(status_code=429, content=exc.refusal.as_error())
+        except (UnknownModel, UnknownAdapter) as exc:
+            return _error(400, "invalid_request", str(exc))
+        except TierStartFailed as exc:
+            return _error(503, "tier_unavailable", str(exc))
+        except DocumentError as exc:  # a named policy_version the fleet cannot serve
+            return _error(400, "invalid_request", f"autopilot.policy_version: {exc}",
+                          fields=["autopilot.policy_version"])
+        except NotFoundError as exc:  # a policy_version the store does not have
+            return _error(400, "invalid_request", f"autopilot.policy_version: {exc}",
+                          fields=["autopilot.policy_version"])
+        except PermanentError as exc:
+            return _error(400, "invalid_request", str(exc))
+        except TransientError as exc:
+            return _error(503, "unavailable", str(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. a tier replica died mid-call
+            _log.exception("request failed")
+            return _error(500, "internal", f"{type(exc).__name__}: {str(exc)[:500]}")
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._complete(request, "completion")
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._complete(request, "chat")
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "policy_version": self.core.policies.active.metadata.version,
+                "reload_error": self.reload_error}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        ids = ["auto", *self.fleet.tier_names]
+        return {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
+
+    @api.get("/autopilot/policy")
+    async def policy(self) -> dict[str, Any]:
+        p = self.core.policies.active
+        return {"version": p.metadata.version, "content_hash": p.content_hash}
+
+    @api.get("/autopilot/stats")
+    async def stats(self) -> dict[str, Any]:
+        return {"cache": self.core.cache.stats(), "tasks": len(self.core.routes),
+                "deployments": sorted(k.app_name for k in self._handles),
+                "reload_error": self.reload_error}
+
+    @api.post("/autopilot/flush")
+    async def flush(self) -> dict[str, Any]:
+        """Export finished spans now (the batch processor otherwise waits up to 5 s)."""
+        ok = await asyncio.to_thread(self.provider.force_flush)
+        return {"flushed": bool(ok)}
+
+    def __del__(self):
+        self._stop.set()
+        provider = getattr(self, "provider", None)
+        if provider is not None:
+            provider.shutdown()
+
+
+def gateway_application(manifest_path: str | Path, store_url: str, *,
+                        engine_options: EngineOptions, spans_path: str | Path | None,
+                        otlp_endpoint: str | None = None, reload_interval_s: float = 2.0,
+                        policy_version: int | None = None, seed: int = 0):
+    deployment = serve.deployment(
+        GatewayIngress, name="Gateway", num_replicas=1,
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024,
+        max_constructor_retry_count=1,
+        # Spans are the per-request record; Serve's access log would add a write per call.
+        logging_config={"enable_access_log": False},
+    )
+    return deployment.bind(str(Path(manifest_path).resolve()), store_url,
+                           engine_options.as_dict(),
+                           str(spans_path) if spans_path is not None else None, otlp_endpoint,
+                           float(reload_interval_s), policy_version, seed)

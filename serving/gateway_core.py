@@ -1,0 +1,358 @@
+"""What the gateway does with one request, without Ray or HTTP (so it is tested directly).
+
+``GatewayCore.complete`` applies a policy to a parsed request: routing via
+``policies.routing`` (seeded draws per task id, remembered per task), guardrails
+(``serving.guardrails``), the response cache (``serving.cache``), the tier call (an
+injected coroutine: a Ray Serve handle in the product, a fake in unit tests), shadow runs,
+pricing, and one ``llm.call`` span per model call. Policies are values: a request takes a
+snapshot of the policy when it starts and keeps it to the end, so a reload never changes a
+request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from controlplane.errors import PermanentError
+from controlplane.telemetry.conventions import SPAN_CALL, Attr, CacheStatus, Purpose
+from policies.policy import Policy
+from policies.routing import (
+    attempt_tier_probabilities,
+    choose_start,
+    resolve_routing,
+    shadow_tier,
+    tier_plan,
+)
+from serving.cache import CacheScope, ResponseCache, cache_allowed
+from serving.guardrails import (
+    BudgetLedger,
+    GuardrailRefusal,
+    budget_alert_level,
+    call_cost_usd,
+    check_call,
+    clip_max_tokens,
+)
+from serving.manifest import FleetManifest
+from serving.protocol import ParsedRequest, completion_body
+from serving.tiers import DeploymentKey
+
+__all__ = [
+    "GatewayCore",
+    "GuardrailError",
+    "PolicyBook",
+    "RouteDecision",
+    "TaskRoute",
+    "UnknownModel",
+    "task_draws",
+    "variant_digests",
+]
+
+_log = logging.getLogger(__name__)
+TierCaller = Callable[[DeploymentKey, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class GuardrailError(PermanentError):
+    def __init__(self, refusal: GuardrailRefusal):
+        self.refusal = refusal
+        super().__init__(f"{refusal.code}: {refusal.message}")
+
+
+class UnknownModel(PermanentError):
+    """``model`` names neither ``auto`` nor a tier of the fleet (HTTP 400)."""
+
+
+def task_draws(task_id: str, seed: int = 0) -> tuple[float, float, float, float]:
+    """Four uniform draws in [0, 1) fixed by the task id: explore, explore pick, shadow,
+    shadow pick. A caller can reproduce the gateway's choices for a task from them."""
+    out = []
+    for name in ("explore", "explore-pick", "shadow", "shadow-pick"):
+        h = hashlib.sha256(f"{seed}:{task_id}:{name}".encode()).digest()
+        out.append(int.from_bytes(h[:8], "big") / 2.0**64)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def variant_digests(fleet: FleetManifest, tier: str, variant: str) -> tuple[str, dict[str, str]]:
+    """The weights digest and per-adapter digests of a variant, from the manifest's pins
+    (the replica checked the files against the same pins before it started)."""
+    from serving.engine import _digest
+
+    v = fleet.tier(tier).variant(variant)
+    return _digest(v.files), {a.name: _digest(a.files) for a in v.adapters}
+
+
+@dataclass(frozen=True)
+class TaskRoute:
+    """What the gateway decided at a task's first attempt (kept for its later attempts)."""
+
+    policy_version: int
+    start: int
+    start_propensity: float
+    shadow_tier: str | None
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    tier: str
+    variant: str
+    adapter: str | None
+    propensity: float
+    max_attempts: int
+    shadow_tier: str | None
+
+
+class PolicyBook:
+    """The active policy and any stored version a request names, as immutable snapshots."""
+
+    def __init__(self, active: Policy, load_version: Callable[[int], Policy]):
+        self._active = active
+        self._load_version = load_version
+        self._versions: dict[int, Policy] = {active.metadata.version: active}
+
+    @property
+    def active(self) -> Policy:
+        return self._active
+
+    def swap(self, policy: Policy) -> None:
+        self._versions[policy.metadata.version] = policy
+        self._active = policy  # one reference assignment: atomic for readers
+
+    async def get(self, version: int | None) -> Policy:
+        if version is None:
+            return self._active
+        policy = self._versions.get(version)
+        if policy is None:
+            policy = await asyncio.to_thread(self._load_version, version)
+            self._versions[version] = policy
+        return policy
+
+
+class GatewayCore:
+    def __init__(self, fleet: FleetManifest, policies: PolicyBook, call_tier: TierCaller, *,
+                 tracer: Any = None, seed: int = 0, clock: Callable[[], float] = time.time,
+                 max_tasks: int = 200_000):
+        self.fleet = fleet
+        self.policies = policies
+        self.call_tier = call_tier
+        self.tracer = tracer
+        self.seed = seed
+        self.clock = clock
+        self.cache = ResponseCache(policies.active.spec.cache.response.max_entries)
+        self.ledger = BudgetLedger(max_tasks=max_tasks)
+        self.routes: OrderedDict[str, TaskRoute] = OrderedDict()
+        self.max_tasks = max_tasks
+        self._digests: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
+
+    # ----------------------------------------------------------------------- routing
+    def _task_route(self, policy: Policy, req: ParsedRequest) -> TaskRoute:
+        route = self.routes.get(req.task_id)
+        if route is not None:
+            self.routes.move_to_end(req.task_id)
+            return route
+        family = req.ctx.family or ""
+        explore, pick, shadow_draw, shadow_pick = task_draws(req.task_id, self.seed)
+        start, propensity = choose_start(policy, family, req.ctx.features, explore, pick)
+        first = tier_plan(policy, family, req.ctx.features, start=start)[0].tier
+        shadow = shadow_tier(policy, family, first, shadow_draw, shadow_pick)
+        route = TaskRoute(policy.metadata.version, start, propensity, shadow)
+        self.routes[req.task_id] = route
+        while len(self.routes) > self.max_tasks:
+            self.routes.popitem(last=False)
+        return route
+
+    async def route(self, req: ParsedRequest) -> tuple[Policy, RouteDecision]:
+        """The policy snapshot and the tier this attempt uses."""
+        policy = await self.policies.get(req.ctx.policy_version)
+        family = req.ctx.family or ""
+        routing = resolve_routing(policy, family)
+        if req.model != "auto":
+            if req.model not in self.fleet.tier_names:
+                raise UnknownModel(f"model {req.model!r} is neither 'auto' nor a fleet tier "
+                                   f"({', '.join(self.fleet.tier_names)})")
+            tier = req.model
+            variant = self.fleet.tier(tier).variant(policy.spec.quantization.get(tier)).name
+            adapter = routing.adapter if tier == routing.adapter_tier else None
+            return policy, RouteDecision(tier, variant, adapter, 1.0, routing.max_attempts, None)
+        route = self._task_route(policy, req)
+        if route.policy_version != policy.metadata.version and req.ctx.policy_version is None:
+            # A task keeps the policy it started under, so its attempts escalate consistently.
+            policy = await self.policies.get(route.policy_version)
+            routing = resolve_routing(policy, family)
+        plan = tier_plan(policy, family, req.ctx.features, start=route.start)
+        if req.attempt > len(plan):
+            return policy, RouteDecision(plan[-1].tier, "", None, 0.0, len(plan), None)
+        step = plan[req.attempt - 1]
+        variant = self.fleet.tier(step.tier).variant(step.variant).name
+        probs = attempt_tier_probabilities(policy, family, req.ctx.features)
+        propensity = probs[req.attempt - 1].get(step.tier, 0.0)
+        shadow = route.shadow_tier if req.attempt == 1 and req.ctx.purpose == "serve" else None
+        return policy, RouteDecision(step.tier, variant, step.adapter, propensity,
+                                     routing.max_attempts, shadow)
+
+    # -------------------------------------------------------------------- the request
+    def _day(self, offset_ns: int = 0) -> str:
+        """The budget day (UTC) of a request; a simulated day's offset moves it too."""
+        moment = self.clock() + offset_ns / 1e9
+        return datetime.fromtimestamp(moment, tz=timezone.utc).strftime("%Y-%m-%d")
+
+    async def complete(self, req: ParsedRequest) -> dict[str, Any]:
+        policy, decision = await self.route(req)
+        guard = policy.spec.guardrails
+        usage = self.ledger.task(req.task_id)
+        day = self._day(req.ctx.clock_offset_ns)
+        refusal = check_call(guard, attempt=req.attempt, max_attempts=decision.max_attempts,
+                             usage=usage, team=req.ctx.team,
+                             team_spent_usd=self.ledger.team_spent(req.ctx.team, day))
+        if refusal is not None:
+            raise GuardrailError(refusal)
+        max_tokens = clip_max_tokens(guard, usage, req.max_tokens)
+        calls = [self._call(policy, req, decision.tier, decision.variant, decision.adapter,
+                            max_tokens, purpose=req.ctx.purpose, traceparent=req.ctx.traceparent)]
+        if decision.shadow_tier is not None:
+            s_tier = decision.shadow_tier
+            s_variant = self.fleet.tier(s_tier).variant(policy.spec.quantization.get(s_tier)).name
+            calls.append(self._call(policy, req, s_tier, s_variant, None, max_tokens,
+                                    purpose=str(Purpose.SHADOW),
+                                    traceparent=req.ctx.shadow_traceparent or req.ctx.traceparent))
+        results = await asyncio.gather(*calls)
+        main = results[0]
+        fields = self._autopilot_fields(policy, main, decision.propensity)
+        if len(results) > 1:
+            shadow = results[1]
+            fields["shadow"] = {**self._autopilot_fields(policy, shadow, None),
+                                "text": shadow["text"]}
+        self._check_team_alert(policy, req.ctx.team, day)
+        return completion_body(
+            req.kind, text=main["text"], finish_reason=main.get("finish_reason"),
+            model=f"{main['tier']}/{main['variant']}", input_tokens=main["input_tokens"],
+            output_tokens=main["output_tokens"], cached_input_tokens=main["cached_input_tokens"],
+            autopilot=fields)
+
+    def _autopilot_fields(self, policy: Policy, r: dict[str, Any],
+                          propensity: float | None) -> dict[str, Any]:
+        return {
+            "tier": r["tier"], "variant": r["variant"], "adapter": r["adapter"],
+            "cache": r["cache"], "policy_version": policy.metadata.version,
+            "policy_hash": policy.content_hash, "propensity": propensity,
+            "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
+            "cached_input_tokens": r["cached_input_tokens"], "latency_ms": r["latency_ms"],
+            "cost_usd": r["cost_usd"], "shadow": None,
+        }
+
+    def _check_team_alert(self, policy: Policy, team: str | None, day: str) -> None:
+        budget = policy.spec.guardrails.team_budgets.get(team) if team else None
+        if budget is None:
+            return
+        spent = self.ledger.team_spent(team, day)
+        level = budget_alert_level(budget, spent)
+        if self.ledger.new_alert(team, day, level):
+            _log.warning("team %s reached %.0f%% of its daily budget: $%.6f of $%.6f",
+                         team, 100 * (level or 0), spent, budget.usd_per_day)
+
+    def _digest(self, tier: str, variant: str) -> tuple[str, dict[str, str]]:
+        key = (tier, variant)
+        if key not in self._digests:
+            self._digests[key] = variant_digests(self.fleet, tier, variant)
+        return self._digests[key]
+
+    async def _call(self, policy: Policy, req: ParsedRequest, tier: str, variant: str,
+                    adapter: str | None, max_tokens: int, *, purpose: str,
+                    traceparent: str | None) -> dict[str, Any]:
+        started = time.perf_counter()
+        spec = policy.spec.cache.response
+        prefix = bool(policy.spec.cache.prefix.get(tier, False))
+        weights_digest, adapter_digests = self._digest(tier, variant)
+        scope = CacheScope(tier, variant, adapter, weights_digest,
+                           adapter_digests.get(adapter, "") if adapter else "",
+                           policy.content_hash, max_tokens, req.stop)
+        use_cache = cache_allowed(spec, req.ctx.family, request_mode=req.ctx.response_cache,
+                                  purpose=purpose)
+        offset = req.ctx.clock_offset_ns
+        span = self._start_span(traceparent, offset)
+        try:
+            hit = None
+            now = self.clock()
+            if use_cache:
+                if self.cache.max_entries != spec.max_entries:
+                    self.cache.resize(spec.max_entries)
+                hit = self.cache.get(scope, req.prompt, now, mode=spec.mode,
+                                     threshold=spec.similarity_threshold)
+            if hit is not None:
+                value = hit[0].value
+                out = {"text": value["text"], "finish_reason": value.get("finish_reason"),
+                       "input_tokens": value["input_tokens"],
+                       "output_tokens": value["output_tokens"],
+                       "cached_input_tokens": value["input_tokens"]}
+                cache = str(CacheStatus.RESPONSE)
+            else:
+                out = await self.call_tier(
+                    DeploymentKey(tier, variant, prefix),
+                    {"prompt": req.prompt, "max_tokens": max_tokens, "stop": list(req.stop),
+                     "adapter": adapter})
+                cache = str(CacheStatus.PREFIX if out["cached_input_tokens"] > 0
+                            else CacheStatus.MISS)
+                if use_cache:
+                    self.cache.put(scope, req.prompt, out, now, spec.ttl_s)
+            cost = call_cost_usd(self.fleet, tier, variant, input_tokens=out["input_tokens"],
+                                 cached_input_tokens=out["cached_input_tokens"],
+                                 output_tokens=out["output_tokens"], cache=cache)
+            self.ledger.record(req.task_id, req.ctx.team, self._day(req.ctx.clock_offset_ns),
+                               tokens=(out["input_tokens"] + out["output_tokens"]
+                                       if cache != CacheStatus.RESPONSE else 0),
+                               usd=cost, attempt=req.attempt,
+                               counts_for_task=purpose != Purpose.SHADOW)
+            result = {**out, "tier": tier, "variant": variant, "adapter": adapter,
+                      "cache": cache, "cost_usd": cost,
+                      "latency_ms": (time.perf_counter() - started) * 1000.0}
+            if span is not None:
+                self._set_call_attributes(span, policy, req, result, purpose)
+            return result
+        except BaseException as exc:
+            if span is not None:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+            raise
+        finally:
+            if span is not None:
+                span.end(end_time=time.time_ns() + offset)
+
+    def _start_span(self, traceparent: str | None, offset_ns: int = 0):
+        if self.tracer is None:
+            return None
+        context = None
+        if traceparent:
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+
+            context = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+        return self.tracer.start_span(SPAN_CALL, context=context,
+                                      start_time=time.time_ns() + offset_ns)
+
+    def _set_call_attributes(self, span: Any, policy: Policy, req: ParsedRequest,
+                             r: dict[str, Any], purpose: str) -> None:
+        from controlplane.telemetry.otel import set_span_attributes
+
+        set_span_attributes(span, {
+            Attr.REQUEST_MODEL: f"{r['tier']}/{r['variant']}",
+            Attr.INPUT_TOKENS: int(r["input_tokens"]),
+            Attr.OUTPUT_TOKENS: int(r["output_tokens"]),
+            Attr.TIER: r["tier"],
+            Attr.VARIANT: r["variant"],
+            Attr.ADAPTER: r["adapter"],
+            Attr.CACHE: r["cache"],
+            Attr.CACHED_INPUT_TOKENS: int(r["cached_input_tokens"]),
+            Attr.TASK_ID: req.task_id,
+            Attr.ATTEMPT: req.attempt,
+            Attr.POLICY_VERSION: policy.metadata.version,
+            Attr.PURPOSE: purpose,
+        })

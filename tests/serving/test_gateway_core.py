@@ -1,0 +1,180 @@
+"""GatewayCore with a fake tier caller: routing, escalation, propensity, shadow, caps,
+cache and policy swaps, without Ray or vLLM."""
+
+import asyncio
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from policies.policy import Policy
+from policies.routing import attempt_tier_probabilities
+from serving.gateway_core import GatewayCore, GuardrailError, PolicyBook, UnknownModel, task_draws
+from serving.manifest import load_fleet
+from serving.protocol import parse_request
+
+FLEET = load_fleet("controlplane/starter/fleet.yaml")
+
+
+def policy(version=1, **spec):
+    base = {"routing": {"router": "fixed", "escalation": ["S", "M", "L"], "max_attempts": 3}}
+    return Policy.model_validate({
+        "metadata": {"version": version, "author": "t", "created": "2026-01-01T00:00:00Z"},
+        "spec": {**base, **spec}})
+
+
+class FakeTiers:
+    def __init__(self):
+        self.calls = []
+        self.gate = None
+
+    async def __call__(self, key, request):
+        self.calls.append((key, request))
+        if self.gate is not None:
+            await self.gate.wait()
+        cached = 8 if key.prefix_caching and len(request["prompt"]) > 8 else 0
+        return {"text": f"{key.tier}:{request['prompt'][-3:]}", "input_tokens": len(request["prompt"]),
+                "output_tokens": 2, "cached_input_tokens": cached, "finish_reason": "stop"}
+
+
+def make(p, clock=lambda: 1_800_000_000.0):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tiers = FakeTiers()
+    versions = {p.metadata.version: p}
+    core = GatewayCore(FLEET, PolicyBook(p, versions.__getitem__), tiers,
+                       tracer=provider.get_tracer("t"), clock=clock)
+    return core, tiers, exporter, versions
+
+
+def req(task_id, attempt=1, prompt="eval: 1+2\n=", family="expr_eval", **ctx):
+    body = {"prompt": prompt, "max_tokens": 8, "stop": ["\n"],
+            "autopilot": {"task_id": task_id, "attempt": attempt, "family": family,
+                          "team": "payments", **ctx}}
+    return parse_request(body, "completion")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_escalates_along_the_policy_and_refuses_beyond_the_cap():
+    core, tiers, spans, _ = make(policy())
+    tiers_seen = [run(core.complete(req("t", a)))["autopilot"]["tier"] for a in (1, 2, 3)]
+    assert tiers_seen == ["S", "M", "L"]
+    with pytest.raises(GuardrailError) as err:
+        run(core.complete(req("t", 4)))
+    assert err.value.refusal.code == "max_attempts_per_task"
+    assert len(spans.get_finished_spans()) == 3
+
+
+def test_exploration_is_seeded_per_task_and_logs_the_exact_propensity():
+    p = policy(routing={"router": "fixed", "escalation": ["S", "M", "L"], "max_attempts": 3,
+                        "exploration_rate": 0.5})
+    core, _, _, _ = make(p)
+    probs = attempt_tier_probabilities(p, "expr_eval", {})
+    seen = set()
+    for i in range(40):
+        out = run(core.complete(req(f"task-{i}")))["autopilot"]
+        assert out["propensity"] == pytest.approx(probs[0][out["tier"]])
+        seen.add(out["tier"])
+        again, _, _, _ = make(p)  # another gateway makes the same choice for the task
+        assert run(again.complete(req(f"task-{i}")))["autopilot"]["tier"] == out["tier"]
+    assert seen == {"S", "M", "L"}
+    assert task_draws("x") == task_draws("x") != task_draws("y")
+
+
+def test_shadow_runs_on_another_tier_and_is_its_own_span():
+    p = policy(routing={"router": "fixed", "escalation": ["S", "M"], "shadow_rate": 1.0})
+    core, tiers, spans, _ = make(p)
+    out = run(core.complete(req("t1", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+                                shadow_traceparent="00-" + "a" * 32 + "-" + "c" * 16 + "-01")))
+    ap = out["autopilot"]
+    assert ap["tier"] == "S" and ap["shadow"]["tier"] == "M" and ap["shadow"]["text"] == "M:2\n="
+    finished = spans.get_finished_spans()
+    assert sorted(s.attributes["autopilot.tier"] for s in finished) == ["M", "S"]
+    parents = {s.attributes["autopilot.tier"]: f"{s.parent.span_id:016x}" for s in finished}
+    assert parents == {"S": "b" * 16, "M": "c" * 16}
+    # a later attempt never shadows
+    out2 = run(core.complete(req("t1", 2)))
+    assert out2["autopilot"]["shadow"] is None
+    # shadow spend counts for the team, not the task
+    usage = core.ledger.task("t1")
+    assert usage.calls == 2
+
+
+def test_response_cache_hit_and_excluded_family_and_policy_hash_in_key():
+    p = policy(cache={"prefix": {"S": True},
+                      "response": {"enabled": True, "exclude_families": ["bracket_fix"]}})
+    core, tiers, spans, versions = make(p)
+    a = run(core.complete(req("a")))["autopilot"]
+    b = run(core.complete(req("b")))["autopilot"]
+    assert a["cache"] == "prefix" and b["cache"] == "response" and b["cost_usd"] == 0.0
+    assert len(tiers.calls) == 1
+    run(core.complete(req("c", family="bracket_fix")))
+    d = run(core.complete(req("d", family="bracket_fix")))["autopilot"]
+    assert d["cache"] != "response" and len(tiers.calls) == 3
+    # a new policy version with another spec: its hash is in the key, so no hit
+    p2 = policy(2, routing={"router": "fixed", "escalation": ["S", "M"]},
+                cache=p.spec.cache.model_dump())
+    core.policies.swap(p2)
+    e = run(core.complete(req("e")))["autopilot"]
+    assert e["cache"] != "response" and e["policy_version"] == 2
+    attrs = [s.attributes for s in spans.get_finished_spans()]
+    assert [x["autopilot.cache"] for x in attrs][:2] == ["prefix", "response"]
+
+
+def test_token_and_team_budget_caps_fail_closed():
+    p = policy(guardrails={"max_tokens_per_task": 20,
+                           "team_budgets": {"payments": {"usd_per_day": 1e-6}}})
+    core, _, _, _ = make(p)
+    run(core.complete(req("t", 1, prompt="x" * 30)))  # 32 tokens: over the task cap now
+    with pytest.raises(GuardrailError) as err:
+        run(core.complete(req("t", 2)))
+    assert err.value.refusal.code == "max_tokens_per_task"
+    with pytest.raises(GuardrailError) as err:
+        run(core.complete(req("other", 1)))
+    assert err.value.refusal.code == "team_budget_exhausted"
+
+
+def test_in_flight_request_keeps_its_policy_across_a_swap():
+    core, tiers, _, _ = make(policy())
+
+    async def scenario():
+        tiers.gate = asyncio.Event()
+        pending = asyncio.create_task(core.complete(req("slow")))
+        await asyncio.sleep(0.01)
+        core.policies.swap(policy(2, routing={"router": "fixed", "escalation": ["M", "L"]}))
+        fresh = asyncio.create_task(core.complete(req("fresh")))
+        await asyncio.sleep(0.01)
+        tiers.gate.set()
+        return await pending, await fresh
+
+    slow, fresh = run(scenario())
+    assert (slow["autopilot"]["policy_version"], slow["autopilot"]["tier"]) == (1, "S")
+    assert (fresh["autopilot"]["policy_version"], fresh["autopilot"]["tier"]) == (2, "M")
+
+
+def test_named_policy_version_and_direct_tier_model():
+    core, _, _, versions = make(policy())
+    versions[7] = policy(7, routing={"router": "fixed", "escalation": ["L"]})
+    out = run(core.complete(req("g", purpose="gate", policy_version=7)))["autopilot"]
+    assert (out["tier"], out["policy_version"]) == ("L", 7)
+    direct = parse_request({"model": "M", "prompt": "p", "autopilot": {"task_id": "z"}},
+                           "completion")
+    assert run(core.complete(direct))["autopilot"]["tier"] == "M"
+    with pytest.raises(UnknownModel):
+        run(core.complete(parse_request({"model": "XL", "prompt": "p"}, "completion")))
+
+
+def test_clock_offset_moves_span_times_and_the_budget_day():
+    core, _, spans, _ = make(policy(), clock=lambda: 1_800_000_000.0)
+    day = 86_400 * 10**9
+    run(core.complete(req("t", clock_offset_ns=day)))
+    [span] = spans.get_finished_spans()
+    import time as _time
+    assert span.start_time > _time.time_ns() + day - 60 * 10**9
+    assert core.ledger.team_spent("payments", core._day(day)) > 0
+    assert core.ledger.team_spent("payments", core._day(0)) == 0
