@@ -1,1 +1,59 @@
-"""experiments."""
+"""How candidates are judged offline: the telemetry window, outcome models, the
+counterfactual replay estimator, the Ray Tune search and ``autopilot whatif``.
+
+Imports stay light: numpy/pandas modules load on first use of a name below.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_HOME = {
+    "Window": "experiments.window",
+    "build_window": "experiments.window",
+    "load_window": "experiments.window",
+    "OutcomeModels": "experiments.outcomes",
+    "fit_outcome_models": "experiments.outcomes",
+    "Estimate": "experiments.estimator",
+    "Interval": "experiments.estimator",
+    "Deltas": "experiments.estimator",
+    "estimate": "experiments.estimator",
+    "compare": "experiments.estimator",
+    "ReplayContext": "experiments.replay",
+    "replay": "experiments.replay",
+    "Candidate": "experiments.search",
+    "search": "experiments.search",
+    "whatif": "experiments.whatif",
+}
+
+__all__ = [
+    "Candidate",
+    "Deltas",
+    "Estimate",
+    "Interval",
+    "OutcomeModels",
+    "ReplayContext",
+    "Window",
+    "build_window",
+    "compare",
+    "estimate",
+    "fit_outcome_models",
+    "load_window",
+    "replay",
+    "search",
+    "whatif",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

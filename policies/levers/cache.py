@@ -1,0 +1,51 @@
+"""Cache lever: prefix (KV) caching per tier, and the response cache (exact or similarity).
+
+The response cache is searched only as exact or off by default: a similarity cache can
+serve a wrong answer, and its false-hit rate is held to ``gates.max_cache_false_hit_rate``
+by the gates, not by the estimate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policies.levers._space import LeverContext, Param
+
+__all__ = ["NAME", "anchor", "apply", "space"]
+
+NAME = "cache"
+
+
+def space(active, ctx: LeverContext) -> dict[str, Param]:
+    out = {f"prefix_{t.name}": Param.choice(True, False) for t in ctx.fleet.tiers}
+    out["response"] = Param.choice("off", "exact")
+    out["ttl_hours"] = Param.choice(1, 6, 24, 72)
+    return out
+
+
+def anchor(active, ctx: LeverContext) -> dict[str, Any]:
+    c = active.spec.cache
+    ttl_h = min((1, 6, 24, 72), key=lambda h: abs(h * 3600 - c.response.ttl_s))
+    return {**{f"prefix_{t.name}": bool(c.prefix.get(t.name)) for t in ctx.fleet.tiers},
+            "response": "exact" if c.response.enabled else "off", "ttl_hours": ttl_h}
+
+
+def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "autopilot-search"):
+    cache = active.spec.cache.model_dump(mode="json")
+    prefix = dict(cache["prefix"])
+    for key, value in point.items():
+        if key.startswith("prefix_"):
+            tier = key[len("prefix_"):]
+            if value:
+                prefix[tier] = True
+            else:
+                prefix.pop(tier, None)
+    cache["prefix"] = prefix
+    mode = point.get("response")
+    if mode is not None:
+        cache["response"]["enabled"] = mode != "off"
+        if mode != "off":
+            cache["response"]["mode"] = mode
+    if "ttl_hours" in point:
+        cache["response"]["ttl_s"] = int(point["ttl_hours"]) * 3600
+    return active.evolve(author=author, description="cache search", cache=cache)

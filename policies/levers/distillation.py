@@ -1,0 +1,61 @@
+"""Distillation lever: serve a family from a smaller tier's adapter distilled for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policies.levers._space import LeverContext, Param
+
+__all__ = ["NAME", "adapter_options", "anchor", "apply", "space"]
+
+NAME = "distillation"
+OFF = "off"
+
+
+def adapter_options(fleet, family: str) -> list[str]:
+    """``"tier/variant/adapter"`` for every adapter the manifest lists for ``family``."""
+    out = []
+    for t in fleet.tiers:
+        for v in t.variants:
+            for a in v.adapters:
+                if a.family in (None, family):
+                    out.append(f"{t.name}/{v.name}/{a.name}")
+    return out
+
+
+def space(active, ctx: LeverContext) -> dict[str, Param]:
+    out = {}
+    for fam in ctx.families:
+        options = adapter_options(ctx.fleet, fam)
+        if options:
+            out[f"family_{fam}"] = Param.choice(OFF, *options)
+    return out
+
+
+def anchor(active, ctx: LeverContext) -> dict[str, Any]:
+    out = {}
+    for key, param in space(active, ctx).items():
+        target = active.spec.distillation.get(key[len("family_"):])
+        value = OFF
+        if target is not None:
+            variant = ctx.fleet.tier(target.tier).variant(
+                active.spec.quantization.get(target.tier)).name
+            value = f"{target.tier}/{variant}/{target.adapter}"
+        out[key] = value if value in param.values else OFF
+    return out
+
+
+def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "autopilot-search"):
+    distill = {f: d.model_dump(mode="json") for f, d in active.spec.distillation.items()}
+    quant = dict(active.spec.quantization)
+    for key, value in point.items():
+        fam = key[len("family_"):]
+        if value == OFF:
+            distill.pop(fam, None)
+            continue
+        tier, variant, adapter = str(value).split("/")
+        current = ctx.fleet.tier(tier).variant(quant.get(tier)).name
+        if current != variant:
+            continue  # the adapter belongs to another variant than the one this tier serves
+        distill[fam] = {"tier": tier, "adapter": adapter}
+    return active.evolve(author=author, description="distillation search", distillation=distill)

@@ -1,0 +1,39 @@
+"""Quantization lever: which variant of each tier serves (bf16, int8, int4 ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policies.levers._space import LeverContext, Param
+
+__all__ = ["NAME", "anchor", "apply", "space"]
+
+NAME = "quantization"
+
+
+def space(active, ctx: LeverContext) -> dict[str, Param]:
+    return {f"variant_{t.name}": Param.choice(*[v.name for v in t.variants])
+            for t in ctx.fleet.tiers if len(t.variants) > 1}
+
+
+def anchor(active, ctx: LeverContext) -> dict[str, Any]:
+    return {f"variant_{t.name}": active.spec.quantization.get(t.name, t.variant().name)
+            for t in ctx.fleet.tiers if len(t.variants) > 1}
+
+
+def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "autopilot-search"):
+    quant = dict(active.spec.quantization)
+    for key, value in point.items():
+        tier = key[len("variant_"):]
+        if ctx.fleet.tier(tier).variant().name == value:
+            quant.pop(tier, None)  # the default needs no entry
+        else:
+            quant[tier] = value
+    # A distillation whose adapter the new variant lacks would be refused: drop it.
+    distill = {}
+    for fam, target in active.spec.distillation.items():
+        variant = ctx.fleet.tier(target.tier).variant(quant.get(target.tier))
+        if target.adapter in [a.name for a in variant.adapters]:
+            distill[fam] = target.model_dump(mode="json")
+    return active.evolve(author=author, description="quantization search",
+                         quantization=quant, distillation=distill)
