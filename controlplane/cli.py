@@ -396,8 +396,10 @@ def whatif(obj: Context, telemetry: tuple[str, ...], fleet_file: str, policy_ref
     for note in report.notes:
         click.echo(f"note: {note}")
     if report.rows:
-        obj.emit(report.rows, title=f"candidates ({report.evaluated} evaluated, "
-                                    f"{report.seconds:.1f} s)")
+        obj.emit([{k: v for k, v in r.items() if k != "file"} for r in report.rows],
+                 title=f"candidates ({report.evaluated} evaluated, {report.seconds:.1f} s)")
+        if out_dir:
+            click.echo(f"wrote {len(report.files)} candidate policies and whatif.json to {out_dir}")
     else:
         click.echo("no candidate found")
 
