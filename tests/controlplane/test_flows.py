@@ -1,0 +1,104 @@
+"""The nightly and verify flows for real on Prefect's ephemeral API, with simulated
+telemetry and an in-process serving path for the gates (the fleet's own integration tests
+cover the real serving path)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from serving.manifest import sha256_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    from controlplane.bootstrap import initialise_state
+    from controlplane.loop.waiting import prefect_environment
+    from controlplane.settings import StateDir
+    from controlplane.store import Store
+    from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
+    from serving.manifest import load_fleet
+
+    root = tmp_path_factory.mktemp("flows")
+    state = StateDir(root)
+    naive = root / "naive.yaml"
+    naive.write_text(open("controlplane/starter/naive_policy.yaml").read().replace(
+        "  gates: {}", "  gates: {non_inferiority_margin: 0.1}"))
+    fleet_file = root / "fleet-src.yaml"
+    fleet_doc = yaml.safe_load(open("controlplane/starter/fleet.yaml"))
+    for tier in fleet_doc["spec"]["tiers"]:
+        for variant in tier["variants"]:
+            folder = root / variant["weights"]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "weights.bin").write_bytes(tier["name"].encode() * 64)
+            variant["files"] = {"weights.bin": sha256_file(folder / "weights.bin")}
+    fleet_file.write_text(yaml.safe_dump(fleet_doc))
+    initialise_state(state, fleet_file=fleet_file, policy_file=naive)
+    settings = state.settings().model_copy(update={"platform_owners": ["owner"]})
+    state.save_settings(settings)
+    store = Store.open(state.store_url())
+    policy = store.active_policy().policy
+    write_spans(simulate_spans(policy, load_fleet(state.fleet_path),
+                               WorkloadShape(tasks=2500, day="2026-11-20", seed=3, skill=3.0)),
+                state.spans_dir / "day1.jsonl")
+    os.environ.pop("PREFECT_HOME", None)
+    prefect_environment(state)
+    return state
+
+
+@pytest.fixture()
+def fake_gates(monkeypatch, state):
+    from controlplane.loop import gating
+    from controlplane.store import Store
+    from gates.fakes import FakeServingPath
+
+    class StoredPolicies(dict):
+        def __missing__(self, version):
+            with Store.open(state.store_url()) as store:
+                self[version] = store.get_policy(version).policy
+            return self[version]
+
+    def answer(case, tier, variant, attempt):
+        return case.expected if tier in ("M", "L") or case.difficulty == 1 else "wrong"
+
+    real = gating.gate_proposal
+
+    def gate_with_fake(state_, pid, **kw):
+        kw["serving"] = FakeServingPath(StoredPolicies(), answer)
+        return real(state_, pid, **kw)
+
+    monkeypatch.setattr(gating, "gate_proposal", gate_with_fake)
+
+
+def test_nightly_proposes_gates_approves_and_promotes_once(state, fake_gates):
+    from controlplane.flows import nightly
+    from controlplane.store import Store
+
+    search = {"executor": "inline", "trials": 4, "per_trial": 16, "bootstrap": 100}
+    result = nightly(state_dir=str(state.root), since="2026-11-20", until="2026-11-20",
+                     levers=["routing"], approver="owner", search=search)
+    assert result["observed"]["tasks"] == 2500
+    with Store.open(state.store_url()) as store:
+        proposals = store.list_proposals()
+        assert proposals, (result.get("skipped_candidates"), result.get("searched"))
+        gated = [p for p in proposals if p.gate_verdict is not None]
+        assert gated and all(p.evidence_hash for p in gated)
+        active = store.active_policy()
+    promoted = [e for e in result["proposals"] if "active_version" in e]
+    assert len(promoted) == 1, result["proposals"]
+    assert active.version == promoted[0]["active_version"] != 1
+    assert os.path.exists(promoted[0]["report"]["markdown"])
+    assert promoted[0]["decision"]["by"] == "owner"
+
+    again = nightly(state_dir=str(state.root), since="2026-11-20", until="2026-11-20",
+                    levers=["routing"], approver="owner", search=search)
+    with Store.open(state.store_url()) as store:
+        assert len(store.list_proposals()) == len(proposals), (
+            [(p.proposal_id, p.state.value, p.gate_verdict, p.candidate_hash[:8], p.baseline_version)
+             for p in store.list_proposals()], result["proposals"], again)
+        assert store.active_policy().version == active.version
+    assert not any("active_version" in e for e in again["proposals"])
