@@ -8,7 +8,7 @@ from typing import Any
 
 from controlplane.settings import StateDir
 
-__all__ = ["initialise_state", "link_relative_paths", "record_ingest", "STARTER_DIR"]
+__all__ = ["STARTER_DIR", "initialise_state", "link_relative_paths", "record_ingest"]
 
 STARTER_DIR = Path(__file__).parent / "starter"
 INIT_ACTOR = "autopilot-init"

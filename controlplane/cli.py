@@ -18,7 +18,7 @@ from controlplane.errors import AutopilotError
 from controlplane.settings import StateDir, resolve_state_dir
 from policies._model import DocumentError
 
-__all__ = ["main", "cli"]
+__all__ = ["cli", "main"]
 
 STARTER = Path(__file__).parent / "starter"
 
@@ -474,7 +474,7 @@ def demo(obj: Context, quick: bool, tasks: int | None, simulated: bool, fresh: b
 
 
 # The owner's side of the loop (proposals, rollback, reports) lives in its own module.
-from controlplane import cli_loop as _cli_loop  # noqa: E402,F401  (registers its commands)
+from controlplane import cli_loop as _cli_loop  # noqa: F401  (registers its commands)
 
 
 def main(argv: list[str] | None = None) -> None:

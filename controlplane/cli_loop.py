@@ -12,7 +12,7 @@ import click
 
 from controlplane.cli import Context, cli, policy
 
-__all__ = ["proposals", "report", "policy_rollback"]
+__all__ = ["policy_rollback", "proposals", "report"]
 
 
 def _proposal_row(p: Any) -> dict[str, Any]:

@@ -160,7 +160,8 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
     handle = start_fleet(state.fleet_path, store_url=state.store_url(),
                          spans_path=state.spans_dir / "gateway.jsonl")
     register_fleet(handle)
-    summary: dict[str, Any] = {"state_dir": str(state.root), "gateway": handle.url}
+    summary: dict[str, Any] = {"state_dir": str(state.root), "gateway": handle.url,
+                               "days": [plan.day1, plan.day2]}
     try:
         echo(f"      gateway {handle.url}")
         step(f"day 1 ({plan.day1}): driving {plan.tasks_per_day} tasks under policy v1")
@@ -182,6 +183,8 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
         step(f"waiting for the gateway to serve policy v{active.version} (no restart)")
         reloaded = _wait_for_policy(handle.url, active.version)
         echo(f"      gateway serves v{active.version}: {reloaded}")
+        summary["active_version"] = active.version
+        summary["gateway_serves_active"] = reloaded
 
         step(f"day 2 ({plan.day2}): driving {plan.tasks_per_day} tasks under policy "
              f"v{active.version}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeploymentSpec", "deployment_specs", "serve_deployments", "main"]
+__all__ = ["DeploymentSpec", "deployment_specs", "main", "serve_deployments"]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["AutopilotError", "TransientError", "PermanentError", "retry_transient"]
+__all__ = ["AutopilotError", "PermanentError", "TransientError", "retry_transient"]
 
 T = TypeVar("T")
 

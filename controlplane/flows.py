@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from controlplane.errors import TransientError
 from controlplane.settings import StateDir
 
-__all__ = ["nightly", "verify", "quarterly_report", "NIGHTLY_LEASE"]
+__all__ = ["NIGHTLY_LEASE", "nightly", "quarterly_report", "verify"]
 
 NIGHTLY_LEASE = "nightly"
 ACTOR = "autopilot-nightly"
@@ -219,7 +219,7 @@ def to_awaiting(state_dir: str, proposal_id: str) -> str:
 @pure_task
 def decide(state_dir: str, proposal_id: str, approver: str | None) -> dict[str, Any]:
     """Auto-approval rule, the named (demo) approver, or a platform owner via pause."""
-    from controlplane.loop.approvals import auto_decision, authorise
+    from controlplane.loop.approvals import authorise, auto_decision
     from controlplane.loop.waiting import wait_for_owner
 
     state = _state(state_dir)

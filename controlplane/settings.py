@@ -18,7 +18,7 @@ from controlplane.loop.approvals import AutoApprovalRule
 from controlplane.loop.verification import VerifySettings
 from policies._model import Strict, dump_yaml, load_yaml_document
 
-__all__ = ["Settings", "StateDir", "resolve_state_dir", "ENV_STATE_DIR", "DEFAULT_STATE_DIR"]
+__all__ = ["DEFAULT_STATE_DIR", "ENV_STATE_DIR", "Settings", "StateDir", "resolve_state_dir"]
 
 ENV_STATE_DIR = "AUTOPILOT_HOME"
 DEFAULT_STATE_DIR = Path("~/.autopilot")

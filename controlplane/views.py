@@ -14,17 +14,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from serving.manifest import FleetManifest
 
 __all__ = [
+    "audit_rows",
+    "finops_rows",
     "fleet_rows",
     "history_rows",
-    "audit_rows",
-    "metrics_rows",
-    "finops_rows",
     "load_window",
+    "metrics_rows",
     "print_rows",
 ]
 
 
-def fleet_rows(fleet: "FleetManifest") -> list[dict[str, Any]]:
+def fleet_rows(fleet: FleetManifest) -> list[dict[str, Any]]:
     rows = []
     for tier in fleet.tiers:
         for v in tier.variants:
@@ -78,7 +78,7 @@ def audit_rows(store: Any, limit: int) -> list[dict[str, Any]]:
     ]
 
 
-def load_window(state: "StateDir", since: str | None, until: str | None):
+def load_window(state: StateDir, since: str | None, until: str | None):
     """The three telemetry tables of a day window, as DataFrames."""
     from controlplane.telemetry.ingest import read_table
 
@@ -109,7 +109,7 @@ def _plain(v: Any) -> Any:
 
 
 def metrics_rows(
-    state: "StateDir", fleet: "FleetManifest", by: list[str], since: str | None, until: str | None
+    state: StateDir, fleet: FleetManifest, by: list[str], since: str | None, until: str | None
 ) -> list[dict[str, Any]]:
     from controlplane.metrics import compute_metrics
 
@@ -129,7 +129,7 @@ def _metric_options(settings) -> dict[str, Any]:
 
 
 def finops_rows(
-    state: "StateDir", fleet: "FleetManifest", since: str | None, until: str | None
+    state: StateDir, fleet: FleetManifest, since: str | None, until: str | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The register over the window and each budgeted team's spend per day.
 
@@ -152,7 +152,7 @@ def finops_rows(
     return [{k: _plain(v) for k, v in r.items()} for r in register], budgets
 
 
-def _active_team_budgets(state: "StateDir") -> dict[str, Any]:
+def _active_team_budgets(state: StateDir) -> dict[str, Any]:
     from controlplane.store import Store
 
     store = Store.open(state.store_url())

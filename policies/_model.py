@@ -11,13 +11,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 __all__ = [
-    "Strict",
     "DocumentError",
+    "Strict",
     "canonical_json",
     "content_hash",
-    "load_yaml_document",
-    "dump_yaml",
     "diff_values",
+    "dump_yaml",
+    "load_yaml_document",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -43,7 +43,7 @@ class DocumentError(ValueError):
         super().__init__("\n".join(lines))
 
     @classmethod
-    def from_validation(cls, source: str, err: ValidationError) -> "DocumentError":
+    def from_validation(cls, source: str, err: ValidationError) -> DocumentError:
         problems = []
         for e in err.errors():
             path = ".".join(str(p) for p in e["loc"]) or "<document>"

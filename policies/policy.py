@@ -8,7 +8,7 @@ into the tiers it tries is in ``policies.routing`` and ``docs/policy.md``.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,23 +28,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from serving.manifest import FleetManifest
 
 __all__ = [
-    "Policy",
-    "PolicySpec",
-    "PolicyMetadata",
-    "RoutingSpec",
-    "RoutingOverride",
     "CacheSpec",
-    "ResponseCacheSpec",
     "DistillationTarget",
-    "GuardrailSpec",
-    "TeamBudget",
-    "GateLimits",
-    "load_policy",
-    "save_policy",
-    "policy_diff",
-    "describe_diff",
-    "validate_against_fleet",
     "DocumentError",
+    "GateLimits",
+    "GuardrailSpec",
+    "Policy",
+    "PolicyMetadata",
+    "PolicySpec",
+    "ResponseCacheSpec",
+    "RoutingOverride",
+    "RoutingSpec",
+    "TeamBudget",
+    "describe_diff",
+    "load_policy",
+    "policy_diff",
+    "save_policy",
+    "validate_against_fleet",
 ]
 
 
@@ -108,7 +108,7 @@ class RoutingSpec(Strict):
     _uniq = field_validator("escalation")(lambda cls, v: _unique(v, "escalation"))
 
     @model_validator(mode="after")
-    def _check_thresholds(self) -> "RoutingSpec":
+    def _check_thresholds(self) -> RoutingSpec:
         for fam, o in [("", None), *self.families.items()]:
             esc = (o.escalation if o and o.escalation is not None else None) or self.escalation
             th = o.thresholds if o and o.thresholds is not None else self.thresholds
@@ -189,7 +189,7 @@ class PolicyMetadata(Strict):
     description: str | None = None
 
     @model_validator(mode="after")
-    def _parent_before(self) -> "PolicyMetadata":
+    def _parent_before(self) -> PolicyMetadata:
         if self.parent_version is not None and self.parent_version >= self.version:
             raise ValueError(
                 f"parent_version {self.parent_version} must be older than version {self.version}"
@@ -214,7 +214,7 @@ class Policy(Strict):
     def to_yaml(self) -> str:
         return dump_yaml(self)
 
-    def evolve(self, *, author: str, description: str | None = None, **spec_changes: Any) -> "Policy":
+    def evolve(self, *, author: str, description: str | None = None, **spec_changes: Any) -> Policy:
         """A new version with ``spec`` sections replaced (``routing=...``); validated again."""
         spec = self.spec.model_dump(mode="json")
         for key, value in spec_changes.items():
@@ -227,7 +227,7 @@ class Policy(Strict):
                     "version": self.metadata.version + 1,
                     "parent_version": self.metadata.version,
                     "author": author,
-                    "created": datetime.now(timezone.utc),
+                    "created": datetime.now(UTC),
                     "description": description,
                 },
                 "spec": spec,
@@ -276,7 +276,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def validate_against_fleet(policy: Policy, fleet: "FleetManifest") -> None:
+def validate_against_fleet(policy: Policy, fleet: FleetManifest) -> None:
     """Refuse a policy that names tiers, variants or adapters the fleet does not have."""
     problems: list[tuple[str, str]] = []
     tiers = {t.name: t for t in fleet.spec.tiers}

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from policies.policy import Policy
 
 __all__ = [
-    "ResolvedRouting",
     "PlannedAttempt",
-    "resolve_routing",
-    "difficulty_score",
-    "start_index",
-    "attempt_tiers",
-    "tier_plan",
-    "first_tier_probabilities",
+    "ResolvedRouting",
     "attempt_tier_probabilities",
+    "attempt_tiers",
     "choose_start",
+    "difficulty_score",
+    "first_tier_probabilities",
+    "resolve_routing",
     "shadow_tier",
+    "start_index",
+    "tier_plan",
 ]
 
 Feature = float | int | bool | str | None

@@ -26,8 +26,8 @@ from serving.manifest import FleetManifest, Variant, load_fleet, resolve_path, v
 __all__ = [
     "EngineOptions",
     "Generation",
-    "PinnedWeightsMismatch",
     "PinnedVariant",
+    "PinnedWeightsMismatch",
     "TierEngine",
     "UnknownAdapter",
     "engine_kwargs",

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from controlplane.errors import PermanentError, TransientError
 from policies.policy import Policy
 from serving.engine import EngineOptions
 
-__all__ = ["FleetHandle", "FleetStartError", "start_fleet", "free_port"]
+__all__ = ["FleetHandle", "FleetStartError", "free_port", "start_fleet"]
 
 _log = logging.getLogger(__name__)
 
@@ -193,10 +194,10 @@ def serve_until_signalled(state: Any, manifest_path: Path, *, port: int,
     URL, and shut down cleanly on Ctrl-C or SIGTERM."""
     import signal
     import threading
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     settings = state.settings()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     spans = state.spans_dir / f"gateway-{stamp}.jsonl"
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())

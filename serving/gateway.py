@@ -38,7 +38,7 @@ from serving.tiers import (
     running_apps,
 )
 
-__all__ = ["GatewayIngress", "gateway_application", "GATEWAY_APP"]
+__all__ = ["GATEWAY_APP", "GatewayIngress", "gateway_application"]
 
 _log = logging.getLogger(__name__)
 GATEWAY_APP = "gateway"

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.errors import PermanentError
@@ -200,7 +200,7 @@ class GatewayCore:
     def _day(self, offset_ns: int = 0) -> str:
         """The budget day (UTC) of a request; a simulated day's offset moves it too."""
         moment = self.clock() + offset_ns / 1e9
-        return datetime.fromtimestamp(moment, tz=timezone.utc).strftime("%Y-%m-%d")
+        return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%d")
 
     async def complete(self, req: ParsedRequest) -> dict[str, Any]:
         policy, decision = await self.route(req)

@@ -30,6 +30,7 @@ from typing import Any
 from controlplane.telemetry.conventions import CacheStatus
 
 __all__ = [
+    "CODES",
     "BudgetLedger",
     "GuardrailRefusal",
     "TaskUsage",
@@ -37,7 +38,6 @@ __all__ = [
     "call_cost_usd",
     "check_call",
     "clip_max_tokens",
-    "CODES",
 ]
 
 CODES = ("max_attempts_per_task", "max_tokens_per_task", "max_usd_per_task",

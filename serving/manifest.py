@@ -18,17 +18,17 @@ from pydantic import Field, field_validator, model_validator
 from policies._model import DocumentError, Strict, content_hash, dump_yaml, load_yaml_document
 
 __all__ = [
+    "Adapter",
+    "CapacityType",
+    "Economics",
     "FleetManifest",
     "FleetSpec",
     "Tier",
     "Variant",
-    "Adapter",
-    "Economics",
-    "CapacityType",
     "load_fleet",
+    "resolve_path",
     "save_fleet",
     "sha256_file",
-    "resolve_path",
     "verify_files",
 ]
 
@@ -93,7 +93,7 @@ class Variant(Strict):
     _check_hashes = field_validator("files")(lambda cls, v: _check_sha_map(v))
 
     @model_validator(mode="after")
-    def _unique_adapters(self) -> "Variant":
+    def _unique_adapters(self) -> Variant:
         names = [a.name for a in self.adapters]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -118,7 +118,7 @@ class Tier(Strict):
     variants: tuple[Variant, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _check_variants(self) -> "Tier":
+    def _check_variants(self) -> Tier:
         names = [v.name for v in self.variants]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -154,7 +154,7 @@ class FleetSpec(Strict):
     tiers: tuple[Tier, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _check_tiers(self) -> "FleetSpec":
+    def _check_tiers(self) -> FleetSpec:
         names = [t.name for t in self.tiers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

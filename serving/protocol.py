@@ -12,16 +12,24 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from pydantic import ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 __all__ = [
     "AutopilotFields",
     "BadRequest",
     "ParsedRequest",
     "chat_prompt",
-    "parse_request",
     "completion_body",
+    "parse_request",
 ]
 
 MAX_TOKENS_LIMIT = 4096

@@ -25,7 +25,7 @@ from serving.manifest import (
     sha256_file,
 )
 
-__all__ = ["make_tiny_fleet", "char_tokenizer", "TINY_ECONOMICS"]
+__all__ = ["TINY_ECONOMICS", "char_tokenizer", "make_tiny_fleet"]
 
 # The starter fleet's tier table (controlplane/starter/fleet.yaml): tiny tiers stand in for
 # real model classes, so prices follow those classes, not the tiny models.

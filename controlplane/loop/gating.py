@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["gate_proposal", "register_fleet", "GATE_ACTOR"]
+__all__ = ["GATE_ACTOR", "gate_proposal", "register_fleet"]
 
 GATE_ACTOR = "autopilot-gate"
 # Fleets started in this process, by gateway URL: the gates ask the one they run through

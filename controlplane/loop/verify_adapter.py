@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["verify_promoted", "task_outcomes"]
+__all__ = ["task_outcomes", "verify_promoted"]
 
 
 def task_outcomes(tasks, attempts, calls, fleet, *, default_verifier_cost_usd: float = 0.0

@@ -22,8 +22,15 @@ from controlplane.loop.approvals import NotAuthorised, authorise
 if TYPE_CHECKING:  # pragma: no cover
     from controlplane.settings import StateDir
 
-__all__ = ["ApprovalInput", "OwnerDecision", "prefect_environment", "resume_waiting_flow",
-           "wait_for_owner", "WAITING_ACTION", "TIMEOUT_ACTOR"]
+__all__ = [
+    "TIMEOUT_ACTOR",
+    "WAITING_ACTION",
+    "ApprovalInput",
+    "OwnerDecision",
+    "prefect_environment",
+    "resume_waiting_flow",
+    "wait_for_owner",
+]
 
 WAITING_ACTION = "approval.waiting"
 TIMEOUT_ACTOR = "autopilot-timeout"
@@ -45,7 +52,7 @@ class OwnerDecision:
     via: str  # "cli", "prefect-ui", "timeout", "recorded"
 
 
-def prefect_environment(state: "StateDir") -> None:
+def prefect_environment(state: StateDir) -> None:
     """Give Prefect this state directory's own home (a database migrated by another Prefect
     version would refuse to start) and keep it quiet and local."""
     home = state.prefect_home
@@ -104,7 +111,7 @@ def wait_for_owner(store: Any, proposal: Any, *, owners: list[str], timeout_s: i
     return OwnerDecision(answer.approve, answer.approver, answer.reason, "prefect-ui")
 
 
-def resume_waiting_flow(state: "StateDir", store: Any, proposal_id: str, *, approver: str,
+def resume_waiting_flow(state: StateDir, store: Any, proposal_id: str, *, approver: str,
                         approve: bool, reason: str) -> str:
     """Resume the nightly run paused on ``proposal_id``, if one is; says what happened."""
     waiting = store.audit_entries(subject=proposal_id, action=WAITING_ACTION)

@@ -10,16 +10,16 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
-    "SPAN_TASK",
+    "FEATURE_PREFIX",
+    "SERVICE_NAME",
     "SPAN_ATTEMPT",
     "SPAN_CALL",
     "SPAN_NAMES",
+    "SPAN_TASK",
     "Attr",
-    "FEATURE_PREFIX",
+    "CacheStatus",
     "Outcome",
     "Purpose",
-    "CacheStatus",
-    "SERVICE_NAME",
 ]
 
 SERVICE_NAME = "fleet-autopilot"

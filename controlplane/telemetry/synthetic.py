@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,7 @@ def _hex(rng: random.Random, nbytes: int) -> str:
 
 
 def simulate_spans(
-    policy: "Policy", fleet: "FleetManifest", shape: WorkloadShape = WorkloadShape()
+    policy: Policy, fleet: FleetManifest, shape: WorkloadShape = WorkloadShape()
 ) -> Iterator[dict[str, Any]]:
     """Yield flat JSON-lines span dicts (task, attempts, calls) for ``shape.tasks`` tasks."""
     from policies.routing import attempt_tiers, choose_start, resolve_routing
@@ -65,7 +65,7 @@ def simulate_spans(
     rng = random.Random(shape.seed)
     rank = {t.name: i for i, t in enumerate(fleet.tiers)}
     day_start = int(
-        datetime.fromisoformat(shape.day).replace(tzinfo=timezone.utc).timestamp() * 1e9
+        datetime.fromisoformat(shape.day).replace(tzinfo=UTC).timestamp() * 1e9
     )
     version = str(policy.metadata.version)
     for n in range(shape.tasks):

@@ -7,7 +7,7 @@ the task's ``autopilot.feature.*`` attributes with the prefix removed.
 
 from __future__ import annotations
 
-__all__ = ["TASK_COLUMNS", "ATTEMPT_COLUMNS", "CALL_COLUMNS", "TABLES"]
+__all__ = ["ATTEMPT_COLUMNS", "CALL_COLUMNS", "TABLES", "TASK_COLUMNS"]
 
 # column -> pandas/arrow dtype name.  Nullable columns use pandas nullable dtypes.
 TASK_COLUMNS: dict[str, str] = {

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["QUANT_BITS", "linear_weight_names", "quantize_model_", "roundtrip", "qmax"]
+__all__ = ["QUANT_BITS", "linear_weight_names", "qmax", "quantize_model_", "roundtrip"]
 
 QUANT_BITS: dict[str, int] = {"int8": 8, "int4": 4}
 _LINEAR_SUFFIXES = (

@@ -245,6 +245,7 @@ def _kept_tier_files(models_dir: Path, tier: str) -> dict[tuple[str, str], dict[
 def save_variant(model: Any, tokenizer: Any, directory: Path) -> dict[str, str]:
     """Save model (bf16 safetensors) and tokenizer; returns {relative file: sha256}."""
     import torch
+
     from serving.manifest import sha256_file
 
     if directory.exists():
@@ -262,8 +263,7 @@ def save_variant(model: Any, tokenizer: Any, directory: Path) -> dict[str, str]:
 def build_manifest(shapes: tuple[TierShape, ...], files: dict[tuple[str, str], dict[str, str]],
                    *, seed: int, quick: bool) -> Any:
     """The FleetManifest of the trained variants (weights relative to the manifest dir)."""
-    from serving.manifest import Economics, FleetManifest, FleetSpec, Tier, Variant
-    from serving.manifest import FleetMetadata
+    from serving.manifest import Economics, FleetManifest, FleetMetadata, FleetSpec, Tier, Variant
 
     tiers = []
     for rank, shape in enumerate(shapes):
@@ -296,6 +296,7 @@ def build_manifest(shapes: tuple[TierShape, ...], files: dict[tuple[str, str], d
 def run(config: TrainConfig) -> dict[str, Any]:
     """Train, save, write the manifest and (optionally) the ladder. Returns a summary."""
     import torch
+
     from serving.manifest import load_fleet, resolve_path, save_fleet, verify_files
 
     torch.set_num_threads(THREADS)

@@ -13,7 +13,7 @@ def test_nightly_follows_the_configured_cron():
 
 
 def test_flows_exist_for_every_spec():
-    import controlplane.flows as flows
+    from controlplane import flows
 
     for spec in deployment_specs(Settings(), "/tmp/s"):
         assert callable(getattr(flows, spec.flow))

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -22,7 +22,7 @@ def test_hash_is_spec_only_and_canonical():
     a = make()
     b = Policy.model_validate(
         {
-            "metadata": {"version": 7, "author": "bob", "created": datetime.now(timezone.utc)},
+            "metadata": {"version": 7, "author": "bob", "created": datetime.now(UTC)},
             "spec": {"routing": {"escalation": ["S", "M", "L"]}},
         }
     )

@@ -8,7 +8,6 @@ the tests that assume policy v1.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path

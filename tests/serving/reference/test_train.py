@@ -10,24 +10,24 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from serving.manifest import load_fleet, resolve_path, verify_files  # noqa: E402
-from serving.reference.ladder import heldout_suite, ladder_markdown, summarize  # noqa: E402
-from serving.reference.model import (  # noqa: E402
+from serving.manifest import load_fleet, resolve_path, verify_files
+from serving.reference.ladder import heldout_suite, ladder_markdown, summarize
+from serving.reference.model import (
     BOS,
     EOS,
     VOCAB,
     build_tokenizer,
     check_coverage,
 )
-from serving.reference.quantize import qmax, quantize_model_, roundtrip  # noqa: E402
-from serving.reference.tasks import (  # noqa: E402
+from serving.reference.quantize import qmax, quantize_model_, roundtrip
+from serving.reference.tasks import (
     DIFFICULTIES,
     FAMILIES,
     format_example,
     generate_tasks,
     split_of,
 )
-from serving.reference.train import (  # noqa: E402
+from serving.reference.train import (
     TrainConfig,
     encode_examples,
     run,
