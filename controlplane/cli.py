@@ -328,6 +328,82 @@ def serve(obj: Context, fleet_file: str | None, port: int, ray_address: str | No
                           echo=click.echo)
 
 
+# --------------------------------------------------------------------------------- drive
+def _weights(text: str | None, *, key=str) -> dict:
+    """``"a=2,b=1"`` -> ``{"a": 2.0, "b": 1.0}``; a bad item is refused naming it."""
+    out: dict = {}
+    for item in filter(None, (text or "").split(",")):
+        name, sep, weight = item.partition("=")
+        try:
+            out[key(name.strip())] = float(weight) if sep else 1.0
+        except ValueError as exc:
+            raise click.BadParameter(f"{item!r}: expected name=weight") from exc
+    return out
+
+
+@cli.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+              help="The gateway (autopilot serve).")
+@click.option("--tasks", type=int, default=200, show_default=True)
+@click.option("--day", default=None, help="UTC day the spans are stamped with (default today).")
+@click.option("--seed", type=int, default=11, show_default=True)
+@click.option("--concurrency", type=int, default=8, show_default=True)
+@click.option("--rate", type=float, default=None, help="Poisson arrivals per second.")
+@click.option("--families", default=None, help="Mix, e.g. expr_eval=2,list_ops=1.")
+@click.option("--difficulties", default=None, help="Mix, e.g. 1=3,2=2,3=1.")
+@click.option("--teams", default=None, help="Mix, e.g. payments=0.5,search=0.5.")
+@click.option("--max-attempts", type=int, default=10, show_default=True,
+              help="The harness's own cap per task (the policy's caps apply first).")
+@click.option("--ingest/--no-ingest", default=True, show_default=True,
+              help="Ingest the spans into the state directory afterwards.")
+@click.pass_obj
+def drive(obj: Context, url: str, tasks: int, day: str | None, seed: int, concurrency: int,
+          rate: float | None, families: str | None, difficulties: str | None,
+          teams: str | None, max_attempts: int, ingest: bool) -> None:
+    """Play the reference agent harness against the gateway: tasks try, verify, escalate or
+    repair until green or a cap, emitting agent.task and agent.attempt spans."""
+    from datetime import UTC, datetime
+
+    from controlplane.telemetry.otel import configure_tracing, shutdown_tracing
+    from serving.client import GatewayClient
+    from serving.driver import WorkloadSpec
+    from serving.driver import drive as run_drive
+
+    obj.require_init()
+    fields: dict = {"tasks": tasks, "seed": seed, "concurrency": concurrency,
+                    "day": day or datetime.now(UTC).date().isoformat(),
+                    "arrival_rate_per_s": rate, "max_attempts": max_attempts}
+    if families:
+        fields["families"] = _weights(families)
+    if difficulties:
+        fields["difficulties"] = _weights(difficulties, key=int)
+    if teams:
+        fields["teams"] = _weights(teams)
+    spec = WorkloadSpec(**fields)
+    state = obj.state
+    provider = configure_tracing(jsonl_path=state.spans_dir / f"driver-{spec.day}-{seed}.jsonl")
+    client = GatewayClient(url)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(total // 10, 1) == 0:
+            click.echo(f"  {done}/{total} tasks", err=True)
+
+    try:
+        report = run_drive(spec, client, tracer_provider=provider, progress=progress)
+    finally:
+        shutdown_tracing()
+    client.flush_spans()
+    obj.emit(report.as_dict(), title=f"drive {spec.day}")
+    if ingest:
+        from controlplane.bootstrap import record_ingest
+        from controlplane.telemetry.ingest import ingest_paths
+
+        files = sorted(p for p in state.spans_dir.rglob("*.jsonl") if p.is_file())
+        result = ingest_paths(files, state.telemetry_dir).as_dict()
+        record_ingest(obj.store(), result)
+        click.echo(f"ingested: {result.get('stored')}", err=True)
+
+
 # --------------------------------------------------------------------------------- audit
 @cli.group()
 def audit() -> None:
