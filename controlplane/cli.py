@@ -381,8 +381,14 @@ def drive(obj: Context, url: str, tasks: int, day: str | None, seed: int, concur
         fields["teams"] = _weights(teams)
     spec = WorkloadSpec(**fields)
     state = obj.state
-    provider = configure_tracing(jsonl_path=state.spans_dir / f"driver-{spec.day}-{seed}.jsonl")
     client = GatewayClient(url)
+    try:
+        serving = client.policy()
+    except Exception as exc:  # noqa: BLE001 - any failure here means there is no gateway
+        raise click.ClickException(f"no gateway answers at {url} ({exc}); start one with "
+                                   "`autopilot serve`") from exc
+    click.echo(f"gateway {url} serves policy v{serving.get('version')}", err=True)
+    provider = configure_tracing(jsonl_path=state.spans_dir / f"driver-{spec.day}-{seed}.jsonl")
 
     def progress(done: int, total: int) -> None:
         if done == total or done % max(total // 10, 1) == 0:

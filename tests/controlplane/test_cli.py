@@ -120,3 +120,22 @@ def test_audit_verify_detects_tampering(state, tmp_path):
 def test_commands_need_init(tmp_path):
     result = CliRunner().invoke(cli, ["--state-dir", str(tmp_path / "none"), "metrics"])
     assert result.exit_code != 0 and "autopilot init" in result.output
+
+
+def test_drive_mix_weights_are_parsed_and_a_bad_item_is_named():
+    import click
+
+    from controlplane.cli import _weights
+
+    assert _weights("expr_eval=2,list_ops") == {"expr_eval": 2.0, "list_ops": 1.0}
+    assert _weights("1=3,3=1", key=int) == {1: 3.0, 3: 1.0}
+    assert _weights(None) == {}
+    with pytest.raises(click.BadParameter, match="'a=x'"):
+        _weights("a=x")
+
+
+def test_drive_against_no_gateway_fails_with_a_clear_error(state):
+    result = CliRunner().invoke(cli, ["--state-dir", str(state), "drive", "--url",
+                                      "http://127.0.0.1:9", "--tasks", "1", "--no-ingest"])
+    assert result.exit_code != 0
+    assert "no gateway answers at http://127.0.0.1:9" in result.output
