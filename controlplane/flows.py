@@ -130,12 +130,25 @@ def learn(window: Any, seed: int):
 @pure_task
 def propose(window: Any, state_dir: str, models: Any, levers: Any, search: dict[str, Any]):
     """Ray Tune search per lever and jointly, against the counterfactual estimate."""
-    from experiments import search as run_search
+    from experiments.search import search as run_search
 
     with _store(state_dir) as store:
         active = store.active_policy().policy
     return run_search(window, _fleet(state_dir), active, levers=levers, models=models,
                       progress=True, **search)
+
+
+@pure_task
+def distill(state_dir: str, since: str, until: str) -> dict[str, Any]:
+    """The distillation step (off unless ``distillation.nightly``): rank families, train
+    the best qualifying one's adapter on Ray within the step budget (docs/distillation.md).
+    Fail open: its errors are reported, never stop the night."""
+    from controlplane.loop.distill import nightly_distill
+
+    try:
+        return nightly_distill(_state(state_dir), since, until, echo=_say)
+    except Exception as exc:  # noqa: BLE001 - an optional step never blocks the loop
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 @pure_task
@@ -302,6 +315,8 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
         if not observed["metrics"]:
             summary["skipped"] = f"no telemetry in {window_label}"
             return summary
+        if _state(state_dir).settings().distillation.nightly:
+            summary["distillation"] = distill(state_dir, since, until)
         window = load_window(state_dir, since, until)
         models = learn(window, seed)
         candidates = propose(window, state_dir, models, levers,

@@ -2,6 +2,9 @@
 counterfactual replay estimator, the Ray Tune search and ``autopilot whatif``.
 
 Imports stay light: numpy/pandas modules load on first use of a name below.
+The functions named like their modules (``replay``, ``search``, ``whatif``) are
+imported from those modules: once a submodule is loaded, Python binds the package
+attribute of that name to the module, so a lazy alias here would be shadowed.
 """
 
 from __future__ import annotations
@@ -21,10 +24,7 @@ _HOME = {
     "estimate": "experiments.estimator",
     "compare": "experiments.estimator",
     "ReplayContext": "experiments.replay",
-    "replay": "experiments.replay",
     "Candidate": "experiments.search",
-    "search": "experiments.search",
-    "whatif": "experiments.whatif",
 }
 
 __all__ = [
@@ -40,9 +40,6 @@ __all__ = [
     "estimate",
     "fit_outcome_models",
     "load_window",
-    "replay",
-    "search",
-    "whatif",
 ]
 
 
