@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["QUANT_BITS", "linear_weight_names", "qmax", "quantize_model_", "roundtrip"]
+__all__ = ["QUANT_BITS", "is_block_linear", "linear_weight_names", "qmax", "quantize_model_",
+           "roundtrip"]
 
 QUANT_BITS: dict[str, int] = {"int8": 8, "int4": 4}
 _LINEAR_SUFFIXES = (
@@ -46,6 +47,11 @@ def roundtrip(weight: Any, bits: int) -> tuple[Any, Any, Any]:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.clamp(torch.round(w / scale), -levels, levels)
     return (codes * scale).to(weight.dtype), codes.to(torch.int8), scale.squeeze(1)
+
+
+def is_block_linear(name: str) -> bool:
+    """Whether a parameter (or safetensors key) is one of the block linears quantized."""
+    return name.endswith(_LINEAR_SUFFIXES)
 
 
 def linear_weight_names(model: Any) -> list[str]:
