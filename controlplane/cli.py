@@ -556,6 +556,7 @@ def demo(obj: Context, quick: bool, tasks: int | None, simulated: bool, fresh: b
 
 
 # The owner's side of the loop (proposals, rollback, reports) lives in its own module.
+from controlplane import cli_distill as _cli_distill  # noqa: F401  (autopilot distill)
 from controlplane import cli_loop as _cli_loop  # noqa: F401  (registers its commands)
 
 

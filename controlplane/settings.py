@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from controlplane.loop.approvals import AutoApprovalRule
+from controlplane.loop.distill import DistillSettings
 from controlplane.loop.verification import VerifySettings
 from policies._model import Strict, dump_yaml, load_yaml_document
 
@@ -56,6 +57,11 @@ class Settings(Strict):
     verify: VerifySettings = Field(
         default_factory=VerifySettings,
         description="sequential verification of promoted policies (docs/loop.md)",
+    )
+    distillation: DistillSettings = Field(
+        default_factory=DistillSettings,
+        description="distillation lever: collection (opt-in per family) and the nightly "
+        "step; everything off by default (docs/distillation.md)",
     )
 
     def finops_targets(self):

@@ -190,6 +190,12 @@ class GatewayClient:
         return Completion.from_fields(choice["message"]["content"], data["autopilot"],
                                       choice.get("finish_reason"))
 
+    def report_verified(self, task_id: str, attempt: int, passed: bool) -> dict[str, Any]:
+        """Tell the gateway the verifier's verdict on one attempt (distillation collection;
+        the gateway ignores it unless collection is on for the family)."""
+        return self._request("POST", "/autopilot/verified",
+                             {"task_id": task_id, "attempt": attempt, "passed": passed})
+
     def policy(self) -> dict[str, Any]:
         return self._request("GET", "/autopilot/policy")
 

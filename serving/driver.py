@@ -89,6 +89,9 @@ class WorkloadSpec(Strict):
     )
     split: str = Field(default="heldout", pattern="^(heldout|train|any)$",
                        description="which split of the task generator the work comes from")
+    report_verified: bool = Field(
+        default=False, description="tell the gateway each serve attempt's verdict "
+        "(POST /autopilot/verified: the distillation training set; off by default)")
 
     @field_validator("day")
     @classmethod
@@ -311,6 +314,8 @@ def _run_task(item: WorkItem, spec: WorkloadSpec, client: Any, tracer: Any,
         verdict = verify(task, completion.text)
         verifications += 1
         passed = verdict.passed
+        if spec.report_verified:
+            _report_verified(client, item.work_id, attempt_no, passed)
         policy_version = str(completion.policy_version)
         record = AttemptRecord(attempt_no, completion.tier, completion.variant,
                                completion.adapter, passed, str(Purpose.SERVE),
@@ -362,6 +367,16 @@ def _end_attempt(span: Any, item: WorkItem, record: AttemptRecord, policy_versio
         Attr.POLICY_VERSION: policy_version,
     })
     span.end(end_time=_now(offset))
+
+
+def _report_verified(client: Any, task_id: str, attempt: int, passed: bool) -> None:
+    """Best effort: a lost verdict only means one example fewer for distillation."""
+    from controlplane.errors import AutopilotError
+
+    try:
+        client.report_verified(task_id, attempt, passed)
+    except AutopilotError:
+        pass
 
 
 def _discard(span: Any) -> None:

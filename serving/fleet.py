@@ -110,7 +110,8 @@ def start_fleet(manifest_path: str | Path, *, store_url: str, policy_version: in
                 spans_path: str | Path | None = None, reload_interval_s: float = 2.0,
                 engine_options: EngineOptions | None = None, otlp_endpoint: str | None = None,
                 num_cpus: int | None = 2, host: str = "127.0.0.1", seed: int = 0,
-                throughput_optimized: bool = True) -> FleetHandle:
+                throughput_optimized: bool = True,
+                collector: dict[str, Any] | None = None) -> FleetHandle:
     """Start the fleet for the active policy (or ``policy_version``) and return its handle.
 
     Starts local Ray (``address="local"``) unless ``ray_address`` is given; ``http_port=0``
@@ -173,7 +174,8 @@ def start_fleet(manifest_path: str | Path, *, store_url: str, policy_version: in
         serve.run(gateway_application(manifest_path, store_url, engine_options=engine_options,
                                       spans_path=spans_path, otlp_endpoint=otlp_endpoint,
                                       reload_interval_s=reload_interval_s,
-                                      policy_version=policy_version, seed=seed),
+                                      policy_version=policy_version, seed=seed,
+                                      collector=collector),
                   name=GATEWAY_APP, route_prefix="/")
         _wait_healthy(handle.url, 60)
     except BaseException:
@@ -207,7 +209,9 @@ def serve_until_signalled(state: Any, manifest_path: Path, *, port: int,
         handle = start_fleet(manifest_path, store_url=state.store_url(), http_port=port,
                              ray_address=ray_address, spans_path=spans,
                              reload_interval_s=reload_interval_s,
-                             otlp_endpoint=settings.otlp_endpoint)
+                             otlp_endpoint=settings.otlp_endpoint,
+                             collector={"spec": settings.distillation.collect.model_dump(),
+                                        "state_root": str(state.root)})
         try:
             echo(f"gateway: {handle.url}  (started in {handle.start_s:.0f}s; "
                  f"deployments: {', '.join(handle.deployed)})")

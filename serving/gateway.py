@@ -54,7 +54,8 @@ def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
 class GatewayIngress:
     def __init__(self, manifest_path: str, store_url: str, engine_options: dict[str, Any],
                  spans_path: str | None, otlp_endpoint: str | None, reload_interval_s: float,
-                 policy_version: int | None, seed: int = 0):
+                 policy_version: int | None, seed: int = 0,
+                 collector: dict[str, Any] | None = None):
         from controlplane.store import Store
         from controlplane.telemetry.otel import configure_tracing
 
@@ -73,7 +74,8 @@ class GatewayIngress:
         self.provider = configure_tracing(otlp_endpoint=otlp_endpoint, jsonl_path=spans_path)
         tracer = self.provider.get_tracer("serving.gateway")
         book = PolicyBook(initial, self._load_version)
-        self.core = GatewayCore(self.fleet, book, self._call_tier, tracer=tracer, seed=seed)
+        self.core = GatewayCore(self.fleet, book, self._call_tier, tracer=tracer, seed=seed,
+                                collector=_collector(collector))
         self._handles: dict[DeploymentKey, Any] = {}
         self._deploy_locks: dict[DeploymentKey, asyncio.Lock] = {}
         self._deploy_thread_lock = threading.Lock()
@@ -178,6 +180,21 @@ class GatewayIngress:
     async def chat_completions(self, request: Request):
         return await self._complete(request, "chat")
 
+    @api.post("/autopilot/verified")
+    async def verified(self, request: Request):
+        """The harness's verifier verdict on one attempt: ``{task_id, attempt, passed}``.
+        A passed attempt of an opted-in family is added to the distillation training set
+        (the gateway's own record of the call; docs/distillation.md)."""
+        try:
+            body = await request.json()
+            task_id, attempt, passed = body["task_id"], body["attempt"], body["passed"]
+            if not (isinstance(task_id, str) and isinstance(attempt, int)
+                    and isinstance(passed, bool)):
+                raise TypeError("task_id must be a string, attempt an integer, passed a bool")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "invalid_request", f"verified: {exc}")
+        return await self.core.report_verified(task_id, attempt, passed)
+
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "policy_version": self.core.policies.active.metadata.version,
@@ -212,10 +229,23 @@ class GatewayIngress:
             provider.shutdown()
 
 
+def _collector(config: dict[str, Any] | None):
+    """``{"spec": CollectorSpec fields, "state_root": path}`` -> a collector, or None."""
+    if not config:
+        return None
+    from serving.collector import CollectorSpec, VerifiedCollector
+
+    spec = CollectorSpec.model_validate(config["spec"])
+    if not spec.enabled:
+        return None
+    return VerifiedCollector.for_state(spec, config["state_root"])
+
+
 def gateway_application(manifest_path: str | Path, store_url: str, *,
                         engine_options: EngineOptions, spans_path: str | Path | None,
                         otlp_endpoint: str | None = None, reload_interval_s: float = 2.0,
-                        policy_version: int | None = None, seed: int = 0):
+                        policy_version: int | None = None, seed: int = 0,
+                        collector: dict[str, Any] | None = None):
     deployment = serve.deployment(
         GatewayIngress, name="Gateway", num_replicas=1,
         ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024,
@@ -226,4 +256,4 @@ def gateway_application(manifest_path: str | Path, store_url: str, *,
     return deployment.bind(str(Path(manifest_path).resolve()), store_url,
                            engine_options.as_dict(),
                            str(spans_path) if spans_path is not None else None, otlp_endpoint,
-                           float(reload_interval_s), policy_version, seed)
+                           float(reload_interval_s), policy_version, seed, collector)

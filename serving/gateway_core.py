@@ -137,8 +137,10 @@ class PolicyBook:
 class GatewayCore:
     def __init__(self, fleet: FleetManifest, policies: PolicyBook, call_tier: TierCaller, *,
                  tracer: Any = None, seed: int = 0, clock: Callable[[], float] = time.time,
-                 max_tasks: int = 200_000):
+                 max_tasks: int = 200_000, collector: Any = None):
         self.fleet = fleet
+        # Distillation training set (serving.collector.VerifiedCollector); None: off.
+        self.collector = collector
         self.policies = policies
         self.call_tier = call_tier
         self.tracer = tracer
@@ -223,6 +225,11 @@ class GatewayCore:
                                     traceparent=req.ctx.shadow_traceparent or req.ctx.traceparent))
         results = await asyncio.gather(*calls)
         main = results[0]
+        if self.collector is not None:
+            self.collector.remember(
+                policy, task_id=req.task_id, attempt=req.attempt, family=req.ctx.family,
+                purpose=req.ctx.purpose, prompt=req.prompt, text=main["text"],
+                tier=main["tier"], variant=main["variant"], adapter=main["adapter"])
         fields = self._autopilot_fields(policy, main, decision.propensity)
         if len(results) > 1:
             shadow = results[1]
@@ -234,6 +241,12 @@ class GatewayCore:
             model=f"{main['tier']}/{main['variant']}", input_tokens=main["input_tokens"],
             output_tokens=main["output_tokens"], cached_input_tokens=main["cached_input_tokens"],
             autopilot=fields)
+
+    async def report_verified(self, task_id: str, attempt: int, passed: bool) -> dict[str, Any]:
+        """The harness's verifier verdict on one attempt (distillation training set)."""
+        if self.collector is None:
+            return {"stored": False, "reason": "collection is off"}
+        return await asyncio.to_thread(self.collector.report, task_id, attempt, passed)
 
     def _autopilot_fields(self, policy: Policy, r: dict[str, Any],
                           propensity: float | None) -> dict[str, Any]:
