@@ -137,14 +137,29 @@ def verify_variant(manifest: FleetManifest, manifest_dir: str | Path, tier: str,
     )
 
 
-def model_dtype(model_dir: str | Path) -> str:
-    """The dtype the model's ``config.json`` declares (``dtype`` or ``torch_dtype``)."""
+def _model_config(model_dir: str | Path) -> dict[str, Any]:
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "auto"
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def model_dtype(model_dir: str | Path) -> str:
+    """The dtype the model's ``config.json`` declares (``dtype`` or ``torch_dtype``)."""
+    config = _model_config(model_dir)
     value = config.get("dtype") or config.get("torch_dtype") or "auto"
     return str(value).removeprefix("torch.")
+
+
+def model_max_len(model_dir: str | Path, requested: int) -> int:
+    """``requested`` capped at the positions the model was built for: vLLM refuses a longer
+    context (RoPE past its trained range gives garbage), so a fleet of short-context models
+    must not fail to start because the engine default is longer."""
+    positions = _model_config(model_dir).get("max_position_embeddings")
+    if isinstance(positions, int | float) and positions > 0:
+        return min(requested, int(positions))
+    return requested
 
 
 def _on_cpu() -> bool:
@@ -161,7 +176,7 @@ def engine_kwargs(pinned: PinnedVariant, *, prefix_caching: bool, options: Engin
         "tokenizer": str(pinned.model_dir),
         "dtype": model_dtype(pinned.model_dir),
         "seed": options.seed,
-        "max_model_len": options.max_model_len,
+        "max_model_len": model_max_len(pinned.model_dir, options.max_model_len),
         "max_num_seqs": options.max_num_seqs,
         "enable_prefix_caching": bool(prefix_caching),
         "enforce_eager": options.enforce_eager,

@@ -50,6 +50,21 @@ def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
                         content={"error": {"type": kind, "message": message, **extra}})
 
 
+def _collector(config: dict[str, Any] | None):
+    """``{"spec": CollectorSpec fields, "state_root": path}`` -> a collector, or None.
+
+    Defined above the ingress class on purpose: ``serve.ingress`` pickles the class by
+    value when it is decorated, capturing only the module globals that exist by then."""
+    if not config:
+        return None
+    from serving.collector import CollectorSpec, VerifiedCollector
+
+    spec = CollectorSpec.model_validate(config["spec"])
+    if not spec.enabled:
+        return None
+    return VerifiedCollector.for_state(spec, config["state_root"])
+
+
 @serve.ingress(api)
 class GatewayIngress:
     def __init__(self, manifest_path: str, store_url: str, engine_options: dict[str, Any],
@@ -227,18 +242,6 @@ class GatewayIngress:
         provider = getattr(self, "provider", None)
         if provider is not None:
             provider.shutdown()
-
-
-def _collector(config: dict[str, Any] | None):
-    """``{"spec": CollectorSpec fields, "state_root": path}`` -> a collector, or None."""
-    if not config:
-        return None
-    from serving.collector import CollectorSpec, VerifiedCollector
-
-    spec = CollectorSpec.model_validate(config["spec"])
-    if not spec.enabled:
-        return None
-    return VerifiedCollector.for_state(spec, config["state_root"])
 
 
 def gateway_application(manifest_path: str | Path, store_url: str, *,

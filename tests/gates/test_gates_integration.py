@@ -113,6 +113,20 @@ def _gate(env, candidate, suite, **options):
                      options=GateOptions(**options), progress=print)
 
 
+def _stored_candidate(env, **changes):
+    """The active policy with ``changes``, stored under the next free version (tests in this
+    module share one store)."""
+    from policies.policy import Policy
+
+    evolved = env["active"].evolve(author="gate-integration", **changes)
+    document = evolved.model_dump(mode="json", by_alias=True)
+    document["metadata"]["version"] = max(r.policy.metadata.version
+                                          for r in env["store"].list_policies()) + 1
+    candidate = Policy.model_validate(document)
+    env["store"].put_policy(candidate)
+    return candidate
+
+
 def test_active_policy_passes_against_itself(env):
     from gates.command import run_gate_command
     from gates.suite import save_suite
@@ -129,9 +143,7 @@ def test_active_policy_passes_against_itself(env):
 
 
 def test_response_cache_serves_what_a_fresh_generation_gives(env):
-    candidate = env["active"].evolve(author="gate-integration",
-                                     cache={"response": {"enabled": True}})
-    env["store"].put_policy(candidate)
+    candidate = _stored_candidate(env, cache={"response": {"enabled": True}})
     report = _gate(env, candidate, reference_suite(1), cache_sample=10)
     cache = next(r for r in report.results if r.name == "cache_safety")
     assert cache.phase is Phase.PASSED, cache.message
@@ -143,8 +155,7 @@ def test_quantized_variant_that_degrades_quality_is_failed(env):
         pytest.skip("random-weight fleet: quality is zero on every variant; needs the trained "
                     "reference fleet")
     degraded = {t.name: DEGRADED_VARIANT for t in env["fleet"].tiers}
-    candidate = env["active"].evolve(author="gate-integration", quantization=degraded)
-    env["store"].put_policy(candidate)
+    candidate = _stored_candidate(env, quantization=degraded)
     env["handle"].ensure_variants(candidate)
     report = _gate(env, candidate, load_reference_suite())
     quality = next(r for r in report.results if r.name == "quality_non_inferiority")

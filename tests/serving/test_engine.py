@@ -10,6 +10,7 @@ from serving.engine import (
     PinnedWeightsMismatch,
     engine_kwargs,
     model_dtype,
+    model_max_len,
     verify_variant,
 )
 from serving.manifest import (
@@ -86,6 +87,13 @@ def test_engine_kwargs_follow_policy_config_and_platform(fleet):
     assert gpu["enable_prefix_caching"] is False and "block_size" not in gpu
     assert "enable_lora" not in gpu and gpu["gpu_memory_utilization"] == opts.gpu_memory_utilization
     assert model_dtype(path.parent / "nowhere") == "auto"
+
+
+def test_context_length_is_capped_at_the_model_positions(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 128}))
+    assert model_max_len(tmp_path, 256) == 128
+    assert model_max_len(tmp_path, 64) == 64
+    assert model_max_len(tmp_path / "nowhere", 256) == 256
 
 
 def test_required_deployments_cover_every_routable_tier(fleet):
