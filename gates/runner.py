@@ -9,8 +9,8 @@ Task ids: the gateway keeps spend per task id (guardrails) and seeds routing dra
 Every suite run gets its own ids, ``gate-<run id>-<c1|c2|base|cache>-<case>``, with a fresh
 run id per gate run, so spend from one run (or an earlier gate run on the same fleet) never
 refuses a call of another. Reproducibility therefore assumes routing does not depend on the
-task id for gate traffic: true with ``exploration_rate`` 0, and for any policy if the
-gateway does not explore on purpose ``gate``.
+task id for gate traffic: the gateway never explores (nor shadows) for purpose ``gate``,
+so the policy's own routing decides every gate call.
 """
 
 from __future__ import annotations

@@ -160,6 +160,10 @@ class GatewayCore:
             return route
         family = req.ctx.family or ""
         explore, pick, shadow_draw, shadow_pick = task_draws(req.task_id, self.seed)
+        if req.ctx.purpose != "serve":
+            # Gate and evaluation traffic follows the policy's own routing, never its
+            # exploration: a gate run must reproduce under fresh task ids.
+            explore = 1.0
         start, propensity = choose_start(policy, family, req.ctx.features, explore, pick)
         first = tier_plan(policy, family, req.ctx.features, start=start)[0].tier
         shadow = shadow_tier(policy, family, first, shadow_draw, shadow_pick)

@@ -928,11 +928,17 @@ def _split(chunk: bytes, lines: int, first_line: int, error: str
            ) -> list[tuple[bytes, int, int]]:
     """Pieces (bytes, lines, first line) of a refused chunk: before, at and after the row
     Arrow's error names when it names one (a hint only: rows skip blank lines), else two
-    halves. Every piece is smaller than the chunk, so the recursion ends."""
+    halves. Every piece is smaller than the chunk, so the recursion ends, and none is more
+    than three quarters of it (the named row is only a hint), so it ends in log depth."""
     starts = np.concatenate(([0], np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10) + 1))
     match = _ROW_IN_ERROR.search(error)
     row = int(match.group(1)) if match else -1
     cuts = [row, row + 1] if 0 <= row < lines else [lines // 2]
+    if max(cuts[0], lines - cuts[-1]) > (3 * lines) // 4:
+        # A row near an edge would peel one line per level: Arrow names row 0 for a type
+        # change it meets in a later row, and a chunk of thousands of lines then recursed
+        # past Python's limit. Halving keeps the depth logarithmic.
+        cuts = [lines // 2]
     bounds = [0, *cuts, lines]
     pieces = []
     for a, b in itertools.pairwise(bounds):

@@ -273,6 +273,18 @@ def test_bad_spans_in_a_large_file_are_isolated_with_reason_and_line(tmp_path):
         sum(report.duplicates_skipped.values()) + report.ignored
 
 
+def test_a_type_change_after_row_zero_is_split_in_log_depth(tmp_path):
+    """Arrow names row 0 when a later row changes an attribute's type (a string policy
+    version, then numbers, as the driver and the gateway write them); peeling one line per
+    level once recursed past Python's limit on a day's file."""
+    spans = workload(1500)
+    for span in spans[1:]:
+        if Attr.POLICY_VERSION in span["attributes"]:
+            span["attributes"][Attr.POLICY_VERSION] = 4
+    report = ingest_paths([write_flat(tmp_path / "s.jsonl", spans)], tmp_path / "tel")
+    assert report.stored_total == len(spans) and report.quarantined_total == 0
+
+
 def test_invalid_line_in_the_middle_loses_no_good_span(tmp_path):
     spans = workload(400)
     src = write_flat(tmp_path / "s.jsonl", spans[:600] + [None] + spans[600:],

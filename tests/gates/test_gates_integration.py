@@ -22,7 +22,7 @@ import pytest
 from gates.evidence import build_bundle
 from gates.gates import Phase
 from gates.runner import GateOptions, run_case, run_gates
-from gates.suite import ProgramVerifier, SuiteCase, load_reference_suite, reference_suite
+from gates.suite import ProgramVerifier, SuiteCase, reference_suite
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +157,7 @@ def test_quantized_variant_that_degrades_quality_is_failed(env):
     degraded = {t.name: DEGRADED_VARIANT for t in env["fleet"].tiers}
     candidate = _stored_candidate(env, quantization=degraded)
     env["handle"].ensure_variants(candidate)
-    report = _gate(env, candidate, load_reference_suite())
+    report = _gate(env, candidate, reference_suite(SELF_SUITE_PER_CELL))
     quality = next(r for r in report.results if r.name == "quality_non_inferiority")
     assert quality.phase is Phase.FAILED, quality.message
     assert "pass rate" in quality.message and quality.stats["difference"] < 0

@@ -86,6 +86,17 @@ def test_exploration_is_seeded_per_task_and_logs_the_exact_propensity():
     assert task_draws("x") == task_draws("x") != task_draws("y")
 
 
+def test_gate_traffic_follows_the_policy_never_its_exploration():
+    p = policy(routing={"router": "fixed", "escalation": ["S", "M", "L"], "max_attempts": 3,
+                        "exploration_rate": 0.5})
+    core, _, _, _ = make(p)
+    tiers = {run(core.complete(req(f"gate-{i}", purpose="gate")))["autopilot"]["tier"]
+             for i in range(40)}
+    assert tiers == {"S"}
+    served = {run(core.complete(req(f"task-{i}")))["autopilot"]["tier"] for i in range(40)}
+    assert served == {"S", "M", "L"}  # the same ids as serve traffic do explore
+
+
 def test_shadow_runs_on_another_tier_and_is_its_own_span():
     p = policy(routing={"router": "fixed", "escalation": ["S", "M"], "shadow_rate": 1.0})
     core, tiers, spans, _ = make(p)
