@@ -89,6 +89,24 @@ def _daily(state: StateDir, fleet: FleetManifest, since: str | None = None,
     return daily, mix
 
 
+def _task_versions(state: StateDir) -> list[tuple[str, str]]:
+    from controlplane.telemetry.ingest import read_table
+
+    try:
+        tasks = read_table(state.telemetry_dir, "tasks")
+    except (OSError, ValueError):
+        return []
+    return list(zip(tasks["day"].astype(str), tasks["policy_version"].astype(str), strict=True))
+
+
+def first_day_served(task_versions: list[tuple[str, str]], version: int) -> str | None:
+    """The first telemetry day with a task served under ``version``: where the chart marks
+    the change. Telemetry time, not the promotion's wall-clock time, since replayed or
+    back-dated days (the demo's) are served after a promotion stamped later."""
+    days = [day for day, v in task_versions if v == str(version)]
+    return min(days) if days else None
+
+
 def gather_change_report(state: StateDir, store: Store, fleet: FleetManifest,
                          proposal_id: str) -> ChangeReport:
     from policies.policy import describe_diff
@@ -110,6 +128,8 @@ def gather_change_report(state: StateDir, store: Store, fleet: FleetManifest,
     for a in store.activation_history():
         if a.proposal_id == proposal_id and a.version == p.candidate_version:
             change_day = a.activated_at.date().isoformat()
+    served = first_day_served(_task_versions(state), p.candidate_version)
+    change_day = served or change_day
     daily, mix = _daily(state, fleet)
     return ChangeReport(
         proposal={

@@ -6,6 +6,7 @@ import pytest
 
 from controlplane.bootstrap import initialise_state
 from controlplane.reports import (
+    first_day_served,
     quarter_bounds,
     write_change_report,
     write_quarterly_report,
@@ -76,3 +77,9 @@ def test_quarter_bounds():
     assert [d.isoformat() for d in quarter_bounds("2027Q1")] == ["2027-01-01", "2027-03-31"]
     with pytest.raises(ValueError, match="2026Q4"):
         quarter_bounds("2026-4")
+
+
+def test_the_change_is_marked_on_the_first_day_served_under_it():
+    versions = [("2026-12-02", "2"), ("2026-12-01", "1"), ("2026-12-03", "2")]
+    assert first_day_served(versions, 2) == "2026-12-02"
+    assert first_day_served(versions, 3) is None
