@@ -12,6 +12,7 @@ judged on the interval's lower bound) and with a risk level.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -193,7 +194,10 @@ class _Evaluator:
 
 
 def _point_seed(point: dict[str, Any], seed: int) -> int:
-    return abs(hash(json.dumps(point, sort_keys=True, default=str))) % (2**31) + seed
+    # sha256, not hash(): str hashes are salted per process (PYTHONHASHSEED), which made
+    # the neighbours, and so the whole search, differ from one run to the next.
+    text = json.dumps(point, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:4], "big") % (2**31) + seed
 
 
 def _tune_trainable(config: dict[str, Any], evaluator: _Evaluator, per_trial: int,
@@ -370,7 +374,11 @@ def search(window, fleet, active_policy, *, levers: str | Sequence[str] = ("rout
     active_est = estimate(active_policy, window, context=ctx, weights=weights, level=level)
     result = SearchResult(active_estimate=active_est, evaluated=len(evaluated),
                           trials=n_trials, executor=executor)
-    for label, names, r in list(seen.values())[:candidates]:
+    # Intervals decide feasibility, and the search ranks on points: a candidate just inside
+    # the margin on its point often fails on its interval, and such near-misses can fill the
+    # first places. Estimating three times as many and putting the feasible first keeps a
+    # feasible candidate that ranked lower on the point objective.
+    for label, names, r in list(seen.values())[:3 * candidates]:
         ev = _Evaluator(ctx, lever_ctx, active_policy, names, active_summary, margin)
         policy = ev.policy(r["point"])
         est = estimate(policy, window, context=ctx, weights=weights, level=level)
@@ -386,5 +394,6 @@ def search(window, fleet, active_policy, *, levers: str | Sequence[str] = ("rout
                                 deltas=deltas, feasible=feasible,
                                 risk=risk_level(est, deltas, feasible), reasons=reasons))
     result.sort(key=lambda c: (not c.feasible, c.estimate.cost_per_green_pr.point))
+    del result[candidates:]
     result.seconds = time.perf_counter() - t0
     return result
