@@ -284,7 +284,9 @@ def guardrails_gate(probes: Sequence[ProbeResult], *, caps_set: Sequence[str]) -
     - max_attempts_per_task: attempts 1..cap served, attempt cap+1 refused with that code;
     - max_tokens_per_task / max_usd_per_task: calls on one task until refused; no call may
       be served once the task's spend has reached the cap, and one must be refused with the
-      cap's code.
+      cap's code;
+    - a probe stopped first by another cap the candidate also sets (and which is probed on
+      its own) holds: under that policy no task can reach the looser cap.
     """
     name = "guardrails"
     if not caps_set:
@@ -317,6 +319,13 @@ def guardrails_gate(probes: Sequence[ProbeResult], *, caps_set: Sequence[str]) -
         verdict, detail = (_attempt_cap(p) if cap == "max_attempts_per_task"
                            else _spend_cap(p, "tokens" if cap == "max_tokens_per_task"
                                            else "cost_usd"))
+        refusal = next((c for c in p.calls if c.outcome == "refused"), None)
+        if (verdict == "inconclusive" and refusal is not None and refusal.code != cap
+                and refusal.code in caps_set):
+            # Another cap of the same candidate, probed on its own, stopped the task before
+            # this one could bind: no task can exceed this cap under this policy.
+            verdict, detail = "pass", (f"held: the stricter {refusal.code} refused attempt "
+                                       f"{refusal.attempt} first ({detail.split(', ')[0]})")
         verdicts[cap] = verdict
         {"fail": failures, "inconclusive": inconclusive, "pass": []}[verdict].append(
             f"{cap}: {detail}")

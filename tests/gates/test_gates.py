@@ -208,6 +208,20 @@ def test_wrong_refusal_code_fails_and_early_refusal_by_other_cap_is_inconclusive
         is Phase.INCONCLUSIVE
 
 
+def test_a_cap_stopped_first_by_another_cap_of_the_candidate_holds():
+    tokens = ProbeResult("max_tokens_per_task", 134, (served(1, 48), served(2, 48),
+                         ProbeCall(3, "refused", "max_usd_per_task")))
+    usd = ProbeResult("max_usd_per_task", 0.001, (ProbeCall(1, "served", cost_usd=0.0006),
+                      ProbeCall(2, "served", cost_usd=0.0006),
+                      ProbeCall(3, "refused", "max_usd_per_task")))
+    result = guardrails_gate([tokens, usd], caps_set=["max_tokens_per_task", "max_usd_per_task"])
+    assert result.phase is Phase.PASSED, result.message
+    assert result.stats["verdicts"] == {"max_tokens_per_task": "pass", "max_usd_per_task": "pass"}
+    # ...but not when the refusing cap is not one the candidate sets (nothing probes it).
+    alone = guardrails_gate([tokens], caps_set=["max_tokens_per_task"])
+    assert alone.phase is Phase.INCONCLUSIVE
+
+
 def test_token_cap_refusal_after_spend_passes_and_overspend_fails():
     ok = ProbeResult("max_tokens_per_task", 60, (served(1), served(2),
                      ProbeCall(3, "refused", "max_tokens_per_task")))
