@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -146,14 +145,6 @@ def heldout_tasks(family: str, n: int, *, seed: int, exclude: frozenset[str]) ->
     return list(out.values())
 
 
-def _lr_at(step: int, total: int, peak: float) -> float:
-    warmup = max(1, total // 10)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 # ---------------------------------------------------------------------- heavy parts
 def _encode(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
     """(ids, prompt length): the prompt as serving tokenizes it, then the completion up to
@@ -217,6 +208,7 @@ def train_and_evaluate(payload: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from serving.manifest import verify_files
+    from serving.reference.model import optimizer_step, warmup_cosine_lr
     from serving.reference.tasks import Task
 
     job = DistillJob.model_validate(payload["job"])
@@ -263,14 +255,9 @@ def train_and_evaluate(payload: dict[str, Any]) -> dict[str, Any]:
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
             labels[row, plen:len(seq)] = ids[row, plen:len(seq)]
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, job.steps, job.lr)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        lr = warmup_cosine_lr(step, job.steps, job.lr, warmup_divisor=10)  # 10% warm-up
+        losses.append(optimizer_step(model, optimizer, loss, lr))
     train_seconds = time.perf_counter() - started
     model.eval()
     after = evaluate_pass_rate(model, tokenizer, heldout, job.max_new_tokens)
@@ -424,18 +411,15 @@ def check_serves(manifest_path: str | Path, tier: str, variant: str, adapter: st
     import asyncio
 
     from serving.engine import EngineOptions, TierEngine
-    from serving.manifest import load_fleet, resolve_path
+    from serving.manifest import load_fleet
 
     manifest_path = Path(manifest_path)
     fleet = load_fleet(manifest_path)
-    v = fleet.tier(tier).variant(variant)
-    if max_model_len is None:
-        config = json.loads((resolve_path(v.weights, manifest_path.parent)
-                             / "config.json").read_text(encoding="utf-8"))
-        max_model_len = min(256, int(config.get("max_position_embeddings", 256)))
+    # The engine caps the context at the model's positions (serving.engine.model_max_len).
+    options = EngineOptions() if max_model_len is None else EngineOptions(
+        max_model_len=max_model_len)
     started = time.perf_counter()
-    engine = TierEngine.start(manifest_path, tier, variant, manifest=fleet,
-                              options=EngineOptions(max_model_len=max_model_len))
+    engine = TierEngine.start(manifest_path, tier, variant, manifest=fleet, options=options)
     try:
         async def both():
             return (await engine.generate(prompt, adapter=adapter),

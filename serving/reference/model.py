@@ -15,6 +15,7 @@ Heavy imports (torch, transformers, tokenizers) happen inside functions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ __all__ = [
     "build_tokenizer",
     "check_coverage",
     "llama_config",
+    "optimizer_step",
     "save_tokenizer",
+    "warmup_cosine_lr",
 ]
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -142,3 +145,26 @@ def llama_config(shape: TierShape, *, dtype: str) -> Any:
         dtype=dtype,
         architectures=["LlamaForCausalLM"],
     )
+
+
+def warmup_cosine_lr(step: int, total: int, peak: float, *, warmup_divisor: int) -> float:
+    """Linear warm-up over ``total // warmup_divisor`` steps, then cosine decay to 10% of
+    the peak: the schedule of the reference tiers and of their distilled adapters."""
+    warmup = max(1, total // warmup_divisor)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_step(model: Any, optimizer: Any, loss: Any, lr: float) -> float:
+    """One update at learning rate ``lr`` with gradients clipped at norm 1.0; the loss."""
+    import torch
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(loss.detach())

@@ -25,7 +25,6 @@ Steps (documented in ``docs/reference_fleet.md``):
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -44,6 +43,8 @@ from serving.reference.model import (
     build_tokenizer,
     check_coverage,
     llama_config,
+    optimizer_step,
+    warmup_cosine_lr,
 )
 from serving.reference.quantize import QUANT_BITS, quantize_model_
 from serving.reference.tasks import format_example, iter_tasks
@@ -151,11 +152,7 @@ def training_pool(seed: int, n: int,
 
 # --------------------------------------------------------------------------- training
 def _lr_at(step: int, total: int, peak: float) -> float:
-    warmup = max(1, total // 20)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine_lr(step, total, peak, warmup_divisor=20)  # 5% warm-up
 
 
 def train_tier(shape: TierShape, pool: tuple[Any, Any, Any], *, seed: int) -> tuple[Any, dict]:
@@ -187,14 +184,8 @@ def train_tier(shape: TierShape, pool: tuple[Any, Any, Any], *, seed: int) -> tu
         width = int(lengths[pick].max())
         batch_ids, batch_labels = ids[pick, :width], labels[pick, :width]
         mask = (batch_ids != VOCAB[PAD]).long()
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, shape.steps, shape.lr)
         loss = model(input_ids=batch_ids, attention_mask=mask, labels=batch_labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(optimizer_step(model, optimizer, loss, _lr_at(step, shape.steps, shape.lr)))
         if step % every == 0 or step == shape.steps - 1:
             recent = losses[-every:]
             _log(f"[{shape.name}] step {step + 1}/{shape.steps} loss "
