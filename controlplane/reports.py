@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -74,10 +74,16 @@ class QuarterlyReport:
 # ------------------------------------------------------------------------------- gather
 def _daily(state: StateDir, fleet: FleetManifest, since: str | None = None,
            until: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from controlplane.metrics import compute_metrics
-    from controlplane.views import _metric_options, _records, load_window
+    from controlplane.views import load_window
 
-    tasks, attempts, calls = load_window(state, since, until)
+    return _daily_of(state, fleet, *load_window(state, since, until))
+
+
+def _daily_of(state: StateDir, fleet: FleetManifest, tasks: Any, attempts: Any, calls: Any
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from controlplane.metrics import compute_metrics
+    from controlplane.views import _metric_options, _records
+
     if tasks.empty:
         return [], []
     frame = compute_metrics(tasks, attempts, calls, fleet, by=["day"],
@@ -89,17 +95,7 @@ def _daily(state: StateDir, fleet: FleetManifest, since: str | None = None,
     return daily, mix
 
 
-def _task_versions(state: StateDir) -> list[tuple[str, str]]:
-    from controlplane.telemetry.ingest import read_table
-
-    try:
-        tasks = read_table(state.telemetry_dir, "tasks")
-    except (OSError, ValueError):
-        return []
-    return list(zip(tasks["day"].astype(str), tasks["policy_version"].astype(str), strict=True))
-
-
-def first_day_served(task_versions: list[tuple[str, str]], version: int) -> str | None:
+def first_day_served(task_versions: Iterable[tuple[str, str]], version: int) -> str | None:
     """The first telemetry day with a task served under ``version``: where the chart marks
     the change. Telemetry time, not the promotion's wall-clock time, since replayed or
     back-dated days (the demo's) are served after a promotion stamped later."""
@@ -128,9 +124,12 @@ def gather_change_report(state: StateDir, store: Store, fleet: FleetManifest,
     for a in store.activation_history():
         if a.proposal_id == proposal_id and a.version == p.candidate_version:
             change_day = a.activated_at.date().isoformat()
-    served = first_day_served(_task_versions(state), p.candidate_version)
-    change_day = served or change_day
-    daily, mix = _daily(state, fleet)
+    from controlplane.views import load_window
+
+    tasks, attempts, calls = load_window(state, None, None)
+    versions = zip(tasks["day"].astype(str), tasks["policy_version"].astype(str), strict=True)
+    change_day = first_day_served(versions, p.candidate_version) or change_day
+    daily, mix = _daily_of(state, fleet, tasks, attempts, calls)
     return ChangeReport(
         proposal={
             "proposal_id": p.proposal_id, "lever": p.lever, "window": p.window,

@@ -325,7 +325,7 @@ def guardrails_gate(probes: Sequence[ProbeResult], *, caps_set: Sequence[str]) -
             # Another cap of the same candidate, probed on its own, stopped the task before
             # this one could bind: no task can exceed this cap under this policy.
             verdict, detail = "pass", (f"held: the stricter {refusal.code} refused attempt "
-                                       f"{refusal.attempt} first ({detail.split(', ')[0]})")
+                                       f"{refusal.attempt} before the cap {p.limit:g} bound")
         verdicts[cap] = verdict
         {"fail": failures, "inconclusive": inconclusive, "pass": []}[verdict].append(
             f"{cap}: {detail}")
