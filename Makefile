@@ -4,8 +4,9 @@ VENV ?= .venv
 STAMP := $(VENV)/.installed
 export AUTOPILOT_HOME ?= $(CURDIR)/.autopilot
 PYTEST_ARGS ?=
+PACKAGES := contracts policies store telemetry economics serving workload training experiments gates controlplane
 
-.PHONY: demo test env bench lint clean-state
+.PHONY: demo test test-fast env bench lint clean-state
 
 env: $(STAMP)
 
@@ -18,14 +19,20 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected no test: that is not a failure of the suite.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The pure tests only (no Ray, vLLM or Prefect engines started): a minute or two.
+test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_ingest.py
 	$(VENV)/bin/python benchmarks/bench_metrics.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check controlplane policies serving experiments gates tests benchmarks
+	$(VENV)/bin/ruff check $(PACKAGES) tests benchmarks
 
 clean-state:
 	rm -rf $(AUTOPILOT_HOME)

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from serving.manifest import load_fleet
+    from contracts.manifest import load_fleet
 
     path = Path(args.data) / "azure_llm_2023" / "AzureLLMInferenceTrace_code.csv"
     if not path.is_file():

@@ -2,7 +2,7 @@
 after its adapter, the share of that family's spend moved off the top tier, and the change
 in the family's cost per Green PR.
 
-    .venv/bin/python benchmarks/bench_distill.py --fleet serving/reference/fleet/fleet.yaml \
+    .venv/bin/python benchmarks/bench_distill.py --fleet training/fleet/fleet.yaml \
         --family bracket_fix --out /tmp/autopilot-distill --teacher 3000
 
 Steps (docs/distillation.md): the top tier's verified answers on ``--teacher`` train-split
@@ -12,7 +12,7 @@ the manifest under ``--out`` (the source fleet is never written) -> ``--tasks`` 
 tasks of the family (never trained on, none a gate case) played through the starter
 cascade and through the candidate policy (family starts on the small tier + adapter, then
 escalates as before), every answer decoded by the real tier and verified
-(``serving.distill_measure``). Prints one JSON document.
+(``training.distill_measure``). Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fleet", default="serving/reference/fleet/fleet.yaml")
+    ap.add_argument("--fleet", default="training/fleet/fleet.yaml")
     ap.add_argument("--family", default="bracket_fix")
     ap.add_argument("--out", default="/tmp/autopilot-distill")
     ap.add_argument("--teacher", type=int, default=3000, help="train-split tasks for the teacher")
@@ -40,11 +40,12 @@ def main(argv=None) -> int:
     ap.add_argument("--executor", choices=("ray", "inline"), default="ray")
     args = ap.parse_args(argv)
 
+    from contracts.manifest import load_fleet
     from controlplane.loop.distill import candidate_policy
     from gates.suite import load_reference_suite
     from policies.policy import load_policy
     from serving.collector import gate_prompt_hashes
-    from serving.distill import (
+    from training.distill import (
         DistillJob,
         adapter_name_for,
         distill_family,
@@ -53,8 +54,7 @@ def main(argv=None) -> int:
         plan_examples,
         teacher_examples,
     )
-    from serving.distill_measure import measure_family_cascade
-    from serving.manifest import load_fleet
+    from training.distill_measure import measure_family_cascade
 
     started = time.perf_counter()
     fleet = load_fleet(args.fleet)

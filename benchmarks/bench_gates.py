@@ -73,13 +73,13 @@ def fake_gate_seconds(suite, policy, fleet, manifest: Path) -> float:
 
 
 def real_fleet(root: Path) -> None:
+    from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
     from controlplane.settings import StateDir
     from gates.command import run_gate_command
     from gates.suite import reference_suite, save_suite
     from policies.policy import load_policy
     from serving.fleet import start_fleet
-    from serving.manifest import load_fleet
     from serving.testing import make_tiny_fleet
 
     manifest = make_tiny_fleet(root / "fleet")
@@ -120,9 +120,9 @@ def main() -> None:
     parser.add_argument("--real-fleet", action="store_true")
     args = parser.parse_args()
     verifier_costs()
+    from contracts.manifest import load_fleet
     from gates.suite import load_reference_suite
     from policies.policy import load_policy
-    from serving.manifest import load_fleet
 
     with tempfile.TemporaryDirectory(prefix="bench-gates-") as tmp:
         root = Path(tmp)

@@ -110,14 +110,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args()
 
-    from controlplane.store import Store
+    from contracts.manifest import load_fleet
     from policies.policy import Policy
     from serving.client import GatewayClient, TaskContext
     from serving.engine import EngineOptions
     from serving.fleet import start_fleet
-    from serving.manifest import load_fleet
     from serving.testing import make_tiny_fleet
     from serving.tiers import required_deployments
+    from store import Store
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     manifest = args.fleet or make_tiny_fleet(work / "fleet", tiers=("S", "M", "L"))

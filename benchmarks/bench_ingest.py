@@ -24,7 +24,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controlplane.telemetry.conventions import (
+from contracts.spans import (
     FEATURE_PREFIX,
     SPAN_ATTEMPT,
     SPAN_CALL,
@@ -154,7 +154,7 @@ def main() -> None:
 
     import pyarrow
 
-    from controlplane.telemetry.ingest import ingest_paths
+    from telemetry.ingest import ingest_paths
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {cores} usable cores "

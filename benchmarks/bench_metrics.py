@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_metrics.py --tasks 1000000
 
 Frames are generated with numpy/pyarrow (no Python loop per row) with exactly the columns
-and dtypes of ``controlplane/telemetry/tables.py`` (``read_table``'s output): about 1.5
+and dtypes of ``contracts/tables.py`` (``read_table``'s output): about 1.5
 attempts and 3 calls per task, 7 days, 8 teams, 20 repos, 6 families, starter fleet prices.
 
 Baselines, timed in the same run on the same frames:
@@ -29,9 +29,9 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controlplane.metrics import compute_metrics
-from controlplane.telemetry.tables import TABLES
-from serving.manifest import load_fleet
+from contracts.manifest import load_fleet
+from contracts.tables import TABLES
+from economics.metrics import compute_metrics
 
 STARTER_FLEET = Path(__file__).resolve().parent.parent / "controlplane" / "starter" / "fleet.yaml"
 DAYS = [f"2026-11-{d:02d}" for d in range(14, 21)]

@@ -32,7 +32,7 @@ def ladder_fleet():
     """Price each tier from its size: bf16 weights need 2 bytes/param on 80 GB GPUs (33b
     takes 2 for KV room), and a replica's effective throughput falls with parameters
     (memory-bandwidth-bound decode): 40,000 / params_b tokens/s per GPU."""
-    from serving.manifest import load_fleet
+    from contracts.manifest import load_fleet
 
     tiers = []
     for rank, (name, model, size) in enumerate(LADDER):

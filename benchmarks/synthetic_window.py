@@ -1,6 +1,6 @@
 """A large simulated telemetry window for the replay and search benchmarks (cached on disk).
 
-Spans come from the project's seeded simulator (controlplane.telemetry.synthetic) under a
+Spans come from the project's seeded simulator (telemetry.synthetic) under a
 score-routed logging policy with 10% exploration, on a fleet with int8 variants and a
 distilled adapter, so every lever has options to search.
 """
@@ -70,17 +70,17 @@ spec:
 
 
 def fleet_and_policy():
+    from contracts.manifest import load_fleet
     from policies.policy import load_policy
-    from serving.manifest import load_fleet
 
     return load_fleet(FLEET_YAML), load_policy(POLICY_YAML)
 
 
 def large_window(tasks: int, cache_dir: Path, seed: int = 7):
     """The compiled window of ``tasks`` simulated tasks (spans generated once per size)."""
-    from controlplane.telemetry.ingest import ingest_paths, list_days
-    from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
     from experiments.window import load_window
+    from telemetry.ingest import ingest_paths, list_days
+    from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
     fleet, policy = fleet_and_policy()
     root = cache_dir / f"window-{tasks}-{seed}"

@@ -26,9 +26,9 @@ def initialise_state(
     Idempotent: on an existing state directory nothing is overwritten unless ``force``,
     and an active policy is never replaced (promotion is the only way to change it).
     """
-    from controlplane.store import Store
+    from contracts.manifest import load_fleet
     from policies.policy import load_policy, validate_against_fleet
-    from serving.manifest import load_fleet
+    from store import Store
 
     fleet_src = fleet_file or STARTER_DIR / "fleet.yaml"
     policy_src = policy_file or STARTER_DIR / "policy.yaml"

@@ -25,7 +25,7 @@ from controlplane.settings import StateDir
 __all__ = ["DEMO_APPROVER", "DemoPlan", "demo_plan", "run_demo", "run_simulated_demo"]
 
 DEMO_APPROVER = "demo-approver"
-REFERENCE_FLEET = Path(__file__).resolve().parent.parent / "serving" / "reference" / "fleet"
+REFERENCE_FLEET = Path(__file__).resolve().parent.parent / "training" / "fleet"
 NAIVE_POLICY = Path(__file__).parent / "starter" / "naive_policy.yaml"
 
 
@@ -85,9 +85,9 @@ def _progress(echo: Callable[[str], None], label: str) -> Callable[[int, int], N
 
 def _drive_day(state: StateDir, url: str, day: str, plan: DemoPlan, seed: int,
                echo: Callable[[str], None]) -> dict[str, Any]:
-    from controlplane.telemetry.otel import configure_tracing, shutdown_tracing
     from serving.client import GatewayClient
-    from serving.driver import WorkloadSpec, drive
+    from telemetry.otel import configure_tracing, shutdown_tracing
+    from workload.driver import WorkloadSpec, drive
 
     spec = WorkloadSpec(tasks=plan.tasks_per_day, seed=seed, day=day,
                         concurrency=plan.concurrency)
@@ -104,8 +104,8 @@ def _drive_day(state: StateDir, url: str, day: str, plan: DemoPlan, seed: int,
 
 def _ingest(state: StateDir) -> dict[str, Any]:
     from controlplane.bootstrap import record_ingest
-    from controlplane.store import Store
-    from controlplane.telemetry.ingest import ingest_paths
+    from store import Store
+    from telemetry.ingest import ingest_paths
 
     files = sorted(p for p in state.spans_dir.rglob("*.jsonl") if p.is_file())
     report = ingest_paths(files, state.telemetry_dir).as_dict()
@@ -136,14 +136,14 @@ def _wait_for_policy(url: str, version: int, timeout_s: float = 60.0) -> bool:
 def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
              fresh: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole loop on the reference fleet; returns the summary it prints."""
+    from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
     from controlplane.loop.gating import register_fleet
     from controlplane.loop.waiting import prefect_environment
     from controlplane.reports import write_quarterly_report
-    from controlplane.store import Store
     from policies.policy import describe_diff
     from serving.fleet import start_fleet
-    from serving.manifest import load_fleet
+    from store import Store
 
     plan = demo_plan(quick=quick, tasks=tasks)
     step = _Steps(10, echo)
@@ -283,12 +283,12 @@ def _print_summary(s: dict[str, Any], echo: Callable[[str], None]) -> None:
 def run_simulated_demo(state: StateDir, *, tasks: int, fresh: bool,
                        echo: Callable[[str], None]) -> dict:
     """The quick tour without engines: a seeded simulator (clearly labelled as such)."""
+    from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
-    from controlplane.store import Store
-    from controlplane.telemetry.ingest import ingest_paths
-    from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
     from controlplane.views import finops_rows, metrics_rows, print_rows
-    from serving.manifest import load_fleet
+    from store import Store
+    from telemetry.ingest import ingest_paths
+    from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
     step = _Steps(4, echo)
     if fresh and state.root.exists():

@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from controlplane.errors import TransientError
+from contracts.errors import TransientError
 from controlplane.settings import StateDir
 
 __all__ = ["NIGHTLY_LEASE", "nightly", "quarterly_report", "verify"]
@@ -51,13 +51,13 @@ def _state(state_dir: str) -> StateDir:
 
 
 def _store(state_dir: str):
-    from controlplane.store import Store
+    from store import Store
 
     return Store.open(_state(state_dir).store_url())
 
 
 def _fleet(state_dir: str):
-    from serving.manifest import load_fleet
+    from contracts.manifest import load_fleet
 
     return load_fleet(_state(state_dir).fleet_path)
 
@@ -86,7 +86,7 @@ def release_lease(state_dir: str, holder: str) -> bool:
 def ingest_spans(state_dir: str) -> dict[str, Any]:
     """Ingest every span file under spans/ (idempotent: stored spans are skipped)."""
     from controlplane.bootstrap import record_ingest
-    from controlplane.telemetry.ingest import ingest_paths
+    from telemetry.ingest import ingest_paths
 
     state = _state(state_dir)
     files = sorted(p for p in state.spans_dir.rglob("*.jsonl") if p.is_file())
@@ -219,7 +219,7 @@ def gate(state_dir: str, proposal_id: str, gateway_url: str | None, dry_run: boo
 
 @io_task
 def to_awaiting(state_dir: str, proposal_id: str) -> str:
-    from controlplane.store import ProposalState
+    from store import ProposalState
 
     with _store(state_dir) as store:
         p = store.get_proposal(proposal_id)

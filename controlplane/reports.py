@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
 
+    from contracts.manifest import FleetManifest
     from controlplane.settings import StateDir
-    from controlplane.store import Store
-    from serving.manifest import FleetManifest
+    from store import Store
 
 __all__ = [
     "ChangeReport",
@@ -81,8 +81,8 @@ def _daily(state: StateDir, fleet: FleetManifest, since: str | None = None,
 
 def _daily_of(state: StateDir, fleet: FleetManifest, tasks: Any, attempts: Any, calls: Any
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from controlplane.metrics import compute_metrics
     from controlplane.views import _metric_options, _records
+    from economics.metrics import compute_metrics
 
     if tasks.empty:
         return [], []
@@ -179,9 +179,9 @@ def quarter_bounds(quarter: str) -> tuple[date, date]:
 
 def gather_quarterly_report(state: StateDir, store: Store, fleet: FleetManifest,
                             quarter: str) -> QuarterlyReport:
-    from controlplane.finops import finops_register
-    from controlplane.metrics import compute_metrics
     from controlplane.views import _metric_options, load_window
+    from economics.finops import finops_register
+    from economics.metrics import compute_metrics
 
     start, end = quarter_bounds(quarter)
     changes = []

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from contracts.documents import Strict, dump_yaml, load_yaml_document
 from controlplane.loop.approvals import AutoApprovalRule
 from controlplane.loop.distill import DistillSettings
 from controlplane.loop.verification import VerifySettings
-from policies._model import Strict, dump_yaml, load_yaml_document
 
 __all__ = ["DEFAULT_STATE_DIR", "ENV_STATE_DIR", "Settings", "StateDir", "resolve_state_dir"]
 
@@ -42,7 +42,7 @@ class Settings(Strict):
         default=10, ge=1, description="a task with more attempts than this is a runaway loop"
     )
     finops: dict[str, Any] = Field(
-        default_factory=dict, description="FinOps register targets (see controlplane.finops)"
+        default_factory=dict, description="FinOps register targets (see economics.finops)"
     )
     auto_approve: list[AutoApprovalRule] = Field(
         default_factory=list,
@@ -65,7 +65,7 @@ class Settings(Strict):
     )
 
     def finops_targets(self):
-        from controlplane.finops import FinOpsTargets
+        from economics.finops import FinOpsTargets
 
         return FinOpsTargets.model_validate(self.finops)
 

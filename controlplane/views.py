@@ -10,8 +10,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from contracts.manifest import FleetManifest
     from controlplane.settings import StateDir
-    from serving.manifest import FleetManifest
 
 __all__ = [
     "audit_rows",
@@ -80,7 +80,7 @@ def audit_rows(store: Any, limit: int) -> list[dict[str, Any]]:
 
 def load_window(state: StateDir, since: str | None, until: str | None):
     """The three telemetry tables of a day window, as DataFrames."""
-    from controlplane.telemetry.ingest import read_table
+    from telemetry.ingest import read_table
 
     return tuple(
         read_table(state.telemetry_dir, table, start_day=since, end_day=until)
@@ -111,7 +111,7 @@ def _plain(v: Any) -> Any:
 def metrics_rows(
     state: StateDir, fleet: FleetManifest, by: list[str], since: str | None, until: str | None
 ) -> list[dict[str, Any]]:
-    from controlplane.metrics import compute_metrics
+    from economics.metrics import compute_metrics
 
     tasks, attempts, calls = load_window(state, since, until)
     if tasks.empty:
@@ -136,8 +136,8 @@ def finops_rows(
     Team budgets come from the active policy's guardrails (they are a lever the autopilot
     may change); targets from ``autopilot.yaml``.
     """
-    from controlplane.finops import budget_status, finops_register
-    from controlplane.metrics import compute_metrics
+    from economics.finops import budget_status, finops_register
+    from economics.metrics import compute_metrics
 
     settings = state.settings()
     tasks, attempts, calls = load_window(state, since, until)
@@ -153,7 +153,7 @@ def finops_rows(
 
 
 def _active_team_budgets(state: StateDir) -> dict[str, Any]:
-    from controlplane.store import Store
+    from store import Store
 
     store = Store.open(state.store_url())
     try:
@@ -165,7 +165,7 @@ def _active_team_budgets(state: StateDir) -> dict[str, Any]:
 
 def print_rows(rows: list[dict[str, Any]], *, title: str | None = None,
                columns: list[str] | None = None) -> None:
-    from controlplane.cli import _print_table
+    from controlplane.console import emit_table as _print_table
 
     if rows:
         _print_table(rows, title=title, columns=[c for c in (columns or rows[0]) if c in rows[0]])

@@ -9,8 +9,7 @@ attribute of that name to the module, so a lazy alias here would be shadowed.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from contracts.fronts import lazy_front
 
 _HOME = {
     "Window": "experiments.window",
@@ -41,16 +40,4 @@ __all__ = [
     "fit_outcome_models",
     "load_window",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_front(__name__, _HOME, globals())

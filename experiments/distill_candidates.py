@@ -78,7 +78,7 @@ def distill_candidates(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.Da
                        exclude_families: frozenset[str] = frozenset()
                        ) -> list[DistillCandidate]:
     """Every family of the window with its numbers, qualifying ones first, by saving."""
-    from controlplane.costmodel import green_pr_mask, price_calls
+    from economics.costmodel import green_pr_mask, price_calls
 
     if not 0 < target_pass_rate <= 1:
         raise ValueError("target_pass_rate must be in (0, 1]")

@@ -149,6 +149,6 @@ def fit_outcome_models(window, attempts=None, fleet=None, *, seed: int = 0,
 
 
 def _call_dtypes():
-    from controlplane.telemetry.tables import CALL_COLUMNS
+    from contracts.tables import CALL_COLUMNS
 
     return CALL_COLUMNS.items()

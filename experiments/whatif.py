@@ -29,14 +29,14 @@ class WhatifReport:
 
 
 def _is_warehouse(path: Path) -> bool:
-    from controlplane.telemetry.ingest import list_days
+    from telemetry.ingest import list_days
 
     return path.is_dir() and bool(list_days(path, "tasks"))
 
 
 def open_telemetry(paths: Sequence[str | Path], scratch: Path) -> tuple[Path, list[str]]:
     """A warehouse root for ``paths``: the path itself, or a temporary ingest of the spans."""
-    from controlplane.telemetry.ingest import ingest_paths
+    from telemetry.ingest import ingest_paths
 
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
@@ -61,11 +61,11 @@ def whatif(telemetry: Sequence[str | Path], fleet_path: str | Path, active_polic
            since: str | None = None, until: str | None = None, trials: int = 8,
            per_trial: int = 32, seed: int = 0, executor: str = "tune",
            progress: bool = True) -> WhatifReport:
+    from contracts.manifest import load_fleet
     from experiments.estimator import point_summary  # noqa: F401  (keeps import errors early)
     from experiments.search import search
     from experiments.window import load_window
     from policies.policy import save_policy
-    from serving.manifest import load_fleet
 
     fleet = load_fleet(fleet_path)
     with tempfile.TemporaryDirectory(prefix="autopilot-whatif-") as scratch:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from serving.manifest import FleetManifest
+    from contracts.manifest import FleetManifest
 
 __all__ = ["Combo", "Window", "build_window", "fleet_combos", "load_window"]
 
@@ -177,7 +177,7 @@ def _feature_matrices(raw: list[dict[str, Any]], families: np.ndarray, n_familie
 def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFrame,
                  fleet: FleetManifest, *, default_verifier_cost_usd: float = 0.0) -> Window:
     """Compile the three telemetry tables of a window against the fleet manifest."""
-    from controlplane.costmodel import green_pr_mask, price_calls
+    from economics.costmodel import green_pr_mask, price_calls
 
     notes: list[str] = []
     tasks = tasks.drop_duplicates("task_id").reset_index(drop=True)
@@ -342,7 +342,7 @@ def load_window(telemetry_dir: str | Path, since: str | None = None, until: str 
 
     With ``fleet`` the compiled ``Window``; without it the three DataFrames.
     """
-    from controlplane.telemetry.ingest import read_table
+    from telemetry.ingest import read_table
 
     frames = tuple(read_table(telemetry_dir, t, start_day=since, end_day=until)
                    for t in ("tasks", "attempts", "calls"))

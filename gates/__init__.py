@@ -8,8 +8,8 @@ Importing this package is light: no Ray, vLLM or torch.
 """
 
 from gates.gates import GATE_NAMES, GateResult, Phase, overall
+from gates.port import CaseOutput, GatewayServingPath, GuardrailRefusal, ServingPath
 from gates.runner import GateOptions, GateReport, run_gates
-from gates.serving import CaseOutput, GatewayServingPath, GuardrailRefusal, ServingPath
 from gates.suite import Suite, SuiteCase, load_reference_suite, load_suite, reference_suite
 
 __all__ = [

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controlplane.errors import PermanentError
+from contracts.errors import PermanentError
 from gates.runner import GateOptions, GateReport
 
 __all__ = [
@@ -95,12 +95,12 @@ def run_gate_command(
     serving: Any = None,
 ) -> GateCommandResult:
     """Everything ``autopilot gate`` does. ``serving`` overrides the serving path (tests)."""
-    from controlplane.store import Store
+    from contracts.manifest import load_fleet
     from gates.evidence import build_bundle, record_evidence
     from gates.runner import run_gates
     from gates.suite import load_reference_suite, load_suite
     from policies.policy import load_policy, validate_against_fleet
-    from serving.manifest import load_fleet
+    from store import Store
 
     manifest_path = Path(fleet_path) if fleet_path else Path(state.fleet_path)
     fleet = load_fleet(manifest_path)
@@ -123,7 +123,7 @@ def run_gate_command(
         handle = None
         try:
             if serving is None:
-                from gates.serving import GatewayServingPath
+                from gates.port import GatewayServingPath
 
                 try:
                     if url is None:

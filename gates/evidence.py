@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.documents import canonical_json, content_hash
 from gates.runner import GateReport
-from policies._model import canonical_json, content_hash
 
 __all__ = [
     "SCHEMA",

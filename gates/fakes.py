@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gates.serving import CaseOutput, GuardrailRefusal, ResponseCache
+from gates.port import CaseOutput, GuardrailRefusal, ResponseCache
 from gates.suite import SuiteCase
 from policies.policy import Policy
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import Field
 
-from controlplane.store.records import GateVerdict as Phase
+from contracts.documents import Strict
+from contracts.phase import Phase
 from gates import stats
 from gates.records import CacheCheck, FileCheck, ProbeResult, SuiteRun
-from policies._model import Strict
 
 __all__ = [
     "GATE_NAMES",

@@ -36,6 +36,7 @@ from gates.gates import (
     pinned_weights_gate,
     reproducibility_gate,
 )
+from gates.port import GuardrailRefusal, ServingPath
 from gates.records import (
     AttemptRecord,
     CacheCheck,
@@ -45,7 +46,6 @@ from gates.records import (
     ProbeResult,
     SuiteRun,
 )
-from gates.serving import GuardrailRefusal, ServingPath
 from gates.suite import Suite, SuiteCase
 from gates.verifiers import check_output
 from policies.policy import Policy
@@ -125,7 +125,7 @@ def pinned_targets(policy: Policy, fleet) -> list[tuple[str, str, tuple[str, ...
 
 def check_pinned_files(policy: Policy, fleet, manifest_dir: str | Path) -> list[FileCheck]:
     """Hash every weight and adapter file the policy names; compare with the manifest."""
-    from serving.manifest import resolve_path, sha256_file
+    from contracts.manifest import resolve_path, sha256_file
 
     checks: list[FileCheck] = []
 

@@ -29,7 +29,7 @@ class CheckResult:
 
 
 def check_output(case: SuiteCase, text: str) -> CheckResult:
-    from serving.reference.tasks import Task, extract_answer, verify
+    from workload.tasks import Task, extract_answer, verify
 
     spec = case.verifier
     if spec.kind == "reference":

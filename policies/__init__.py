@@ -4,7 +4,7 @@ One module per lever (routing, quantization, cache, distillation, guardrails) de
 search space and proposer as the experiments package grows.
 """
 
-from policies._model import DocumentError
+from contracts.documents import DocumentError
 from policies.policy import (
     Policy,
     PolicySpec,

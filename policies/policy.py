@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from policies._model import (
+from contracts.documents import (
     DocumentError,
     Strict,
     content_hash,
@@ -25,7 +25,7 @@ from policies._model import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from serving.manifest import FleetManifest
+    from contracts.manifest import FleetManifest
 
 __all__ = [
     "CacheSpec",

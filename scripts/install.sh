@@ -23,5 +23,5 @@ if [ "$ENGINE" = "cpu" ]; then
   # `import transformers` ("operator torchvision::nms does not exist"). Nothing here uses them.
   "$VENV/bin/python" -m pip uninstall --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
-"$VENV/bin/python" -c "import controlplane, policies, serving, experiments, gates" 
+"$VENV/bin/python" -c "import contracts, policies, store, telemetry, economics, serving, workload, training, experiments, gates, controlplane" 
 echo "[install] done: $("$VENV/bin/python" --version) in $VENV"

@@ -2,6 +2,6 @@
 telemetry emission, and the reference fleet. Heavy imports (ray, vllm, torch) stay inside
 the functions that start engines."""
 
-from serving.manifest import FleetManifest, load_fleet, save_fleet, verify_files
+from contracts.manifest import FleetManifest, load_fleet, save_fleet, verify_files
 
 __all__ = ["FleetManifest", "load_fleet", "save_fleet", "verify_files"]

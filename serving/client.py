@@ -3,7 +3,7 @@
 ``GatewayClient(url).complete(prompt, task=TaskContext(...))`` returns a ``Completion``;
 guardrail refusals raise ``GuardrailRefused`` (permanent), refused requests raise
 ``GatewayRequestError`` (permanent), and connection failures or 5xx answers raise
-``GatewayUnavailable`` (transient: retry with ``controlplane.errors.retry_transient``).
+``GatewayUnavailable`` (transient: retry with ``contracts.errors.retry_transient``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from controlplane.errors import PermanentError, TransientError
+from contracts.errors import PermanentError, TransientError
 
 __all__ = [
     "Completion",

@@ -33,8 +33,8 @@ from typing import Any
 
 from pydantic import Field
 
-from controlplane.errors import PermanentError, TransientError
-from policies._model import Strict
+from contracts.documents import Strict
+from contracts.errors import PermanentError, TransientError
 
 __all__ = [
     "CollectorSpec",
@@ -91,12 +91,9 @@ def collection_decision(spec: CollectorSpec, policy: Any, family: str | None,
     return True, "collected"
 
 
-def gate_prompt_hashes(suites: Iterable[Any] | None = None) -> frozenset[str]:
-    """sha256 of every gate-suite prompt (default: the pinned reference suite)."""
-    if suites is None:
-        from gates.suite import load_reference_suite
-
-        suites = [load_reference_suite()]
+def gate_prompt_hashes(suites: Iterable[Any]) -> frozenset[str]:
+    """sha256 of every gate-suite prompt. The caller names the suites (serving sits below
+    the gates; the control plane passes the pinned reference suite)."""
     return frozenset(prompt_hash(case.prompt) for suite in suites for case in suite.cases)
 
 
@@ -194,9 +191,8 @@ def _read(path: Path) -> list[VerifiedExample]:
 
 
 def load_training_set(directory: str | Path, family: str, *,
-                      blocked: frozenset[str] | None = None) -> list[VerifiedExample]:
+                      blocked: frozenset[str]) -> list[VerifiedExample]:
     """The family's verified examples, minus gate-suite prompts and hash mismatches."""
-    blocked = gate_prompt_hashes() if blocked is None else blocked
     kept = []
     for e in _read(Path(directory) / f"{family}.jsonl"):
         if e.family != family or e.prompt_sha256 != prompt_hash(e.prompt):
@@ -219,8 +215,7 @@ class VerifiedCollector:
 
     @classmethod
     def for_state(cls, spec: CollectorSpec, state_root: str | Path,
-                  blocked: frozenset[str] | None = None) -> VerifiedCollector:
-        blocked = gate_prompt_hashes() if blocked is None else blocked
+                  blocked: frozenset[str]) -> VerifiedCollector:
         return cls(spec, TrainingSetStore(training_set_dir(state_root), blocked=blocked,
                                           max_records_per_family=spec.max_records_per_family))
 

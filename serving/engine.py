@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from controlplane.errors import PermanentError
-from serving.manifest import FleetManifest, Variant, load_fleet, resolve_path, verify_files
+from contracts.errors import PermanentError
+from contracts.manifest import FleetManifest, Variant, load_fleet, resolve_path, verify_files
 
 __all__ = [
     "EngineOptions",

@@ -16,7 +16,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from controlplane.errors import PermanentError, TransientError
+from contracts.errors import PermanentError, TransientError
 from policies.policy import Policy
 from serving.engine import EngineOptions
 
@@ -56,7 +56,7 @@ class FleetHandle:
     def ensure_variants(self, policy: Policy) -> list[str]:
         """Deploy every tier deployment ``policy`` needs that is not running yet (gates call
         it for a candidate before sending its traffic). Returns the applications started."""
-        from serving.manifest import load_fleet
+        from contracts.manifest import load_fleet
         from serving.tiers import deploy_tiers, required_deployments, running_apps
 
         fleet = load_fleet(self.manifest_path)
@@ -126,9 +126,9 @@ def start_fleet(manifest_path: str | Path, *, store_url: str, policy_version: in
             os.environ.setdefault(name, value)  # read by the Serve actors Ray starts
     from ray import serve
 
-    from controlplane.store import Store
-    from serving.manifest import load_fleet
+    from contracts.manifest import load_fleet
     from serving.tiers import TierStartFailed, deploy_tiers, required_deployments
+    from store import Store
 
     started = time.monotonic()
     manifest_path = Path(manifest_path).resolve()
@@ -189,33 +189,32 @@ def fleet_summary(handle: FleetHandle) -> dict[str, Any]:
     return {"url": handle.url, "deployments": handle.deployed, "start_s": round(handle.start_s, 1)}
 
 
-def serve_until_signalled(state: Any, manifest_path: Path, *, port: int,
-                          ray_address: str | None, reload_interval_s: float,
+def serve_until_signalled(manifest_path: Path, *, store_url: str, spans_dir: Path,
+                          otlp_endpoint: str | None, collector: dict[str, Any] | None,
+                          port: int, ray_address: str | None, reload_interval_s: float,
                           echo: Any = print) -> None:
-    """``autopilot serve``: start the fleet for the state dir's active policy, print the
-    URL, and shut down cleanly on Ctrl-C or SIGTERM."""
+    """``autopilot serve``: start the fleet for the store's active policy, print the URL,
+    and shut down cleanly on Ctrl-C or SIGTERM. ``collector``: the gateway's distillation
+    collector config (``serving.gateway``), built by the control plane."""
     import signal
     import threading
     from datetime import datetime
 
-    settings = state.settings()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    spans = state.spans_dir / f"gateway-{stamp}.jsonl"
+    spans = Path(spans_dir) / f"gateway-{stamp}.jsonl"
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     echo(f"starting the fleet from {manifest_path} ...")
     try:
-        handle = start_fleet(manifest_path, store_url=state.store_url(), http_port=port,
+        handle = start_fleet(manifest_path, store_url=store_url, http_port=port,
                              ray_address=ray_address, spans_path=spans,
                              reload_interval_s=reload_interval_s,
-                             otlp_endpoint=settings.otlp_endpoint,
-                             collector={"spec": settings.distillation.collect.model_dump(),
-                                        "state_root": str(state.root)})
+                             otlp_endpoint=otlp_endpoint, collector=collector)
         try:
             echo(f"gateway: {handle.url}  (started in {handle.start_s:.0f}s; "
                  f"deployments: {', '.join(handle.deployed)})")
-            echo(f"spans: {settings.otlp_endpoint or spans}")
+            echo(f"spans: {otlp_endpoint or spans}")
             echo("press Ctrl-C to stop")
             while not stop.wait(0.5):
                 pass

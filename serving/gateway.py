@@ -23,12 +23,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from controlplane.errors import PermanentError, TransientError
-from controlplane.store.errors import NotFoundError
+from contracts.errors import PermanentError, TransientError
+from contracts.manifest import load_fleet
 from policies.policy import DocumentError, validate_against_fleet
 from serving.engine import EngineOptions, UnknownAdapter
 from serving.gateway_core import GatewayCore, GuardrailError, PolicyBook, UnknownModel
-from serving.manifest import load_fleet
 from serving.protocol import BadRequest, parse_request
 from serving.tiers import (
     DeploymentKey,
@@ -37,6 +36,7 @@ from serving.tiers import (
     required_deployments,
     running_apps,
 )
+from store.errors import NotFoundError
 
 __all__ = ["GATEWAY_APP", "GatewayIngress", "gateway_application"]
 
@@ -51,7 +51,9 @@ def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
 
 
 def _collector(config: dict[str, Any] | None):
-    """``{"spec": CollectorSpec fields, "state_root": path}`` -> a collector, or None.
+    """``{"spec": CollectorSpec fields, "state_root": path, "blocked_prompt_sha256": [...]}``
+    -> a collector, or None. The blocked hashes (gate-suite prompts) are required: a
+    collector that could keep a gate prompt would leak the gates into training.
 
     Defined above the ingress class on purpose: ``serve.ingress`` pickles the class by
     value when it is decorated, capturing only the module globals that exist by then."""
@@ -62,7 +64,8 @@ def _collector(config: dict[str, Any] | None):
     spec = CollectorSpec.model_validate(config["spec"])
     if not spec.enabled:
         return None
-    return VerifiedCollector.for_state(spec, config["state_root"])
+    return VerifiedCollector.for_state(spec, config["state_root"],
+                                       blocked=frozenset(config["blocked_prompt_sha256"]))
 
 
 @serve.ingress(api)
@@ -71,8 +74,8 @@ class GatewayIngress:
                  spans_path: str | None, otlp_endpoint: str | None, reload_interval_s: float,
                  policy_version: int | None, seed: int = 0,
                  collector: dict[str, Any] | None = None):
-        from controlplane.store import Store
-        from controlplane.telemetry.otel import configure_tracing
+        from store import Store
+        from telemetry.otel import configure_tracing
 
         self.manifest_path = manifest_path
         self.fleet = load_fleet(Path(manifest_path))

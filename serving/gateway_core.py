@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from controlplane.errors import PermanentError
-from controlplane.telemetry.conventions import SPAN_CALL, Attr, CacheStatus, Purpose
+from contracts.errors import PermanentError
+from contracts.manifest import FleetManifest
+from contracts.spans import SPAN_CALL, Attr, CacheStatus, Purpose
 from policies.policy import Policy
 from policies.routing import (
     attempt_tier_probabilities,
@@ -40,7 +41,6 @@ from serving.guardrails import (
     check_call,
     clip_max_tokens,
 )
-from serving.manifest import FleetManifest
 from serving.protocol import ParsedRequest, completion_body
 from serving.tiers import DeploymentKey
 
@@ -357,7 +357,7 @@ class GatewayCore:
 
     def _set_call_attributes(self, span: Any, policy: Policy, req: ParsedRequest,
                              r: dict[str, Any], purpose: str) -> None:
-        from controlplane.telemetry.otel import set_span_attributes
+        from telemetry.otel import set_span_attributes
 
         set_span_attributes(span, {
             Attr.REQUEST_MODEL: f"{r['tier']}/{r['variant']}",

@@ -15,7 +15,7 @@ fails closed:
   ``hard_stop`` new calls are refused.
 
 Spend is priced from the fleet manifest with the cost model's rule
-(``controlplane.costmodel``): uncached input at the prefill price, prefix-cached input at
+(``economics.costmodel``): uncached input at the prefill price, prefix-cached input at
 ``(1 - cached_input_discount)`` of it, output at the decode price, a response-cache hit at
 ``response_cache_usd_per_call``. Shadow calls are evaluation spend: they count toward the
 team's budget but not toward the task's caps.
@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.telemetry.conventions import CacheStatus
+from contracts.spans import CacheStatus
 
 __all__ = [
     "CODES",

@@ -14,7 +14,7 @@ import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from serving.manifest import (
+from contracts.manifest import (
     Adapter,
     Economics,
     FleetManifest,

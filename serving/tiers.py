@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controlplane.errors import PermanentError
+from contracts.errors import PermanentError
+from contracts.manifest import FleetManifest
 from policies.policy import Policy
 from serving.engine import EngineOptions
-from serving.manifest import FleetManifest
 
 __all__ = [
     "DeploymentKey",

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from controlplane.errors import PermanentError
-from policies._model import Strict
+from contracts.documents import Strict
+from contracts.errors import PermanentError
 
 __all__ = [
     "RISK_LEVELS",

@@ -24,8 +24,8 @@ from typing import Any
 
 from pydantic import Field
 
-from controlplane.errors import PermanentError
-from policies._model import Strict
+from contracts.documents import Strict
+from contracts.errors import PermanentError
 from serving.collector import CollectorSpec
 
 __all__ = [
@@ -90,7 +90,7 @@ def _active_policy(state: Any, policy_path: str | Path | None) -> Any:
     if policy_path is not None:
         return load_policy(Path(policy_path))
     if state is not None and state.exists():
-        from controlplane.store import Store
+        from store import Store
 
         with Store.open(state.store_url()) as store:
             record = store.active_policy()
@@ -135,9 +135,10 @@ def run_distill(*, family: str, state: Any = None, fleet_path: str | Path | None
                 adopt: bool = False, since: str | None = None, until: str | None = None,
                 echo: Any = print) -> dict[str, Any]:
     """The whole distillation path for one family (see the module docstring)."""
+    from contracts.manifest import load_fleet
     from gates.suite import load_reference_suite
     from serving.collector import gate_prompt_hashes, load_training_set, training_set_dir
-    from serving.distill import (
+    from training.distill import (
         DistillJob,
         adapter_name_for,
         check_serves,
@@ -146,7 +147,6 @@ def run_distill(*, family: str, state: Any = None, fleet_path: str | Path | None
         plan_examples,
         teacher_examples,
     )
-    from serving.manifest import load_fleet
 
     settings = state.settings().distillation if state is not None and state.exists() \
         else DistillSettings()
@@ -239,9 +239,9 @@ def adopt_into_state(state: Any, manifest: str | Path, candidate: Any, *, adapte
                      predicted: dict[str, Any] | None) -> dict[str, Any]:
     """Pin the adapter in the state's fleet.yaml (the old one kept as a backup) and record
     the candidate as a ``distillation`` proposal against the active policy."""
+    from contracts.manifest import load_fleet
     from gates.command import store_candidate
-    from serving.distill import register_adapter
-    from serving.manifest import load_fleet
+    from training.distill import register_adapter
 
     if state is None or not state.exists():
         raise PermanentError("--adopt needs an initialised state directory")
@@ -250,11 +250,11 @@ def adopt_into_state(state: Any, manifest: str | Path, candidate: Any, *, adapte
     shutil.copyfile(state.fleet_path, backup)
     source = load_fleet(manifest)
     entry = source.tier(tier).variant(variant).adapter(adapter)
-    from serving.manifest import resolve_path
+    from contracts.manifest import resolve_path
 
     register_adapter(manifest, state.fleet_path, tier=tier, variant=variant, adapter=adapter,
                      adapter_dir=resolve_path(entry.path, Path(manifest).parent), family=family)
-    from controlplane.store import Store
+    from store import Store
 
     with Store.open(state.store_url()) as store:
         active = store.active_policy()
@@ -290,7 +290,7 @@ def nightly_distill(state: Any, since: str, until: str, *, executor: str = "ray"
     if not training_budget_allows(ds, ds.steps):
         return {"skipped": f"{ds.steps} steps exceed the nightly budget "
                            f"({ds.nightly_step_budget})"}
-    from serving.manifest import load_fleet
+    from contracts.manifest import load_fleet
 
     fleet = load_fleet(state.fleet_path)
     active = _active_policy(state, None)
@@ -317,3 +317,14 @@ def nightly_distill(state: Any, since: str, until: str, *, executor: str = "ray"
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def gateway_collector_config(settings: Any, state_root: str | Path) -> dict[str, Any]:
+    """What the gateway needs to collect verified outputs (``serving.gateway``): the owner's
+    collection spec, where to write, and the gate-suite prompts it must never keep."""
+    from gates.suite import load_reference_suite
+    from serving.collector import gate_prompt_hashes
+
+    return {"spec": settings.distillation.collect.model_dump(),
+            "state_root": str(state_root),
+            "blocked_prompt_sha256": sorted(gate_prompt_hashes([load_reference_suite()]))}

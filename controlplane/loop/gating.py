@@ -29,8 +29,8 @@ def gate_proposal(state: Any, proposal_id: str, *, gateway_url: str | None,
                   dry_run: bool = False, echo: Callable[[str], None] = print,
                   serving: Any = None, suite: Any = None) -> str:
     """Run every gate for the proposal's candidate against its baseline; returns the verdict."""
-    from controlplane.store import Store
     from gates.command import evidence_dir
+    from store import Store
 
     store = Store.open(state.store_url())
     try:
@@ -65,11 +65,11 @@ def gate_proposal(state: Any, proposal_id: str, *, gateway_url: str | None,
 
 def _run(state: Any, store: Any, proposal: Any, *, gateway_url: str | None, dry_run: bool,
          echo: Callable[[str], None], serving: Any, suite: Any) -> str:
+    from contracts.manifest import load_fleet
     from gates.command import evidence_dir
     from gates.evidence import build_bundle, record_evidence
     from gates.runner import run_gates
     from gates.suite import load_reference_suite
-    from serving.manifest import load_fleet
 
     manifest_path = Path(state.fleet_path)
     fleet = load_fleet(manifest_path)
@@ -79,7 +79,7 @@ def _run(state: Any, store: Any, proposal: Any, *, gateway_url: str | None, dry_
     handle = None
     try:
         if serving is None:
-            from gates.serving import GatewayServingPath
+            from gates.port import GatewayServingPath
 
             if gateway_url is None:
                 from serving.fleet import start_fleet

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.errors import PermanentError
-from controlplane.store import ActivationRecord, ProposalState
+from contracts.errors import PermanentError
+from store import ActivationRecord, ProposalState
 
 __all__ = ["NothingToRollBack", "active_proposal", "promote_approved", "rollback_active"]
 

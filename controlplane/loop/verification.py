@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from policies._model import Strict
+from contracts.documents import Strict
 
 __all__ = [
     "RatioEstimate",

@@ -12,7 +12,7 @@ __all__ = ["task_outcomes", "verify_promoted"]
 def task_outcomes(tasks, attempts, calls, fleet, *, default_verifier_cost_usd: float = 0.0
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per task of ``tasks``: spend, Green PR, first serve attempt passed."""
-    from controlplane.costmodel import build_ledger, green_pr_mask
+    from economics.costmodel import build_ledger, green_pr_mask
 
     if tasks.empty:
         empty = np.zeros(0)
@@ -46,8 +46,8 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
     """
     from controlplane.loop.promotion import active_proposal
     from controlplane.loop.verification import VerifyOutcome, verify_decision
-    from controlplane.store import ProposalState
     from controlplane.views import load_window
+    from store import ProposalState
 
     proposal = active_proposal(store)
     if proposal is None:

@@ -6,10 +6,10 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
+from contracts.manifest import load_fleet
 from controlplane.cli import cli, main
-from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 from policies.policy import load_policy
-from serving.manifest import load_fleet
+from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_commands_need_init(tmp_path):
 def test_drive_mix_weights_are_parsed_and_a_bad_item_is_named():
     import click
 
-    from controlplane.cli import _weights
+    from controlplane.cli.common import weights as _weights
 
     assert _weights("expr_eval=2,list_ops") == {"expr_eval": 2.0, "list_ops": 1.0}
     assert _weights("1=3,3=1", key=int) == {1: 3.0, 3: 1.0}

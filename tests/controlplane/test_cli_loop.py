@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from controlplane.cli import cli
 from controlplane.settings import StateDir
-from controlplane.store import GateVerdict, ProposalState, Store
+from store import GateVerdict, ProposalState, Store
 
 
 @pytest.fixture()

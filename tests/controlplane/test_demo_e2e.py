@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-REFERENCE_FLEET = Path(__file__).resolve().parents[2] / "serving" / "reference" / "fleet"
+REFERENCE_FLEET = Path(__file__).resolve().parents[2] / "training" / "fleet"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def demo(tmp_path_factory):
 
 
 def test_a_gated_proposal_was_promoted_and_the_gateway_serves_it(demo):
-    from controlplane.store import Store
+    from store import Store
 
     state, summary, lines = demo
     assert summary["promoted"], "\n".join(lines)
@@ -53,8 +53,8 @@ def test_a_gated_proposal_was_promoted_and_the_gateway_serves_it(demo):
 
 
 def test_day_two_figures_are_measured_from_the_telemetry(demo):
+    from contracts.manifest import load_fleet
     from controlplane.views import metrics_rows
-    from serving.manifest import load_fleet
 
     state, summary, _ = demo
     day2 = summary["days"][1]
@@ -62,7 +62,7 @@ def test_day_two_figures_are_measured_from_the_telemetry(demo):
     assert rows and rows[0]["tasks"] == summary["day2"]["tasks"] > 0
     assert rows[0]["cost_per_green_pr"] == pytest.approx(summary["day2"]["cost_per_green_pr"])
     # Day 2 was served under the promoted policy: the gateway stamped its version on the calls.
-    from controlplane.telemetry.ingest import read_table
+    from telemetry.ingest import read_table
 
     calls = read_table(state.telemetry_dir, "calls", days=[day2])
     assert set(calls["policy_version"].dropna()) == {str(summary["active_version"])}

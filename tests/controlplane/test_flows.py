@@ -9,19 +9,19 @@ import os
 import pytest
 import yaml
 
-from serving.manifest import sha256_file
+from contracts.manifest import sha256_file
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
+    from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
     from controlplane.loop.waiting import prefect_environment
     from controlplane.settings import StateDir
-    from controlplane.store import Store
-    from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
-    from serving.manifest import load_fleet
+    from store import Store
+    from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
     root = tmp_path_factory.mktemp("flows")
     state = StateDir(root)
@@ -53,8 +53,8 @@ def state(tmp_path_factory):
 @pytest.fixture()
 def fake_gates(monkeypatch, state):
     from controlplane.loop import gating
-    from controlplane.store import Store
     from gates.fakes import FakeServingPath
+    from store import Store
 
     class StoredPolicies(dict):
         def __missing__(self, version):
@@ -76,7 +76,7 @@ def fake_gates(monkeypatch, state):
 
 def test_nightly_proposes_gates_approves_and_promotes_once(state, fake_gates):
     from controlplane.flows import nightly
-    from controlplane.store import Store
+    from store import Store
 
     search = {"executor": "inline", "trials": 4, "per_trial": 16, "bootstrap": 100}
     result = nightly(state_dir=str(state.root), since="2026-11-20", until="2026-11-20",

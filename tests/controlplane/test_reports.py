@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from contracts.manifest import load_fleet
 from controlplane.bootstrap import initialise_state
 from controlplane.reports import (
     first_day_served,
@@ -12,10 +13,9 @@ from controlplane.reports import (
     write_quarterly_report,
 )
 from controlplane.settings import StateDir
-from controlplane.store import Decision, GateVerdict, ProposalState, Store
-from controlplane.telemetry.ingest import ingest_paths
-from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
-from serving.manifest import load_fleet
+from store import Decision, GateVerdict, ProposalState, Store
+from telemetry.ingest import ingest_paths
+from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from experiments_testkit import FLEET_YAML, POLICY_YAML, simulate_window
 
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory):
-    from serving.manifest import load_fleet
+    from contracts.manifest import load_fleet
 
     path = tmp_path_factory.mktemp("fleet") / "fleet.yaml"
     path.write_text(FLEET_YAML)

@@ -65,9 +65,9 @@ spec:
 
 def simulate_window(policy, fleet, tmp: Path, *, tasks: int, seed: int, day: str = "2026-11-20"):
     """Spans from the project's seeded simulator, ingested, compiled into a Window."""
-    from controlplane.telemetry.ingest import ingest_paths
-    from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
     from experiments.window import load_window
+    from telemetry.ingest import ingest_paths
+    from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
     spans = tmp / f"spans-{seed}.jsonl"
     write_spans(simulate_spans(policy, fleet, WorkloadShape(tasks=tasks, seed=seed, day=day)),

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from experiments_testkit import FLEET_YAML
 
+from contracts.manifest import load_fleet
 from experiments.distill_candidates import distill_candidates
-from serving.manifest import load_fleet
 
 FLEET = load_fleet(FLEET_YAML)
 

@@ -47,8 +47,8 @@ def _known_model(p_by_combo: list[float], n_hist: int) -> OutcomeModels:
 
 
 def test_two_tier_cascade_matches_hand_computation():
+    from contracts.manifest import load_fleet
     from policies.policy import load_policy
-    from serving.manifest import load_fleet
 
     fleet = load_fleet(TWO_TIER_FLEET)
     window = build_window(*_frames(10), fleet)

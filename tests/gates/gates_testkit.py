@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gates.suite import ReferenceVerifier, Suite, SuiteCase, SuiteMetadata
-from policies.policy import Policy
-from serving.manifest import (
+from contracts.manifest import (
     Adapter,
     Economics,
     FleetManifest,
@@ -16,6 +14,8 @@ from serving.manifest import (
     save_fleet,
     sha256_file,
 )
+from gates.suite import ReferenceVerifier, Suite, SuiteCase, SuiteMetadata
+from policies.policy import Policy
 
 ECON = Economics(gpus=1, usd_per_gpu_hour=2.5, prefill_tokens_per_s=6000,
                  decode_tokens_per_s=6000)

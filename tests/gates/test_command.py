@@ -7,12 +7,12 @@ import pytest
 from click.testing import CliRunner
 from gates_testkit import competent, make_policy, write_fleet
 
-import gates.serving
+import gates.port
 from controlplane.cli import cli
-from controlplane.store import Store
 from gates.command import plan_candidate_version
 from gates.fakes import FakeServingPath
 from gates.suite import save_suite
+from store import Store
 
 
 class StoredPolicies:
@@ -40,7 +40,7 @@ def state(tmp_path, suite, monkeypatch):
     assert result.exit_code == 0, result.output
     suite_file = save_suite(suite, tmp_path / "suite.json")
     url = f"sqlite:///{root / 'autopilot.db'}"
-    monkeypatch.setattr(gates.serving, "GatewayServingPath",
+    monkeypatch.setattr(gates.port, "GatewayServingPath",
                         lambda base_url: FakeServingPath(policies=StoredPolicies(url),
                                                          answer=competent))
     return {"root": root, "fleet": fleet, "suite": suite_file, "tmp": tmp_path, "url": url}

@@ -5,11 +5,11 @@ import json
 
 from gates_testkit import competent, make_policy
 
-from controlplane.store import Store
+from contracts.manifest import load_fleet
 from gates.evidence import build_bundle, compute_bundle_hash, hashable_view, record_evidence
 from gates.fakes import FakeServingPath
 from gates.runner import GateOptions, run_gates
-from serving.manifest import load_fleet
+from store import Store
 
 
 def report_for(fleet_path, suite, candidate, baseline, latency=10.0, **fake):

@@ -1,6 +1,6 @@
 """The gates through the real fleet: Ray Serve gateway, vLLM tiers on pinned weights.
 
-On the trained reference fleet when it exists (serving/reference/fleet/fleet.yaml), else on
+On the trained reference fleet when it exists (training/fleet/fleet.yaml), else on
 the tiny random-weight fleet of ``serving.testing`` (gibberish but deterministic outputs:
 enough for everything except the quantization quality test, which then skips saying why).
 
@@ -27,7 +27,7 @@ from gates.suite import ProgramVerifier, SuiteCase, reference_suite
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE_FLEET = REPO / "serving" / "reference" / "fleet" / "fleet.yaml"
+REFERENCE_FLEET = REPO / "training" / "fleet" / "fleet.yaml"
 ACTIVE_POLICY = """
 apiVersion: autopilot/v1
 kind: Policy
@@ -49,7 +49,7 @@ def _add_degraded_variant(manifest: Path, name: str, *, bits: int) -> None:
     import yaml
     from safetensors.torch import load_file, save_file
 
-    from serving.reference.quantize import is_block_linear, roundtrip
+    from training.quantize import is_block_linear, roundtrip
 
     document = yaml.safe_load(manifest.read_text())
     for tier in document["spec"]["tiers"]:
@@ -73,12 +73,12 @@ def env(tmp_path_factory):
     fleet_mod = pytest.importorskip(
         "serving.fleet", reason="serving.fleet (issue 3, start_fleet) is not built yet")
     pytest.importorskip("serving.client", reason="serving.client (issue 3) is not built yet")
+    from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
     from controlplane.settings import StateDir
-    from controlplane.store import Store
-    from gates.serving import GatewayServingPath
+    from gates.port import GatewayServingPath
     from policies.policy import load_policy
-    from serving.manifest import load_fleet
+    from store import Store
 
     root = tmp_path_factory.mktemp("gate-int")
     fleet_dir = root / "fleet"  # a copy: the tamper test must never touch the real fleet
@@ -166,7 +166,7 @@ def test_quantized_variant_that_degrades_quality_is_failed(env):
 
 def test_tampered_weight_file_is_failed_naming_it(env):
     variant = env["fleet"].tiers[0].variant()
-    from serving.manifest import resolve_path
+    from contracts.manifest import resolve_path
 
     target = resolve_path(variant.weights, env["manifest"].parent) / min(variant.files)
     original = target.read_bytes()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from gates_testkit import competent, make_policy, tiny_suite
 
+from contracts.manifest import load_fleet
 from gates.fakes import FakeServingPath
 from gates.gates import Phase
 from gates.runner import (
@@ -15,7 +16,6 @@ from gates.runner import (
     sample_cases,
 )
 from gates.suite import ProgramVerifier, SuiteCase
-from serving.manifest import load_fleet
 
 OPTS = GateOptions(cache_sample=10)
 

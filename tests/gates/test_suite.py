@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from contracts.documents import DocumentError
 from gates.suite import (
     REFERENCE_PER_CELL,
     REFERENCE_SUITE_PATH,
@@ -16,8 +17,7 @@ from gates.suite import (
     reference_suite,
 )
 from gates.verifiers import check_output
-from policies._model import DocumentError
-from serving.reference.tasks import DIFFICULTIES, FAMILIES, Task, split_of, task_id_of
+from workload.tasks import DIFFICULTIES, FAMILIES, Task, split_of, task_id_of
 
 
 def test_committed_reference_suite_is_what_the_generator_makes():

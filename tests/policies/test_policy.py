@@ -2,9 +2,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from contracts.manifest import load_fleet
 from policies import DocumentError, Policy, describe_diff, load_policy, policy_diff
 from policies.policy import save_policy, validate_against_fleet
-from serving.manifest import load_fleet
 
 STARTER = "controlplane/starter/"
 

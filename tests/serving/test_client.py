@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from controlplane.errors import PermanentError, TransientError
+from contracts.errors import PermanentError, TransientError
 from serving.client import (
     GatewayClient,
     GatewayRequestError,

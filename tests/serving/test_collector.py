@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from contracts.manifest import load_fleet
 from policies.policy import Policy
 from serving.collector import (
     CollectorSpec,
@@ -18,7 +19,6 @@ from serving.collector import (
     training_set_dir,
 )
 from serving.gateway_core import GatewayCore, PolicyBook
-from serving.manifest import load_fleet
 from serving.protocol import parse_request
 
 FLEET = load_fleet("controlplane/starter/fleet.yaml")
@@ -34,7 +34,9 @@ def policy(exclude=()):
 
 @pytest.fixture(scope="module")
 def gate_hashes():
-    return gate_prompt_hashes()
+    from gates.suite import load_reference_suite
+
+    return gate_prompt_hashes([load_reference_suite()])
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +160,7 @@ class _ReportingGateway:
 def test_driver_reports_verdicts_only_when_asked(report):
     from opentelemetry.sdk.trace import TracerProvider
 
-    from serving.driver import WorkloadSpec, drive, plan_workload
+    from workload.driver import WorkloadSpec, drive, plan_workload
 
     spec = WorkloadSpec(tasks=4, seed=2, concurrency=1, report_verified=report)
     items = plan_workload(spec)

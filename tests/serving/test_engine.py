@@ -4,16 +4,7 @@ import json
 
 import pytest
 
-from policies.policy import Policy
-from serving.engine import (
-    EngineOptions,
-    PinnedWeightsMismatch,
-    engine_kwargs,
-    model_dtype,
-    model_max_len,
-    verify_variant,
-)
-from serving.manifest import (
+from contracts.manifest import (
     Adapter,
     Economics,
     FleetManifest,
@@ -22,6 +13,15 @@ from serving.manifest import (
     Variant,
     save_fleet,
     sha256_file,
+)
+from policies.policy import Policy
+from serving.engine import (
+    EngineOptions,
+    PinnedWeightsMismatch,
+    engine_kwargs,
+    model_dtype,
+    model_max_len,
+    verify_variant,
 )
 from serving.tiers import DeploymentKey, policy_tiers, required_deployments
 

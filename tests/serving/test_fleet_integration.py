@@ -37,10 +37,10 @@ def _policy_v1():
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    from controlplane.store import Store
     from serving.engine import EngineOptions
     from serving.fleet import start_fleet
     from serving.testing import make_tiny_fleet
+    from store import Store
 
     root = tmp_path_factory.mktemp("fleet")
     manifest = make_tiny_fleet(root / "tiny", tiers=("S", "M"))

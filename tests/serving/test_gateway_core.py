@@ -8,10 +8,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from contracts.manifest import load_fleet
 from policies.policy import Policy
 from policies.routing import attempt_tier_probabilities
 from serving.gateway_core import GatewayCore, GuardrailError, PolicyBook, UnknownModel, task_draws
-from serving.manifest import load_fleet
 from serving.protocol import parse_request
 
 FLEET = load_fleet("controlplane/starter/fleet.yaml")

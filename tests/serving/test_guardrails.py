@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
 
-from controlplane.costmodel import price_calls
+from contracts.manifest import load_fleet
+from economics.costmodel import price_calls
 from policies.policy import GuardrailSpec
 from serving.guardrails import (
     BudgetLedger,
@@ -11,7 +12,6 @@ from serving.guardrails import (
     check_call,
     clip_max_tokens,
 )
-from serving.manifest import load_fleet
 
 FLEET = load_fleet("controlplane/starter/fleet.yaml")
 SPEC = GuardrailSpec(max_tokens_per_task=100, max_attempts_per_task=3, max_usd_per_task=0.01,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from contracts.documents import DocumentError
+from contracts.manifest import load_fleet, sha256_file, verify_files
 from controlplane.loop.distill import (
     DistillSettings,
     candidate_policy,
@@ -13,12 +15,10 @@ from controlplane.loop.distill import (
     training_budget_allows,
 )
 from controlplane.settings import Settings
-from policies._model import DocumentError
 from policies.policy import Policy
 from policies.routing import tier_plan
 from serving.collector import VerifiedExample, prompt_hash
-from serving.distill import adapter_name_for, heldout_tasks, plan_examples, register_adapter
-from serving.manifest import load_fleet, sha256_file, verify_files
+from training.distill import adapter_name_for, heldout_tasks, plan_examples, register_adapter
 
 STARTER = "controlplane/starter/fleet.yaml"
 

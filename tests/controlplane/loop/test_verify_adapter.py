@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from contracts.manifest import load_fleet
 from controlplane.bootstrap import initialise_state
 from controlplane.loop.verify_adapter import verify_promoted
 from controlplane.settings import StateDir
-from controlplane.store import Decision, GateVerdict, ProposalState, Store
-from controlplane.telemetry.ingest import ingest_paths
-from controlplane.telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
-from serving.manifest import load_fleet
+from store import Decision, GateVerdict, ProposalState, Store
+from telemetry.ingest import ingest_paths
+from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
 
 def promote_and_serve(tmp_path, candidate_routing):

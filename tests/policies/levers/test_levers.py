@@ -6,9 +6,9 @@ import random
 
 import pytest
 
+from contracts.manifest import load_fleet
 from policies.levers import LEVER_NAMES, LeverContext, apply_joint, joint_space, lever
 from policies.policy import load_policy, validate_against_fleet
-from serving.manifest import load_fleet
 
 FLEET = """
 apiVersion: autopilot/v1

@@ -1,0 +1,467 @@
+"""The ``autopilot`` command: tables for people, ``--json`` for machines.
+
+Each command is a thin shell over the package fronts; no rule lives here. Errors the
+product raises on purpose (refused documents, store rules) print one clear message and
+exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from controlplane.cli.common import Context, weights
+
+__all__ = ["COMMANDS"]
+
+STARTER = Path(__file__).resolve().parent.parent / "starter"
+
+
+# ---------------------------------------------------------------------------------- init
+@click.command()
+@click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
+              help="Fleet manifest to start from (default: the starter manifest).")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
+              help="Initial policy (default: the starter cascade).")
+@click.option("--force", is_flag=True, help="Overwrite settings and fleet of an existing state dir.")
+@click.pass_obj
+def init(obj: Context, fleet_file: str | None, policy_file: str | None, force: bool) -> None:
+    """Create the state directory: settings, fleet manifest, store, active policy v1."""
+    from controlplane.bootstrap import initialise_state
+
+    result = initialise_state(
+        obj.state,
+        fleet_file=Path(fleet_file) if fleet_file else None,
+        policy_file=Path(policy_file) if policy_file else None,
+        force=force,
+    )
+    obj.emit(result, title=f"autopilot state in {obj.state.root}")
+
+
+# -------------------------------------------------------------------------------- ingest
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.pass_obj
+def ingest(obj: Context, paths: tuple[str, ...]) -> None:
+    """Ingest telemetry files (OTLP/JSON or flat JSON lines; folders are walked)."""
+    from telemetry.ingest import ingest_paths
+
+    obj.require_init()
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+    report = ingest_paths(files, obj.state.telemetry_dir)
+    data = report.as_dict() if hasattr(report, "as_dict") else report.__dict__
+    obj.emit(data, title="ingest")
+    from controlplane.bootstrap import record_ingest
+
+    record_ingest(obj.store(), data)
+
+
+# ------------------------------------------------------------------------------- metrics
+def _window_options(fn):
+    fn = click.option("--since", help="First day (YYYY-MM-DD), inclusive.")(fn)
+    fn = click.option("--until", help="Last day (YYYY-MM-DD), inclusive.")(fn)
+    return fn
+
+
+@click.command()
+@click.option("--by", default="", help="Group by any of team,repo,family,day (comma-separated).")
+@_window_options
+@click.pass_obj
+def metrics(obj: Context, by: str, since: str | None, until: str | None) -> None:
+    """Cost per Green PR, FPY, tier mix, cache hit rate, eval share (per group)."""
+    from controlplane.views import metrics_rows
+
+    keys = [k.strip() for k in by.split(",") if k.strip()]
+    bad = [k for k in keys if k not in ("team", "repo", "family", "day")]
+    if bad:
+        raise click.BadParameter(f"unknown group {bad[0]!r}; use team, repo, family, day",
+                                 param_hint="--by")
+    rows = metrics_rows(obj.state, obj.fleet(), keys, since, until)
+    if not rows:
+        obj.emit([] if obj.as_json else "no telemetry in this window: run `autopilot ingest`")
+        return
+    obj.emit(rows, title="metrics")
+
+
+@click.command()
+@_window_options
+@click.pass_obj
+def finops(obj: Context, since: str | None, until: str | None) -> None:
+    """The FinOps register FIN-01..FIN-09 with breaches, and team budgets."""
+    from controlplane.views import finops_rows
+
+    register, budgets = finops_rows(obj.state, obj.fleet(), since, until)
+    if obj.as_json:
+        obj.emit({"register": register, "budgets": budgets})
+        return
+    obj.emit(register, title="FinOps register", columns=["id", "name", "value", "target", "status", "message"])
+    if budgets:
+        obj.emit(budgets, title="team budgets")
+
+
+# -------------------------------------------------------------------------------- policy
+@click.group()
+def policy() -> None:
+    """Policy versions: show, diff, history, validate."""
+
+
+def _resolve_policy(obj: Context, ref: str | None):
+    """A version number, a YAML file, or (None) the active policy."""
+    from policies.policy import load_policy
+
+    if ref and Path(ref).is_file():
+        return load_policy(Path(ref))
+    store = obj.store()
+    if ref is None:
+        active = store.active_policy()
+        if active is None:
+            raise click.ClickException("no active policy: run `autopilot init`")
+        return active.policy
+    try:
+        version = int(ref)
+    except ValueError:
+        raise click.BadParameter(f"{ref!r} is neither a policy version nor a file") from None
+    return store.get_policy(version).policy
+
+
+@policy.command("show")
+@click.argument("ref", required=False)
+@click.pass_obj
+def policy_show(obj: Context, ref: str | None) -> None:
+    """Show a policy (version, file, or the active one) as YAML."""
+    p = _resolve_policy(obj, ref)
+    if obj.as_json:
+        obj.emit({"content_hash": p.content_hash, **p.model_dump(mode="json", by_alias=True)})
+    else:
+        click.echo(f"# version {p.metadata.version}  hash {p.content_hash}")
+        click.echo(p.to_yaml())
+
+
+@policy.command("diff")
+@click.argument("old")
+@click.argument("new")
+@click.pass_obj
+def policy_diff_cmd(obj: Context, old: str, new: str) -> None:
+    """What changed between two policies (versions or files)."""
+    from policies.policy import describe_diff, policy_diff
+
+    a, b = _resolve_policy(obj, old), _resolve_policy(obj, new)
+    if obj.as_json:
+        obj.emit([{"path": p, "old": x, "new": y} for p, x, y in policy_diff(a, b)])
+        return
+    lines = describe_diff(a, b)
+    click.echo(f"v{a.metadata.version} ({a.content_hash[:12]}) -> v{b.metadata.version} "
+               f"({b.content_hash[:12]})")
+    click.echo("\n".join(f"  {line}" for line in lines) if lines else "  no change in spec")
+
+
+@policy.command("history")
+@click.pass_obj
+def policy_history(obj: Context) -> None:
+    """Every activation of a policy version, newest first."""
+    from controlplane.views import history_rows
+
+    obj.emit(history_rows(obj.store()), title="policy history")
+
+
+@policy.command("validate")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def policy_validate(obj: Context, path: str) -> None:
+    """Validate a policy file (fields, and tiers/variants against the fleet)."""
+    from policies.policy import load_policy, validate_against_fleet
+
+    p = load_policy(Path(path))
+    if obj.state.exists():
+        validate_against_fleet(p, obj.fleet())
+    obj.emit({"file": path, "valid": True, "version": p.metadata.version,
+              "content_hash": p.content_hash})
+
+
+# --------------------------------------------------------------------------------- fleet
+@click.group()
+def fleet() -> None:
+    """The fleet manifest."""
+
+
+@fleet.command("show")
+@click.pass_obj
+def fleet_show(obj: Context) -> None:
+    """Tiers, variants, pinned files and the $/token each variant costs."""
+    from controlplane.views import fleet_rows
+
+    f = obj.fleet()
+    obj.emit(fleet_rows(f), title=f"fleet {f.metadata.name} ({f.content_hash[:12]})")
+
+
+@fleet.command("train")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: training/fleet).")
+@click.option("--seed", type=int, default=None, help="Training seed (default: the pinned one).")
+@click.option("--quick", is_flag=True, help="A few steps per tier (smoke runs, tests).")
+@click.option("--evaluator", type=click.Choice(["auto", "vllm", "transformers"]), default="auto",
+              help="Engine that measures the held-out ladder (auto: vLLM when installed).")
+@click.option("--no-ladder", is_flag=True, help="Skip the held-out ladder measurement.")
+@click.option("--tiers", default=None, help="Comma-separated tiers to retrain (others kept).")
+def fleet_train(out: str | None, seed: int | None, quick: bool, evaluator: str,
+                no_ladder: bool, tiers: str | None) -> None:
+    """Train the reference fleet (tiers, int8/int4 variants, fleet.yaml, ladder.json)."""
+    from workload import train
+
+    argv = ["--evaluator", evaluator]
+    argv += ["--out", out] if out else []
+    argv += ["--seed", str(seed)] if seed is not None else []
+    argv += ["--quick"] if quick else []
+    argv += ["--no-ladder"] if no_ladder else []
+    argv += ["--tiers", tiers] if tiers else []
+    train.main(argv)
+
+
+# --------------------------------------------------------------------------------- serve
+@click.command()
+@click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Fleet manifest (default: the state dir's fleet.yaml).")
+@click.option("--port", type=int, default=8000, show_default=True,
+              help="Gateway HTTP port (0: a free one).")
+@click.option("--ray-address", default=None,
+              help="Connect to this Ray cluster (default: start local Ray).")
+@click.option("--reload-interval", type=float, default=2.0, show_default=True,
+              help="Seconds between polls of the store's active policy.")
+@click.pass_obj
+def serve(obj: Context, fleet_file: str | None, port: int, ray_address: str | None,
+          reload_interval: float) -> None:
+    """Start the fleet (tier deployments + gateway) for the active policy; Ctrl-C stops it."""
+    from controlplane.loop.distill import gateway_collector_config
+    from serving.fleet import serve_until_signalled
+
+    obj.require_init()
+    state = obj.state
+    settings = state.settings()
+    serve_until_signalled(Path(fleet_file) if fleet_file else state.fleet_path,
+                          store_url=state.store_url(), spans_dir=state.spans_dir,
+                          otlp_endpoint=settings.otlp_endpoint,
+                          collector=gateway_collector_config(settings, state.root),
+                          port=port, ray_address=ray_address, reload_interval_s=reload_interval,
+                          echo=click.echo)
+
+
+# --------------------------------------------------------------------------------- drive
+@click.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+              help="The gateway (autopilot serve).")
+@click.option("--tasks", type=int, default=200, show_default=True)
+@click.option("--day", default=None, help="UTC day the spans are stamped with (default today).")
+@click.option("--seed", type=int, default=11, show_default=True)
+@click.option("--concurrency", type=int, default=8, show_default=True)
+@click.option("--rate", type=float, default=None, help="Poisson arrivals per second.")
+@click.option("--families", default=None, help="Mix, e.g. expr_eval=2,list_ops=1.")
+@click.option("--difficulties", default=None, help="Mix, e.g. 1=3,2=2,3=1.")
+@click.option("--teams", default=None, help="Mix, e.g. payments=0.5,search=0.5.")
+@click.option("--max-attempts", type=int, default=10, show_default=True,
+              help="The harness's own cap per task (the policy's caps apply first).")
+@click.option("--ingest/--no-ingest", default=True, show_default=True,
+              help="Ingest the spans into the state directory afterwards.")
+@click.pass_obj
+def drive(obj: Context, url: str, tasks: int, day: str | None, seed: int, concurrency: int,
+          rate: float | None, families: str | None, difficulties: str | None,
+          teams: str | None, max_attempts: int, ingest: bool) -> None:
+    """Play the reference agent harness against the gateway: tasks try, verify, escalate or
+    repair until green or a cap, emitting agent.task and agent.attempt spans."""
+    from datetime import UTC, datetime
+
+    from serving.client import GatewayClient
+    from telemetry.otel import configure_tracing, shutdown_tracing
+    from workload.driver import WorkloadSpec
+    from workload.driver import drive as run_drive
+
+    obj.require_init()
+    fields: dict = {"tasks": tasks, "seed": seed, "concurrency": concurrency,
+                    "day": day or datetime.now(UTC).date().isoformat(),
+                    "arrival_rate_per_s": rate, "max_attempts": max_attempts}
+    if families:
+        fields["families"] = weights(families)
+    if difficulties:
+        fields["difficulties"] = weights(difficulties, key=int)
+    if teams:
+        fields["teams"] = weights(teams)
+    spec = WorkloadSpec(**fields)
+    state = obj.state
+    client = GatewayClient(url)
+    try:
+        serving = client.policy()
+    except Exception as exc:
+        raise click.ClickException(f"no gateway answers at {url} ({exc}); start one with "
+                                   "`autopilot serve`") from exc
+    click.echo(f"gateway {url} serves policy v{serving.get('version')}", err=True)
+    provider = configure_tracing(jsonl_path=state.spans_dir / f"driver-{spec.day}-{seed}.jsonl")
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(total // 10, 1) == 0:
+            click.echo(f"  {done}/{total} tasks", err=True)
+
+    try:
+        report = run_drive(spec, client, tracer_provider=provider, progress=progress)
+    finally:
+        shutdown_tracing()
+    client.flush_spans()
+    obj.emit(report.as_dict(), title=f"drive {spec.day}")
+    if ingest:
+        from controlplane.bootstrap import record_ingest
+        from telemetry.ingest import ingest_paths
+
+        files = sorted(p for p in state.spans_dir.rglob("*.jsonl") if p.is_file())
+        result = ingest_paths(files, state.telemetry_dir).as_dict()
+        record_ingest(obj.store(), result)
+        click.echo(f"ingested: {result.get('stored')}", err=True)
+
+
+# --------------------------------------------------------------------------------- audit
+@click.group()
+def audit() -> None:
+    """The append-only, hash-chained audit log."""
+
+
+@audit.command("verify")
+@click.pass_obj
+def audit_verify(obj: Context) -> None:
+    """Recompute the hash chain; exit 1 if any entry was altered, removed or reordered."""
+    result = obj.store().verify_audit()
+    data = result.__dict__ if hasattr(result, "__dict__") else dict(result)
+    obj.emit(data, title="audit verify")
+    if not data.get("ok"):
+        sys.exit(1)
+
+
+@audit.command("log")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def audit_log(obj: Context, limit: int) -> None:
+    """The latest audit entries."""
+    from controlplane.views import audit_rows
+
+    obj.emit(audit_rows(obj.store(), limit), title="audit log")
+
+
+# -------------------------------------------------------------------------------- whatif
+@click.command()
+@click.option("--telemetry", "telemetry", multiple=True, required=True,
+              type=click.Path(exists=True),
+              help="Ingested telemetry directory, or span files/folders (repeatable).")
+@click.option("--fleet", "fleet_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Fleet manifest YAML.")
+@click.option("--policy", "policy_ref", default=None,
+              help="Active policy YAML (default: the state directory's active policy).")
+@click.option("--lever", type=click.Choice(["routing", "quantization", "cache", "distillation",
+                                            "guardrails", "all"]), default="routing",
+              show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write each candidate as a policy YAML (and whatif.json) here.")
+@click.option("--candidates", default=10, show_default=True, help="Candidates to rank.")
+@click.option("--trials", default=8, show_default=True, help="Ray Tune trials per lever run.")
+@click.option("--per-trial", default=32, show_default=True, help="Candidates each trial evaluates.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--executor", type=click.Choice(["tune", "inline"]), default="tune",
+              show_default=True, help="Ray Tune, or Optuna in this process (no Ray).")
+@_window_options
+@click.pass_obj
+def whatif(obj: Context, telemetry: tuple[str, ...], fleet_file: str, policy_ref: str | None,
+           lever: str, out_dir: str | None, candidates: int, trials: int, per_trial: int,
+           seed: int, executor: str, since: str | None, until: str | None) -> None:
+    """Search cheaper policies on a telemetry window; no fleet needs to run."""
+    from experiments.whatif import whatif as run_whatif
+
+    active = _resolve_policy(obj, policy_ref)
+    report = run_whatif(list(telemetry), fleet_file, active, lever=lever, out=out_dir,
+                        candidates=candidates, since=since, until=until, trials=trials,
+                        per_trial=per_trial, seed=seed, executor=executor,
+                        progress=not obj.as_json)
+    if obj.as_json:
+        obj.emit({"active": report.active, "candidates": report.rows,
+                  "evaluated": report.evaluated, "notes": report.notes})
+        return
+    obj.emit(report.active, title="active policy on this window")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if report.rows:
+        obj.emit([{k: v for k, v in r.items() if k != "file"} for r in report.rows],
+                 title=f"candidates ({report.evaluated} evaluated, {report.seconds:.1f} s)")
+        if out_dir:
+            click.echo(f"wrote {len(report.files)} candidate policies and whatif.json to {out_dir}")
+    else:
+        click.echo("no candidate found")
+
+
+# ---------------------------------------------------------------------------------- gate
+@click.command()
+@click.option("--candidate", "candidate_file", required=True,
+              type=click.Path(exists=True, dir_okay=False), help="Candidate policy YAML.")
+@click.option("--dry-run", is_flag=True, help="Evaluate and record, but never block (exit 0).")
+@click.option("--suite", "suite_file", type=click.Path(exists=True, dir_okay=False),
+              help="Gate suite (JSON/YAML; default: the pinned reference suite).")
+@click.option("--suite-hash", help="Refuse the suite unless its content hash is this one.")
+@click.option("--url", help="Base URL of a running gateway (default: start the fleet).")
+@click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
+              help="Fleet manifest (default: the state directory's fleet.yaml).")
+@click.option("--proposal", "proposal_id", help="Record the verdict on this proposal.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Cases in flight at once.")
+@click.option("--cache-sample", default=30, show_default=True, type=click.IntRange(1, 10_000),
+              help="Cases sampled by the cache-safety gate.")
+@click.pass_obj
+def gate(obj: Context, candidate_file: str, dry_run: bool, suite_file: str | None,
+         suite_hash: str | None, url: str | None, fleet_file: str | None,
+         proposal_id: str | None, concurrency: int, cache_sample: int) -> None:
+    """Run the deterministic gates for a candidate policy against the active one."""
+    from gates.command import run_gate_command
+    from gates.runner import GateOptions
+
+    obj.require_init()
+    echo = (lambda _line: None) if obj.as_json else click.echo
+    result = run_gate_command(
+        obj.state, candidate_file, suite_path=suite_file, suite_hash=suite_hash, url=url,
+        fleet_path=fleet_file, dry_run=dry_run, proposal_id=proposal_id,
+        options=GateOptions(concurrency=concurrency, cache_sample=cache_sample), echo=echo)
+    report = result.report
+    if obj.as_json:
+        obj.emit({"overall": report.overall.value, "dry_run": dry_run,
+                  "candidate_version": report.candidate.metadata.version,
+                  "gates": [{"name": r.name, "phase": r.phase.value, "message": r.message}
+                            for r in report.results],
+                  "bundle_hash": result.bundle["bundle_hash"],
+                  "evidence_sha256": result.evidence_sha256,
+                  "evidence_path": str(result.evidence_path)})
+    else:
+        for r in report.results:
+            click.echo(r.line())
+        click.echo(f"{'overall':<24} {report.overall.value:<12} "
+                   f"{'dry run: not blocking' if dry_run else ''}".rstrip())
+        click.echo(f"evidence {result.evidence_sha256} -> {result.evidence_path} "
+                   f"(bundle hash {result.bundle['bundle_hash']})")
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+# ---------------------------------------------------------------------------------- demo
+@click.command()
+@click.option("--quick", is_flag=True, help="A smaller day and search (about 5 minutes).")
+@click.option("--tasks", type=int, default=None, help="Tasks per day (default: 800, quick 240).")
+@click.option("--simulated", is_flag=True,
+              help="The quick tour without engines: a seeded span simulator, not measured.")
+@click.option("--fresh/--keep", default=True, show_default=True,
+              help="Start from an empty state directory.")
+@click.pass_obj
+def demo(obj: Context, quick: bool, tasks: int | None, simulated: bool, fresh: bool) -> None:
+    """Run the whole loop on the embedded default (what `make demo` runs)."""
+    from controlplane.demo import run_demo, run_simulated_demo
+
+    if simulated:
+        run_simulated_demo(obj.state, tasks=tasks or 3000, fresh=fresh, echo=click.echo)
+        return
+    run_demo(obj.state, quick=quick, tasks=tasks, fresh=fresh, echo=click.echo)
+
+
+COMMANDS = [init, ingest, metrics, finops, policy, fleet, serve, drive, audit, whatif, gate, demo]

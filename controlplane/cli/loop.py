@@ -1,0 +1,218 @@
+"""``autopilot proposals``, ``policy rollback`` and ``report``: the owner's side of the loop.
+
+Registered on the main ``autopilot`` group by ``controlplane.cli``; thin shells over
+``controlplane.loop`` (rules), the store (records) and ``controlplane.reports``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from controlplane.cli.common import Context
+
+__all__ = ["policy_rollback", "proposals", "report"]
+
+
+def _proposal_row(p: Any) -> dict[str, Any]:
+    predicted = p.predicted or {}
+    return {
+        "proposal_id": p.proposal_id,
+        "lever": p.lever,
+        "state": p.state.value,
+        "gates": p.gate_verdict.value if p.gate_verdict else None,
+        "candidate": f"v{p.candidate_version}",
+        "baseline": f"v{p.baseline_version}",
+        "window": p.window,
+        "predicted_rel_delta": predicted.get("cost_per_green_pr_rel_delta"),
+        "risk": predicted.get("risk"),
+        "created_by": p.created_by,
+        "created_at": p.created_at,
+    }
+
+
+@click.group()
+def proposals() -> None:
+    """Proposed policy changes: list, show, approve, reject."""
+
+
+@proposals.command("list")
+@click.option("--state", "state_filter", default=None,
+              help="Only proposals in this state (e.g. awaiting_approval).")
+@click.pass_obj
+def proposals_list(obj: Context, state_filter: str | None) -> None:
+    """Every proposal, oldest first."""
+    rows = [_proposal_row(p) for p in obj.store().list_proposals(state_filter)]
+    if not rows:
+        obj.emit([] if obj.as_json else "no proposals")
+        return
+    obj.emit(rows, title="proposals")
+
+
+@proposals.command("show")
+@click.argument("proposal_id")
+@click.pass_obj
+def proposals_show(obj: Context, proposal_id: str) -> None:
+    """One proposal: the change in words, predictions, gates, approval."""
+    from controlplane.reports import gather_change_report
+
+    r = gather_change_report(obj.state, obj.store(), obj.fleet(), proposal_id)
+    if obj.as_json:
+        obj.emit({"proposal": r.proposal, "diff": r.diff_lines, "predicted": r.predicted,
+                  "gates": r.gates, "approval": r.approval, "verification": r.verification})
+        return
+    p = r.proposal
+    click.echo(f"{p['proposal_id']}  lever={p['lever']}  state={p['state']}  "
+               f"gates={p['gate_verdict'] or '-'}  v{p['baseline_version']} -> "
+               f"v{p['candidate_version']}  window={p['window']}")
+    click.echo("change:")
+    for line in r.diff_lines or ["(no change in spec)"]:
+        click.echo(f"  {line}")
+    if r.predicted:
+        obj.emit([{"figure": k, "value": v} for k, v in sorted(r.predicted.items())],
+                 title="predicted")
+    if r.gates:
+        obj.emit(r.gates, title="gates")
+    click.echo(f"approval: {r.approval or 'not decided'}")
+
+
+def _decide(obj: Context, proposal_id: str, approver: str, reason: str, decision: str) -> None:
+    from controlplane.loop.approvals import authorise
+    from controlplane.loop.waiting import resume_waiting_flow
+
+    store = obj.store()
+    proposal = store.get_proposal(proposal_id)
+    settings = obj.state.settings()
+    authorise(approver, author=proposal.created_by, owners=settings.platform_owners)
+    record = store.record_decision(proposal_id, approver=approver, decision=decision,
+                                   reason=reason)
+    resumed = resume_waiting_flow(obj.state, store, proposal_id, approver=approver,
+                                  approve=decision == "approve", reason=reason)
+    obj.emit({"proposal_id": proposal_id, "decision": record.decision.value,
+              "approver": record.approver, "reason": record.reason,
+              "nightly_flow": resumed})
+
+
+@proposals.command("approve")
+@click.argument("proposal_id")
+@click.option("--as", "approver", required=True, help="Your identity (a platform owner).")
+@click.option("--reason", default="approved", show_default=True)
+@click.pass_obj
+def proposals_approve(obj: Context, proposal_id: str, approver: str, reason: str) -> None:
+    """Approve a proposal awaiting approval (platform owners; never its author)."""
+    _decide(obj, proposal_id, approver, reason, "approve")
+
+
+@proposals.command("reject")
+@click.argument("proposal_id")
+@click.option("--as", "approver", required=True, help="Your identity (a platform owner).")
+@click.option("--reason", required=True, help="Why (kept in the audit log and the report).")
+@click.pass_obj
+def proposals_reject(obj: Context, proposal_id: str, approver: str, reason: str) -> None:
+    """Reject a proposal awaiting approval."""
+    _decide(obj, proposal_id, approver, reason, "reject")
+
+
+@click.command("rollback")
+@click.option("--as", "actor", required=True, help="Your identity (a platform owner).")
+@click.option("--reason", required=True)
+@click.pass_obj
+def policy_rollback(obj: Context, actor: str, reason: str) -> None:
+    """Restore the previously active policy, atomically (the gateway reloads it)."""
+    from controlplane.loop.approvals import authorise
+    from controlplane.loop.promotion import rollback_active
+
+    settings = obj.state.settings()
+    authorise(actor, author="", owners=settings.platform_owners)
+    record = rollback_active(obj.store(), actor=actor, reason=reason)
+    obj.emit({"active_version": record.version, "previous_version": record.previous_version,
+              "proposal_id": record.proposal_id, "reason": record.reason})
+
+
+@click.group()
+def report() -> None:
+    """Change reports and the quarterly review (Markdown and standalone HTML)."""
+
+
+@report.command("change")
+@click.argument("proposal_id")
+@click.pass_obj
+def report_change(obj: Context, proposal_id: str) -> None:
+    """Write the change report of one proposal."""
+    from controlplane.reports import write_change_report
+
+    obj.emit(write_change_report(obj.state, obj.store(), obj.fleet(), proposal_id),
+             title=f"change report {proposal_id}")
+
+
+@report.command("quarterly")
+@click.argument("quarter")
+@click.pass_obj
+def report_quarterly(obj: Context, quarter: str) -> None:
+    """Write the quarterly review, e.g. ``autopilot report quarterly 2026Q4``."""
+    from controlplane.reports import quarter_bounds, write_quarterly_report
+
+    try:
+        quarter_bounds(quarter)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="QUARTER") from None
+    obj.emit(write_quarterly_report(obj.state, obj.store(), obj.fleet(), quarter),
+             title=f"quarterly report {quarter.upper()}")
+
+
+@click.command()
+@click.option("--since", help="First day of the window (default: yesterday, UTC).")
+@click.option("--until", help="Last day of the window (default: --since).")
+@click.option("--lever", "levers", multiple=True,
+              help="Lever to search (repeatable; default: all).")
+@click.option("--gateway-url", default=None, help="A running gateway to gate through "
+              "(default: start a fleet for the gates).")
+@click.option("--approver", default=None,
+              help="Approve as this platform owner without waiting (non-interactive runs).")
+@click.option("--dry-run", is_flag=True, help="Propose and gate; never promote.")
+@click.pass_obj
+def nightly(obj: Context, since: str | None, until: str | None, levers: tuple[str, ...],
+            gateway_url: str | None, approver: str | None, dry_run: bool) -> None:
+    """Run the nightly flow once, now (Prefect)."""
+    from controlplane.loop.waiting import prefect_environment
+
+    obj.require_init()
+    prefect_environment(obj.state)
+    from controlplane.flows import nightly as nightly_flow
+
+    result = nightly_flow(state_dir=str(obj.state.root), since=since, until=until or since,
+                          levers=list(levers) or "all", gateway_url=gateway_url,
+                          approver=approver, dry_run=dry_run)
+    obj.emit(result)
+
+
+@click.command()
+@click.option("--since", help="First day of the promoted policy's window.")
+@click.option("--until", help="Last day.")
+@click.pass_obj
+def verify(obj: Context, since: str | None, until: str | None) -> None:
+    """Run the verify flow once: realised against predicted, rollback on a regression."""
+    from controlplane.loop.waiting import prefect_environment
+
+    obj.require_init()
+    prefect_environment(obj.state)
+    from controlplane.flows import verify as verify_flow
+
+    obj.emit(verify_flow(state_dir=str(obj.state.root), since=since, until=until))
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Print the schedules; serve nothing.")
+@click.pass_obj
+def schedule(obj: Context, dry_run: bool) -> None:
+    """Serve the nightly, verify and quarterly deployments on their cron schedules."""
+    from controlplane.deploy import serve_deployments
+
+    obj.require_init()
+    specs = serve_deployments(obj.state, dry_run=dry_run)
+    obj.emit([{"deployment": s.name, "cron": s.cron, "timezone": s.timezone} for s in specs],
+             title="schedules")
+
+
+COMMANDS = [proposals, report, nightly, verify, schedule]

@@ -1,0 +1,116 @@
+"""The serving path the gates run through, as a Protocol, and its gateway adapter.
+
+``ServingPath.complete`` runs one attempt of one suite case under a stored policy version
+with deterministic decoding (temperature 0, the gateway's default), and returns what the
+gateway measured. A guardrail refusal raises ``GuardrailRefusal(code, message)``; any other
+failure raises (the runner records it as an ERROR for that case).
+
+``GatewayServingPath`` adapts ``serving.client.GatewayClient`` (docs: the gateway contract).
+It imports the client lazily, so ``import gates`` needs neither the client nor httpx.
+Unit tests use ``gates.fakes.FakeServingPath``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from contracts.errors import PermanentError, retry_transient
+from gates.suite import SuiteCase
+
+__all__ = [
+    "GATE_REPO",
+    "GATE_TEAM",
+    "CaseOutput",
+    "GatewayServingPath",
+    "GuardrailRefusal",
+    "ServingPath",
+]
+
+ResponseCache = Literal["use", "bypass"]
+GATE_TEAM = "autopilot-gate"
+GATE_REPO = "gate-suite"
+
+
+@dataclass(frozen=True)
+class CaseOutput:
+    text: str
+    tier: str
+    variant: str | None
+    adapter: str | None
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    cache: str  # miss | prefix | response
+    cost_usd: float = 0.0
+    policy_version: int | None = None
+    policy_hash: str | None = None
+
+
+class GuardrailRefusal(PermanentError):
+    """The serving path refused the call under a guardrail cap (``code`` names the cap)."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+@runtime_checkable
+class ServingPath(Protocol):
+    def complete(self, case: SuiteCase, *, policy_version: int, attempt: int = 1,
+                 response_cache: ResponseCache = "use", task_id: str | None = None
+                 ) -> CaseOutput:
+        """One attempt of ``case`` under stored policy ``policy_version``.
+
+        ``task_id`` identifies the task the attempt belongs to (guardrails count per task;
+        routing draws are seeded by it); None means one derived from the case id.
+        """
+        ...
+
+
+class GatewayServingPath:
+    """``ServingPath`` over HTTP: the real gateway (Ray Serve + vLLM tiers)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 120.0, team: str = GATE_TEAM,
+                 repo: str = GATE_REPO, client: Any = None, retries: int = 3):
+        if client is None:
+            from serving.client import GatewayClient
+
+            client = GatewayClient(base_url, timeout_s=timeout_s)
+        self.client = client
+        self.base_url = base_url
+        self.team = team
+        self.repo = repo
+        self.retries = retries
+
+    def complete(self, case: SuiteCase, *, policy_version: int, attempt: int = 1,
+                 response_cache: ResponseCache = "use", task_id: str | None = None
+                 ) -> CaseOutput:
+        from serving.client import GuardrailRefused, TaskContext
+
+        task = TaskContext(
+            task_id=task_id or f"gate-{case.id}", attempt=attempt, family=case.family,
+            team=self.team, repo=self.repo, features=dict(case.features), purpose="gate",
+            policy_version=policy_version, response_cache=response_cache, traceparent=None,
+        )
+        try:
+            # Only connection-level failures (TransientError) are retried.
+            done = retry_transient(
+                lambda: self.client.complete(case.prompt, task=task, max_tokens=case.max_tokens,
+                                             stop=("\n",)),
+                attempts=self.retries)
+        except GuardrailRefused as refused:
+            raise GuardrailRefusal(str(refused.code), str(getattr(refused, "message", refused))
+                                   ) from None
+        return CaseOutput(
+            text=done.text, tier=done.tier, variant=done.variant, adapter=done.adapter,
+            input_tokens=int(done.input_tokens), output_tokens=int(done.output_tokens),
+            latency_ms=float(done.latency_ms), cache=str(done.cache),
+            cost_usd=float(done.cost_usd or 0.0), policy_version=done.policy_version,
+            policy_hash=done.policy_hash,
+        )
+
+    def active_policy(self) -> dict[str, Any]:
+        """The gateway's ``GET /autopilot/policy``: ``{version, content_hash}``."""
+        return self.client.policy()

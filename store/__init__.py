@@ -1,0 +1,65 @@
+"""The autopilot's record: policy versions and the active pointer, proposals and their
+lifecycle, gate evidence, approvals, leases, and the hash-chained audit log.
+
+SQLite under the state directory by default (``Store.for_state_dir``), PostgreSQL by URL
+(``Store.open``). Rule violations raise ``StoreError`` subclasses (permanent); a busy or
+unreachable database raises ``StoreBusy`` (transient).
+"""
+
+from store.database import DATABASE_FILENAME, Store
+from store.errors import (
+    DecisionAlreadyRecorded,
+    IllegalTransition,
+    NotFoundError,
+    PolicyVersionConflict,
+    PromotionRefused,
+    SchemaVersionError,
+    StoreBusy,
+    StoreError,
+    StoreIntegrityError,
+)
+from store.records import (
+    ALLOWED_TRANSITIONS,
+    ActivationRecord,
+    ApprovalRecord,
+    AuditEntry,
+    AuditVerification,
+    Decision,
+    EvidenceRecord,
+    GateVerdict,
+    LeaseRecord,
+    PolicyRecord,
+    ProposalRecord,
+    ProposalState,
+    proposal_id_for,
+)
+from store.schema import SCHEMA_VERSION, register_migration
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "DATABASE_FILENAME",
+    "SCHEMA_VERSION",
+    "ActivationRecord",
+    "ApprovalRecord",
+    "AuditEntry",
+    "AuditVerification",
+    "Decision",
+    "DecisionAlreadyRecorded",
+    "EvidenceRecord",
+    "GateVerdict",
+    "IllegalTransition",
+    "LeaseRecord",
+    "NotFoundError",
+    "PolicyRecord",
+    "PolicyVersionConflict",
+    "PromotionRefused",
+    "ProposalRecord",
+    "ProposalState",
+    "SchemaVersionError",
+    "Store",
+    "StoreBusy",
+    "StoreError",
+    "StoreIntegrityError",
+    "proposal_id_for",
+    "register_migration",
+]

@@ -1,0 +1,256 @@
+"""Tables, the schema version, and the migrations that bring an older database up to date.
+
+Portable on purpose (SQLite by default, PostgreSQL by URL): JSON is stored as canonical text,
+timestamps as timezone-aware UTC, and no dialect-only SQL is used outside the explicit
+dialect checks below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+
+from store.errors import SchemaVersionError
+
+__all__ = [
+    "GENESIS_HASH",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "UTCDateTime",
+    "metadata",
+    "prepare_schema",
+    "read_schema_version",
+    "register_migration",
+]
+
+SCHEMA_VERSION = 1
+GENESIS_HASH = "0" * 64  # prev_hash of audit entry 1
+
+# A migration takes a connection inside the upgrade transaction and moves the schema from
+# ``from_version`` to ``from_version + 1``; the store updates ``schema_meta`` after it.
+Migration = Callable[[Connection], None]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def register_migration(from_version: int) -> Callable[[Migration], Migration]:
+    def register(fn: Migration) -> Migration:
+        if from_version in MIGRATIONS:
+            raise ValueError(f"a migration from schema v{from_version} is already registered")
+        MIGRATIONS[from_version] = fn
+        return fn
+
+    return register
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out, whatever the backend keeps.
+
+    SQLite has no time zones, so it is given naive UTC (fixed-width text, which also makes
+    ``<`` comparisons correct); PostgreSQL gets ``timestamptz``. Naive input is refused: a
+    timestamp without a zone is a bug, not a guess to make.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+HASH = sa.String(64)
+NAME = sa.String(200)
+
+schema_meta = sa.Table(
+    "schema_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
+
+policies = sa.Table(
+    "policies",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("content_hash", HASH, nullable=False, index=True),
+    sa.Column("parent_version", sa.Integer, nullable=True),
+    sa.Column("author", NAME, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("stored_at", UTCDateTime, nullable=False),
+    sa.Column("yaml_text", sa.Text, nullable=False),
+)
+
+proposals = sa.Table(
+    "proposals",
+    metadata,
+    sa.Column("proposal_id", sa.String(32), primary_key=True),
+    sa.Column("candidate_version", sa.ForeignKey("policies.version"), nullable=False),
+    sa.Column("baseline_version", sa.ForeignKey("policies.version"), nullable=False),
+    sa.Column("candidate_hash", HASH, nullable=False),
+    sa.Column("baseline_hash", HASH, nullable=False),
+    sa.Column("lever", sa.String(64), nullable=False),
+    sa.Column("time_window", sa.String(200), nullable=False),
+    sa.Column("predicted_json", sa.Text, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False, index=True),
+    sa.Column("gate_verdict", sa.String(16), nullable=True),
+    sa.Column("evidence_hash", sa.ForeignKey("evidence.sha256"), nullable=True),
+    sa.Column("created_by", NAME, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+evidence = sa.Table(
+    "evidence",
+    metadata,
+    sa.Column("sha256", HASH, primary_key=True),
+    sa.Column("candidate_hash", HASH, nullable=False, index=True),
+    # No foreign key: a bundle may be stored for a candidate before its proposal exists,
+    # and the proposal row in turn points at its gating bundle.
+    sa.Column("proposal_id", sa.String(32), nullable=True, index=True),
+    sa.Column("json_text", sa.Text, nullable=False),
+    sa.Column("stored_at", UTCDateTime, nullable=False),
+)
+
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    # One decision per proposal: the primary key is the backstop for the rule.
+    sa.Column("proposal_id", sa.ForeignKey("proposals.proposal_id"), primary_key=True),
+    sa.Column("approver", NAME, nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+)
+
+activations = sa.Table(
+    "activations",
+    metadata,
+    sa.Column("activation_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version", sa.ForeignKey("policies.version"), nullable=False),
+    sa.Column("previous_version", sa.ForeignKey("policies.version"), nullable=True),
+    sa.Column("actor", NAME, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("proposal_id", sa.ForeignKey("proposals.proposal_id"), nullable=True),
+    sa.Column("activated_at", UTCDateTime, nullable=False),
+)
+
+# Exactly one row (slot = 1) once a policy has been activated: "exactly one active policy"
+# is then a property of the table's shape, not of code remembering to clear a flag.
+active_policy = sa.Table(
+    "active_policy",
+    metadata,
+    sa.Column("slot", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.ForeignKey("policies.version"), nullable=False),
+    sa.Column("activation_id", sa.ForeignKey("activations.activation_id"), nullable=False),
+    sa.CheckConstraint("slot = 1", name="active_policy_single_row"),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("holder", NAME, nullable=False),
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+audit_entries = sa.Table(
+    "audit_entries",
+    metadata,
+    # The primary key on seq is the backstop that keeps the chain linear: two writers that
+    # both computed seq N collide here, and the loser retries.
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("ts", UTCDateTime, nullable=False),
+    sa.Column("actor", NAME, nullable=False),
+    sa.Column("action", sa.String(100), nullable=False),
+    sa.Column("subject", sa.String(200), nullable=False, index=True),
+    sa.Column("payload_json", sa.Text, nullable=False),
+    sa.Column("prev_hash", HASH, nullable=False),
+    sa.Column("entry_hash", HASH, nullable=False, unique=True),
+)
+
+# The chain's head (last seq and hash), one row. Writers lock it first (SELECT ... FOR
+# UPDATE on PostgreSQL; BEGIN IMMEDIATE already holds the lock on SQLite), and verification
+# compares it with the last entry, so removing entries from the end is detected too.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("slot", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("last_seq", sa.Integer, nullable=False),
+    sa.Column("last_hash", HASH, nullable=False),
+    sa.CheckConstraint("slot = 1", name="audit_head_single_row"),
+)
+
+STORE_TABLES = frozenset(metadata.tables)
+_SCHEMA_VERSION_KEY = "schema_version"
+
+
+def read_schema_version(conn: Connection) -> int | None:
+    """The version recorded in the database; None for a database without our tables."""
+    existing = set(sa.inspect(conn).get_table_names())
+    if "schema_meta" not in existing:
+        # Our tables without schema_meta predate versioning: that is v0.
+        return 0 if existing & STORE_TABLES else None
+    raw = conn.execute(
+        sa.select(schema_meta.c.value).where(schema_meta.c.key == _SCHEMA_VERSION_KEY)
+    ).scalar_one_or_none()
+    return 0 if raw is None else int(raw)
+
+
+def _write_schema_version(conn: Connection, version: int) -> None:
+    updated = conn.execute(
+        sa.update(schema_meta)
+        .where(schema_meta.c.key == _SCHEMA_VERSION_KEY)
+        .values(value=str(version))
+    )
+    if updated.rowcount == 0:
+        conn.execute(sa.insert(schema_meta).values(key=_SCHEMA_VERSION_KEY, value=str(version)))
+
+
+def prepare_schema(conn: Connection, *, code_version: int = SCHEMA_VERSION) -> int:
+    """Create a fresh schema, or migrate an older one, inside the caller's transaction.
+
+    Returns the version the database had before. A newer database is refused: this code
+    cannot know what the newer columns mean, and writing to them could corrupt it.
+    """
+    found = read_schema_version(conn)
+    if found is None:
+        metadata.create_all(conn)
+        _write_schema_version(conn, code_version)
+        conn.execute(sa.insert(audit_head).values(slot=1, last_seq=0, last_hash=GENESIS_HASH))
+        return code_version
+    if found > code_version:
+        raise SchemaVersionError(
+            f"database schema v{found} is newer than this autopilot (v{code_version}): "
+            "upgrade the autopilot"
+        )
+    if found < code_version:
+        schema_meta.create(conn, checkfirst=True)
+        for step in range(found, code_version):
+            migrate = MIGRATIONS.get(step)
+            if migrate is None:
+                raise SchemaVersionError(
+                    f"database schema v{found} is older than this autopilot (v{code_version}) "
+                    f"and no migration from v{step} to v{step + 1} is registered"
+                )
+            migrate(conn)
+            _write_schema_version(conn, step + 1)
+    return found

@@ -1,0 +1,35 @@
+"""Telemetry: the span contract, the normalised tables, SDK set-up and the ingester.
+
+Importing this package stays light: the names below that need pyarrow, pandas or the
+OpenTelemetry SDK are loaded on first use (``contracts.spans`` and
+``.tables`` import nothing heavy).
+"""
+
+from __future__ import annotations
+
+from contracts.fronts import lazy_front
+
+_INGEST = ("IngestReport", "Reason", "Rejection", "TelemetryWarehouse", "check_span",
+           "compact_partition", "ingest_paths", "list_days", "read_table")
+_OTEL = ("JsonLinesSpanExporter", "configure_tracing", "set_span_attributes",
+         "shutdown_tracing", "span_to_flat")
+_HOME = {**dict.fromkeys(_INGEST, "telemetry.ingest"),
+         **dict.fromkeys(_OTEL, "telemetry.otel")}
+
+__all__ = [
+    "IngestReport",
+    "JsonLinesSpanExporter",
+    "Reason",
+    "Rejection",
+    "TelemetryWarehouse",
+    "check_span",
+    "compact_partition",
+    "configure_tracing",
+    "ingest_paths",
+    "list_days",
+    "read_table",
+    "set_span_attributes",
+    "shutdown_tracing",
+    "span_to_flat",
+]
+__getattr__, __dir__ = lazy_front(__name__, _HOME, globals())
