@@ -76,7 +76,7 @@ def real_fleet(root: Path) -> None:
     from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
     from controlplane.settings import StateDir
-    from gates.command import run_gate_command
+    from controlplane.loop.gating import run_gate_command
     from gates.suite import reference_suite, save_suite
     from policies.policy import load_policy
     from serving.fleet import start_fleet

@@ -138,7 +138,7 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
     """The whole loop on the reference fleet; returns the summary it prints."""
     from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
-    from controlplane.loop.gating import register_fleet
+    from controlplane.loop.gating import FleetInProcess
     from controlplane.loop.waiting import prefect_environment
     from controlplane.reports import write_quarterly_report
     from policies.policy import describe_diff
@@ -163,7 +163,6 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
     step("starting the reference fleet: Ray Serve + vLLM, weights checked against the manifest")
     handle = start_fleet(state.fleet_path, store_url=state.store_url(),
                          spans_path=state.spans_dir / "gateway.jsonl")
-    register_fleet(handle)
     summary: dict[str, Any] = {"state_dir": str(state.root), "gateway": handle.url,
                                "days": [plan.day1, plan.day2]}
     try:
@@ -177,7 +176,7 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
         from controlplane.flows import nightly
 
         nightly_result = nightly(state_dir=str(state.root), since=plan.day1, until=plan.day1,
-                                 levers=list(plan.levers), gateway_url=handle.url,
+                                 levers=list(plan.levers), gate_serving=FleetInProcess(handle),
                                  approver=DEMO_APPROVER, search=plan.search)
         summary["nightly"] = nightly_result
         with Store.open(state.store_url()) as store:

@@ -196,11 +196,12 @@ def proposed_hashes(state_dir: str, window_label: str) -> list[str]:
 @io_task
 def record_proposal(state_dir: str, candidate: Any, window_label: str,
                     predicted: dict[str, Any]) -> str:
-    from gates.command import store_candidate
+    from controlplane.loop.gating import store_candidate
 
     with _store(state_dir) as store:
         active = store.active_policy()
-        policy, _note = store_candidate(store, candidate.policy, baseline_version=active.version)
+        policy, _note = store_candidate(store, candidate.policy, baseline_version=active.version,
+                                        actor=ACTOR)
         p = store.create_proposal(candidate_version=policy.metadata.version,
                                   baseline_version=active.version, lever=candidate.lever,
                                   window=window_label, predicted=predicted, actor=ACTOR)
@@ -208,13 +209,13 @@ def record_proposal(state_dir: str, candidate: Any, window_label: str,
 
 
 @pure_task
-def gate(state_dir: str, proposal_id: str, gateway_url: str | None, dry_run: bool) -> str:
-    """Every gate through the real serving path; anything but PASSED blocks. Fail closed:
-    an exception anywhere is recorded as ERROR with its reason."""
+def gate(state_dir: str, proposal_id: str, serving: Any, dry_run: bool) -> str:
+    """Every gate through the serving port; anything but PASSED blocks. Fail closed: an
+    exception anywhere is recorded as ERROR with its reason."""
     from controlplane.loop.gating import gate_proposal
 
-    return gate_proposal(_state(state_dir), proposal_id, gateway_url=gateway_url,
-                         dry_run=dry_run, echo=_say)
+    return gate_proposal(_state(state_dir), proposal_id, serving=serving, dry_run=dry_run,
+                         echo=_say)
 
 
 @io_task
@@ -285,9 +286,16 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
             levers: list[str] | str = "all", max_gated: int = 2, min_saving: float = 0.02,
             gateway_url: str | None = None, approver: str | None = None,
             dry_run: bool = False, seed: int = 0,
-            search: dict[str, Any] | None = None) -> dict[str, Any]:
-    """observe -> learn -> propose and experiment -> gate -> propose -> approve -> promote."""
+            search: dict[str, Any] | None = None, gate_serving: Any = None) -> dict[str, Any]:
+    """observe -> learn -> propose and experiment -> gate -> propose -> approve -> promote.
+
+    The gates run through ``gate_serving`` (a ``controlplane.loop.gating.GateServing``; an
+    in-process caller such as the demo hands over its fleet), else through the gateway at
+    ``gateway_url``, else through a fleet started for the run."""
+    from controlplane.loop.gating import serving_for
     from controlplane.loop.nightly import default_window, predicted_record
+
+    serving = gate_serving or serving_for(_state(state_dir), gateway_url=gateway_url)
 
     if since is None or until is None:
         since, until = default_window(datetime.now(UTC).date())
@@ -307,7 +315,7 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
         resume = unfinished(state_dir, window_label)
         if resume is not None:
             summary["resumed"] = resume
-            _carry_through(state_dir, resume, summary, gateway_url, approver, dry_run)
+            _carry_through(state_dir, resume, summary, serving, approver, dry_run)
             return summary
         summary["ingest"] = ingest_spans(state_dir)
         observed = observe(state_dir, since, until)
@@ -330,14 +338,14 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
         active_estimate = getattr(candidates, "active_estimate", None)
         todo = [record_proposal(state_dir, c, window_label, predicted_record(c, active_estimate))
                 for c in choice.chosen]
-        _carry_through(state_dir, todo, summary, gateway_url, approver, dry_run)
+        _carry_through(state_dir, todo, summary, serving, approver, dry_run)
         return summary
     finally:
         release_lease(state_dir, holder)
 
 
 def _carry_through(state_dir: str, proposal_ids: list[str], summary: dict[str, Any],
-                   gateway_url: str | None, approver: str | None, dry_run: bool) -> None:
+                   serving: Any, approver: str | None, dry_run: bool) -> None:
     """Move each proposal along its lifecycle as far as tonight allows (sequencing only:
     every decision is ``next_step``); stop after the first promotion."""
     from controlplane.loop.nightly import next_step
@@ -350,7 +358,7 @@ def _carry_through(state_dir: str, proposal_ids: list[str], summary: dict[str, A
             step = next_step(state=state, gate_verdict=verdict, auto_approves=False,
                              dry_run=dry_run)
             if step.action == "gate":
-                entry["gates"] = gate(state_dir, pid, gateway_url, dry_run)
+                entry["gates"] = gate(state_dir, pid, serving, dry_run)
                 if dry_run:
                     entry["stopped"] = "dry run"
                     break

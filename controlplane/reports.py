@@ -158,12 +158,9 @@ def gather_change_report(state: StateDir, store: Store, fleet: FleetManifest,
 
 
 def _gate_rows(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
-    gates = evidence.get("gates") or []
-    if isinstance(gates, Mapping):
-        gates = [{"name": k, **(v if isinstance(v, Mapping) else {"phase": v})}
-                 for k, v in gates.items()]
-    return [{"name": g.get("name", "?"), "phase": g.get("phase", g.get("verdict", "?")),
-             "message": g.get("message", "")} for g in gates]
+    """One row per gate of a bundle (``gates.evidence.SCHEMA``; none without a bundle)."""
+    return [{"name": g["name"], "phase": g["phase"], "message": g["message"]}
+            for g in evidence.get("gates") or []]
 
 
 def quarter_bounds(quarter: str) -> tuple[date, date]:

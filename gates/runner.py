@@ -376,7 +376,8 @@ def run_gates(*, candidate: Policy, baseline: Policy, fleet, manifest_dir: str |
                     candidate, call_budget=options.probe_call_budget,
                     task_prefix=f"gate-{key}-probe") or []
 
-    limits = candidate.spec.gates
+    # The bar is the baseline's: a candidate never sets the limits it is judged by.
+    limits = baseline.spec.gates
     results = [
         _needs("pinned_weights", errors, "pinned_files")
         or guarded("pinned_weights", pinned_weights_gate, file_checks),

@@ -416,7 +416,7 @@ def gate(obj: Context, candidate_file: str, dry_run: bool, suite_file: str | Non
          suite_hash: str | None, url: str | None, fleet_file: str | None,
          proposal_id: str | None, concurrency: int, cache_sample: int) -> None:
     """Run the deterministic gates for a candidate policy against the active one."""
-    from gates.command import run_gate_command
+    from controlplane.loop.gating import gate_lines, run_gate_command
     from gates.runner import GateOptions
 
     obj.require_init()
@@ -425,22 +425,22 @@ def gate(obj: Context, candidate_file: str, dry_run: bool, suite_file: str | Non
         obj.state, candidate_file, suite_path=suite_file, suite_hash=suite_hash, url=url,
         fleet_path=fleet_file, dry_run=dry_run, proposal_id=proposal_id,
         options=GateOptions(concurrency=concurrency, cache_sample=cache_sample), echo=echo)
-    report = result.report
+    bundle = result.bundle
     if obj.as_json:
-        obj.emit({"overall": report.overall.value, "dry_run": dry_run,
-                  "candidate_version": report.candidate.metadata.version,
-                  "gates": [{"name": r.name, "phase": r.phase.value, "message": r.message}
-                            for r in report.results],
-                  "bundle_hash": result.bundle["bundle_hash"],
+        obj.emit({"overall": bundle["overall"], "dry_run": dry_run,
+                  "candidate_version": bundle["candidate"]["version"],
+                  "gates": [{"name": g["name"], "phase": g["phase"], "message": g["message"]}
+                            for g in bundle["gates"]],
+                  "bundle_hash": bundle["bundle_hash"],
                   "evidence_sha256": result.evidence_sha256,
                   "evidence_path": str(result.evidence_path)})
     else:
-        for r in report.results:
-            click.echo(r.line())
-        click.echo(f"{'overall':<24} {report.overall.value:<12} "
+        for line in gate_lines(bundle):
+            click.echo(line)
+        click.echo(f"{'overall':<24} {bundle['overall']:<12} "
                    f"{'dry run: not blocking' if dry_run else ''}".rstrip())
         click.echo(f"evidence {result.evidence_sha256} -> {result.evidence_path} "
-                   f"(bundle hash {result.bundle['bundle_hash']})")
+                   f"(bundle hash {bundle['bundle_hash']})")
     if result.exit_code:
         sys.exit(result.exit_code)
 

@@ -240,7 +240,7 @@ def adopt_into_state(state: Any, manifest: str | Path, candidate: Any, *, adapte
     """Pin the adapter in the state's fleet.yaml (the old one kept as a backup) and record
     the candidate as a ``distillation`` proposal against the active policy."""
     from contracts.manifest import load_fleet
-    from gates.command import store_candidate
+    from controlplane.loop.gating import store_candidate
     from training.distill import register_adapter
 
     if state is None or not state.exists():

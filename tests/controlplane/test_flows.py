@@ -51,8 +51,9 @@ def state(tmp_path_factory):
 
 
 @pytest.fixture()
-def fake_gates(monkeypatch, state):
-    from controlplane.loop import gating
+def fake_gates(state):
+    """The gates' serving port for the flow: an in-process fake over the stored policies."""
+    from controlplane.loop.gating import GivenServing
     from gates.fakes import FakeServingPath
     from store import Store
 
@@ -65,13 +66,7 @@ def fake_gates(monkeypatch, state):
     def answer(case, tier, variant, attempt):
         return case.expected if tier in ("M", "L") or case.difficulty == 1 else "wrong"
 
-    real = gating.gate_proposal
-
-    def gate_with_fake(state_, pid, **kw):
-        kw["serving"] = FakeServingPath(StoredPolicies(), answer)
-        return real(state_, pid, **kw)
-
-    monkeypatch.setattr(gating, "gate_proposal", gate_with_fake)
+    return GivenServing(FakeServingPath(StoredPolicies(), answer))
 
 
 def test_nightly_proposes_gates_approves_and_promotes_once(state, fake_gates):
@@ -80,7 +75,8 @@ def test_nightly_proposes_gates_approves_and_promotes_once(state, fake_gates):
 
     search = {"executor": "inline", "trials": 4, "per_trial": 16, "bootstrap": 100}
     result = nightly(state_dir=str(state.root), since="2026-11-20", until="2026-11-20",
-                     levers=["routing"], approver="owner", search=search)
+                     levers=["routing"], approver="owner", search=search,
+                     gate_serving=fake_gates)
     assert result["observed"]["tasks"] == 2500
     with Store.open(state.store_url()) as store:
         proposals = store.list_proposals()
@@ -95,7 +91,8 @@ def test_nightly_proposes_gates_approves_and_promotes_once(state, fake_gates):
     assert promoted[0]["decision"]["by"] == "owner"
 
     again = nightly(state_dir=str(state.root), since="2026-11-20", until="2026-11-20",
-                    levers=["routing"], approver="owner", search=search)
+                    levers=["routing"], approver="owner", search=search,
+                    gate_serving=fake_gates)
     with Store.open(state.store_url()) as store:
         assert len(store.list_proposals()) == len(proposals), (
             [(p.proposal_id, p.state.value, p.gate_verdict, p.candidate_hash[:8], p.baseline_version)

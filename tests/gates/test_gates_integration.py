@@ -128,7 +128,7 @@ def _stored_candidate(env, **changes):
 
 
 def test_active_policy_passes_against_itself(env):
-    from gates.command import run_gate_command
+    from controlplane.loop.gating import run_gate_command
     from gates.suite import save_suite
 
     path = env["state"].root / "self.yaml"

@@ -184,3 +184,15 @@ def test_refusal_before_any_attempt_is_an_error_and_runs_use_their_own_task_ids(
     assert gates["reproducibility"].phase is Phase.PASSED
     ids = {c.task_id for c in serving.calls}
     assert {t.split("-")[2] for t in ids} >= {"c1", "c2", "base", "probe"}
+
+
+def test_a_candidate_never_sets_its_own_bar(fleet_path, suite):
+    # The int4 candidate loses about 60 points of quality; it widens its own margin to
+    # 0.5 so that it would pass by its own limits. The baseline's 0.05 judges it.
+    base = make_policy(1)
+    cand = make_policy(2, quantization={"M": "int4", "L": "int4"},
+                       gates={"non_inferiority_margin": 0.5})
+    _report, gates, _ = gate(fleet_path, suite, cand, base)
+    ni = gates["quality_non_inferiority"]
+    assert ni.phase is Phase.FAILED, ni.message
+    assert ni.stats["margin"] == 0.05

@@ -9,7 +9,7 @@ from gates_testkit import competent, make_policy, write_fleet
 
 import gates.port
 from controlplane.cli import cli
-from gates.command import plan_candidate_version
+from controlplane.loop.gating import plan_candidate_version
 from gates.fakes import FakeServingPath
 from gates.suite import save_suite
 from store import Store
@@ -110,12 +110,12 @@ def test_plan_candidate_version():
 
 
 def test_fleet_that_cannot_start_gives_error_gates_and_still_records(state, monkeypatch):
-    import gates.command
+    import serving.fleet
 
     def no_fleet(*_a, **_k):
         raise RuntimeError("no engine")
 
-    monkeypatch.setattr(gates.command, "_start_fleet", no_fleet)
+    monkeypatch.setattr(serving.fleet, "start_fleet", no_fleet)
     path = state["tmp"] / "candidate.yaml"
     path.write_text(make_policy(1).to_yaml())
     result = CliRunner().invoke(cli, ["--state-dir", str(state["root"]), "gate", "--candidate",
@@ -142,3 +142,55 @@ def test_bad_candidate_is_refused_naming_the_field(state, capsys):
     assert "spec.routing.max_attempts" in capsys.readouterr().err
     with Store.open(state["url"]) as store:
         assert [r.version for r in store.list_policies()] == [1]  # nothing stored
+
+
+def _proposal(state, candidate):
+    from controlplane.loop.gating import store_candidate
+
+    with Store.open(state["url"]) as store:
+        stored, _ = store_candidate(store, candidate, baseline_version=1)
+        return store.create_proposal(candidate_version=stored.metadata.version,
+                                     baseline_version=1, lever="quantization",
+                                     window="2026-11-20", actor="test").proposal_id
+
+
+def test_a_gate_run_that_cannot_happen_records_error_in_the_one_schema(state):
+    from controlplane.loop.gating import GivenServing, gate_proposal
+    from controlplane.settings import StateDir
+    from gates.evidence import SCHEMA, SCHEMA_VERSION
+
+    pid = _proposal(state, make_policy(2, quantization={"S": "int4"}))
+    root = StateDir(state["root"])
+    root.fleet_path.unlink()  # the run cannot even load its fleet
+    lines: list[str] = []
+    verdict = gate_proposal(root, pid, serving=GivenServing(object()), echo=lines.append)
+    assert verdict == "ERROR"
+    with Store.open(state["url"]) as store:
+        proposal = store.get_proposal(pid)
+        bundle = store.get_evidence(proposal.evidence_hash).bundle
+        audit = store.audit_entries(action="gate.run")
+    assert proposal.gate_verdict.value == "ERROR"
+    assert (bundle["schema"], bundle["schema_version"]) == (SCHEMA, SCHEMA_VERSION)
+    assert bundle["overall"] == "ERROR" and bundle["candidate"]["version"] == 2
+    assert bundle["gates"][0]["name"] == "runner" and "fleet.yaml" in bundle["gates"][0]["message"]
+    assert audit[-1].payload["overall"] == "ERROR"
+    assert any("gates could not run" in line for line in lines)
+    # A rerun never gates twice: the recorded verdict stands.
+    assert gate_proposal(root, pid, serving=GivenServing(object()), echo=lines.append) == "ERROR"
+
+
+def test_a_gated_proposal_passes_through_the_same_adapter(state):
+    from controlplane.loop.gating import GivenServing, gate_proposal
+    from controlplane.settings import StateDir
+
+    pid = _proposal(state, make_policy(2, routing={"router": "fixed", "escalation": ["M", "L"],
+                                                   "max_attempts": 3}))
+    serving = FakeServingPath(policies=StoredPolicies(state["url"]), answer=competent)
+    lines: list[str] = []
+    verdict = gate_proposal(StateDir(state["root"]), pid, serving=GivenServing(serving),
+                            echo=lines.append)
+    assert verdict in ("PASSED", "INCONCLUSIVE"), lines
+    assert any(line.strip().startswith("reproducibility") for line in lines)
+    with Store.open(state["url"]) as store:
+        bundle = store.get_evidence(store.get_proposal(pid).evidence_hash).bundle
+    assert bundle["schema_version"] == 2 and bundle["runs"]
