@@ -15,14 +15,68 @@ from typing import Any, Literal
 from pydantic import Field
 
 from contracts.documents import Strict, dump_yaml, load_yaml_document
-from controlplane.loop.approvals import AutoApprovalRule
-from controlplane.loop.distill import DistillSettings
-from controlplane.loop.verification import VerifySettings
+from serving.collector import CollectorSpec
 
-__all__ = ["DEFAULT_STATE_DIR", "ENV_STATE_DIR", "Settings", "StateDir", "resolve_state_dir"]
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "ENV_STATE_DIR",
+    "AutoApprovalRule",
+    "DistillSettings",
+    "Risk",
+    "Settings",
+    "StateDir",
+    "VerifySettings",
+    "resolve_state_dir",
+]
 
 ENV_STATE_DIR = "AUTOPILOT_HOME"
 DEFAULT_STATE_DIR = Path("~/.autopilot")
+
+
+Risk = Literal["low", "medium", "high"]
+
+
+class AutoApprovalRule(Strict):
+    """Approve proposals of ``lever`` ("*": any lever) without a person, within bounds."""
+
+    lever: str = Field(min_length=1)
+    max_risk: Risk = "low"
+    min_predicted_saving: float = Field(
+        default=0.0, ge=0, le=1,
+        description="the predicted relative drop in cost per Green PR must be at least this")
+    max_fpy_drop: float = Field(
+        default=0.0, ge=0, le=1, description="the predicted FPY may fall by at most this")
+
+
+class VerifySettings(Strict):
+    """How the verify flow judges a promoted policy (``verify:`` in ``autopilot.yaml``)."""
+
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="error budget over all looks")
+    margin: float = Field(default=0.05, ge=0, le=1,
+                          description="tolerated relative rise of cost per Green PR")
+    fpy_margin: float = Field(default=0.03, ge=0, le=1, description="tolerated absolute FPY drop")
+    min_tasks: int = Field(default=200, ge=2,
+                           description="tasks per window before VERIFIED may be declared")
+    max_looks: int = Field(default=7, ge=1, description="nightly looks before settling")
+
+
+class DistillSettings(Strict):
+    """``autopilot.yaml`` ``distillation:`` section. Everything is off by default."""
+
+    collect: CollectorSpec = CollectorSpec()
+    nightly: bool = Field(default=False, description="run the distillation step nightly")
+    target_tier: str | None = Field(default=None, description="default: the cheapest tier")
+    target_pass_rate: float = Field(default=0.6, gt=0, le=1)
+    min_upper_share: float = Field(default=0.5, ge=0, le=1)
+    min_examples: int = Field(default=200, ge=1)
+    max_examples: int = Field(default=5000, ge=1)
+    teacher_examples: int = Field(
+        default=0, ge=0, description="top-tier answers to add when the collected set is short")
+    steps: int = Field(default=2000, ge=1)
+    nightly_step_budget: int = Field(
+        default=4000, ge=0, description="optimizer steps the nightly step may spend")
+    eval_tasks: int = Field(default=200, ge=0)
+    seed: int = 0
 
 
 class Settings(Strict):

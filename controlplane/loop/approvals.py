@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from contracts.documents import Strict
 from contracts.errors import PermanentError
+from controlplane.settings import AutoApprovalRule
 
 __all__ = [
     "RISK_LEVELS",
@@ -28,23 +26,10 @@ __all__ = [
 ]
 
 RISK_LEVELS: tuple[str, ...] = ("low", "medium", "high")
-Risk = Literal["low", "medium", "high"]
 
 
 class NotAuthorised(PermanentError):
     """The identity may not decide this proposal; the message says why."""
-
-
-class AutoApprovalRule(Strict):
-    """Approve proposals of ``lever`` ("*": any lever) without a person, within bounds."""
-
-    lever: str = Field(min_length=1)
-    max_risk: Risk = "low"
-    min_predicted_saving: float = Field(
-        default=0.0, ge=0, le=1,
-        description="the predicted relative drop in cost per Green PR must be at least this")
-    max_fpy_drop: float = Field(
-        default=0.0, ge=0, le=1, description="the predicted FPY may fall by at most this")
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from contracts.documents import Strict
 from contracts.errors import PermanentError
-from serving.collector import CollectorSpec
+from controlplane.settings import DistillSettings
 
 __all__ = [
     "DistillSettings",
@@ -38,25 +35,6 @@ __all__ = [
 ]
 
 ACTOR = "autopilot-distill"
-
-
-class DistillSettings(Strict):
-    """``autopilot.yaml`` ``distillation:`` section. Everything is off by default."""
-
-    collect: CollectorSpec = CollectorSpec()
-    nightly: bool = Field(default=False, description="run the distillation step nightly")
-    target_tier: str | None = Field(default=None, description="default: the cheapest tier")
-    target_pass_rate: float = Field(default=0.6, gt=0, le=1)
-    min_upper_share: float = Field(default=0.5, ge=0, le=1)
-    min_examples: int = Field(default=200, ge=1)
-    max_examples: int = Field(default=5000, ge=1)
-    teacher_examples: int = Field(
-        default=0, ge=0, description="top-tier answers to add when the collected set is short")
-    steps: int = Field(default=2000, ge=1)
-    nightly_step_budget: int = Field(
-        default=4000, ge=0, description="optimizer steps the nightly step may spend")
-    eval_tasks: int = Field(default=200, ge=0)
-    seed: int = 0
 
 
 def excluded_families(policy: Any, settings: DistillSettings) -> frozenset[str]:

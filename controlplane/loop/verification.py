@@ -21,9 +21,8 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from contracts.documents import Strict
+from controlplane.settings import VerifySettings
 
 __all__ = [
     "RatioEstimate",
@@ -39,18 +38,6 @@ class VerifyOutcome(StrEnum):
     KEEP_WATCHING = "keep_watching"
     VERIFIED = "verified"
     ROLL_BACK = "roll_back"
-
-
-class VerifySettings(Strict):
-    """How the verify flow judges a promoted policy (``verify:`` in ``autopilot.yaml``)."""
-
-    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="error budget over all looks")
-    margin: float = Field(default=0.05, ge=0, le=1,
-                          description="tolerated relative rise of cost per Green PR")
-    fpy_margin: float = Field(default=0.03, ge=0, le=1, description="tolerated absolute FPY drop")
-    min_tasks: int = Field(default=200, ge=2,
-                           description="tasks per window before VERIFIED may be declared")
-    max_looks: int = Field(default=7, ge=1, description="nightly looks before settling")
 
 
 @dataclass(frozen=True)
