@@ -75,8 +75,8 @@ def fake_gate_seconds(suite, policy, fleet, manifest: Path) -> float:
 def real_fleet(root: Path) -> None:
     from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
-    from controlplane.settings import StateDir
     from controlplane.loop.gating import run_gate_command
+    from controlplane.settings import StateDir
     from gates.suite import reference_suite, save_suite
     from policies.policy import load_policy
     from serving.fleet import start_fleet

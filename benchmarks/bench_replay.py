@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from experiments.outcomes import fit_outcome_models
-    from experiments.replay import ReplayContext, replay
+    from experiments.replay import ReplayContext, replay_policy
     from experiments.search import lever_context
     from policies.levers import apply_joint, joint_space
 
@@ -72,10 +72,10 @@ def main(argv=None) -> int:
     rng = random.Random(0)
     policies = [apply_joint(names, active, {k: p.sample(rng) for k, p in space.items()}, lctx)
                 for _ in range(args.candidates)]
-    replay(policies[0], ctx)  # warm
+    replay_policy(policies[0], ctx)  # warm
     t0 = time.perf_counter()
     for p in policies:
-        replay(p, ctx)
+        replay_policy(p, ctx)
     vec_s = time.perf_counter() - t0
     vec_rate = window.n * len(policies) / vec_s
 

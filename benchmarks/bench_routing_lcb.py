@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     from experiments.estimator import estimate
     from experiments.outcomes import fit_outcome_models
     from experiments.replay import ReplayContext
-    from experiments.search import search
+    from experiments.search import search_candidates
     from experiments.window import build_window
 
     t0 = time.perf_counter()
@@ -118,9 +118,10 @@ def main(argv=None) -> int:
           + ", ".join(f"{t} ${fleet.economics(t).usd_per_output_token * 400 + fleet.economics(t).usd_per_input_token * 600:.5f}"
                       for t, _, _ in LADDER), flush=True)
 
-    result = search(window, fleet, logging, levers=("routing", "guardrails", "all"),
-                    candidates=8, trials=args.trials, per_trial=args.per_trial,
-                    executor=args.executor, progress=True)
+    result = search_candidates(window, fleet, logging,
+                               levers=("routing", "guardrails", "all"), candidates=8,
+                               trials=args.trials, per_trial=args.per_trial,
+                               executor=args.executor, progress=True)
     # What the product does: the best feasible candidate, else keep the active policy.
     chosen = next((c for c in result if c.feasible), None)
     print(f"search: {result.evaluated} candidates evaluated in {result.seconds:.1f} s; "

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import ray
 
     from experiments.outcomes import fit_outcome_models
-    from experiments.search import search
+    from experiments.search import search_candidates
 
     fleet, active, window = large_window(args.tasks, Path(args.cache_dir))
     t0 = time.perf_counter()
@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     try:
         for sampler in ("tpe",) + (() if args.no_baseline else ("random",)):
             t0 = time.perf_counter()
-            result = search(window, fleet, active, levers="all", candidates=10,
-                            trials=args.trials, per_trial=args.per_trial, models=models,
-                            sampler=sampler, progress=True)
+            result = search_candidates(window, fleet, active, levers="all", candidates=10,
+                                       trials=args.trials, per_trial=args.per_trial,
+                                       models=models, sampler=sampler, progress=True)
             wall = time.perf_counter() - t0
             best = next((c for c in result if c.feasible), None)
             rows.append((sampler, result.evaluated, wall, result.active_estimate, best))

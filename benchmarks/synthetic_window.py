@@ -1,55 +1,15 @@
 """A large simulated telemetry window for the replay and search benchmarks (cached on disk).
 
 Spans come from the project's seeded simulator (telemetry.synthetic) under a
-score-routed logging policy with 10% exploration, on a fleet with int8 variants and a
-distilled adapter, so every lever has options to search.
+score-routed logging policy with 10% exploration, on the fixture fleet with int8 variants
+and a distilled adapter (``serving.testing.tiny_manifest``), so every lever has options to
+search.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-
-FLEET_YAML = """
-apiVersion: autopilot/v1
-kind: FleetManifest
-metadata: {name: bench-fleet}
-spec:
-  pricing: {cached_input_discount: 0.9}
-  tiers:
-    - name: S
-      rank: 0
-      model: s
-      default_variant: bf16
-      variants:
-        - name: bf16
-          weights: s
-          economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 6000, decode_tokens_per_s: 6000}
-          adapters:
-            - {name: list-ops-v1, path: a, family: list_ops}
-        - name: int8
-          weights: s8
-          economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 9000, decode_tokens_per_s: 9000}
-    - name: M
-      rank: 1
-      model: m
-      default_variant: bf16
-      variants:
-        - name: bf16
-          weights: m
-          economics: {gpus: 2, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 2200, decode_tokens_per_s: 2200}
-        - name: int8
-          weights: m8
-          economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 2200, decode_tokens_per_s: 2200}
-    - name: L
-      rank: 2
-      model: l
-      default_variant: bf16
-      variants:
-        - name: bf16
-          weights: l
-          economics: {gpus: 8, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 700, decode_tokens_per_s: 700}
-"""
 
 POLICY_YAML = """
 apiVersion: autopilot/v1
@@ -70,15 +30,15 @@ spec:
 
 
 def fleet_and_policy():
-    from contracts.manifest import load_fleet
     from policies.policy import load_policy
+    from serving.testing import tiny_manifest
 
-    return load_fleet(FLEET_YAML), load_policy(POLICY_YAML)
+    return tiny_manifest("bench-fleet"), load_policy(POLICY_YAML)
 
 
 def large_window(tasks: int, cache_dir: Path, seed: int = 7):
     """The compiled window of ``tasks`` simulated tasks (spans generated once per size)."""
-    from experiments.window import load_window
+    from experiments.window import load_estimator_window
     from telemetry.ingest import ingest_paths, list_days
     from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
@@ -93,6 +53,6 @@ def large_window(tasks: int, cache_dir: Path, seed: int = 7):
         print(f"simulated and ingested {tasks} tasks in {time.perf_counter() - t0:.0f} s",
               flush=True)
     t0 = time.perf_counter()
-    window = load_window(root / "telemetry", fleet=fleet)
+    window = load_estimator_window(root / "telemetry", fleet=fleet)
     print(f"window compiled: {window.n} tasks in {time.perf_counter() - t0:.1f} s", flush=True)
     return fleet, policy, window

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from contracts.documents import DocumentError, Strict, content_hash, dump_yaml, load_yaml_document
+from contracts.files import atomic_write_text
 
 __all__ = [
     "Adapter",
@@ -214,12 +215,7 @@ def load_fleet(path_or_text: str | Path) -> FleetManifest:
 
 
 def save_fleet(manifest: FleetManifest, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump_yaml(manifest), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, dump_yaml(manifest))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

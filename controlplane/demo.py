@@ -215,7 +215,7 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
                 p = store.get_proposal(pid)
                 diff = describe_diff(store.get_policy(p.baseline_version).policy,
                                      store.get_policy(p.candidate_version).policy)
-                predicted = dict(p.predicted)
+                predicted = p.predicted.record()
             audit_ok = store.verify_audit().ok
     finally:
         step("shutting the fleet down")

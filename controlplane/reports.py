@@ -17,6 +17,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contracts.prediction import Prediction
+
 if TYPE_CHECKING:  # pragma: no cover
 
     from contracts.manifest import FleetManifest
@@ -48,7 +50,7 @@ class ChangeReport:
     diff_lines: list[str]
     baseline_yaml: str
     candidate_yaml: str
-    predicted: dict[str, Any]
+    predicted: Prediction
     gates: list[dict[str, Any]]
     evidence: dict[str, Any]
     approval: dict[str, Any] | None
@@ -74,9 +76,9 @@ class QuarterlyReport:
 # ------------------------------------------------------------------------------- gather
 def _daily(state: StateDir, fleet: FleetManifest, since: str | None = None,
            until: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from controlplane.views import load_window
+    from controlplane.views import read_metric_frames
 
-    return _daily_of(state, fleet, *load_window(state, since, until))
+    return _daily_of(state, fleet, *read_metric_frames(state, since, until))
 
 
 def _daily_of(state: StateDir, fleet: FleetManifest, tasks: Any, attempts: Any, calls: Any
@@ -124,9 +126,9 @@ def gather_change_report(state: StateDir, store: Store, fleet: FleetManifest,
     for a in store.activation_history():
         if a.proposal_id == proposal_id and a.version == p.candidate_version:
             change_day = a.activated_at.date().isoformat()
-    from controlplane.views import load_window
+    from controlplane.views import read_metric_frames
 
-    tasks, attempts, calls = load_window(state, None, None)
+    tasks, attempts, calls = read_metric_frames(state, None, None)
     versions = zip(tasks["day"].astype(str), tasks["policy_version"].astype(str), strict=True)
     change_day = first_day_served(versions, p.candidate_version) or change_day
     daily, mix = _daily_of(state, fleet, tasks, attempts, calls)
@@ -143,7 +145,7 @@ def gather_change_report(state: StateDir, store: Store, fleet: FleetManifest,
         diff_lines=describe_diff(baseline.policy, candidate.policy),
         baseline_yaml=baseline.yaml_text,
         candidate_yaml=candidate.yaml_text,
-        predicted=dict(p.predicted),
+        predicted=p.predicted,
         gates=_gate_rows(evidence),
         evidence=evidence,
         approval=None if approval is None else {
@@ -176,7 +178,7 @@ def quarter_bounds(quarter: str) -> tuple[date, date]:
 
 def gather_quarterly_report(state: StateDir, store: Store, fleet: FleetManifest,
                             quarter: str) -> QuarterlyReport:
-    from controlplane.views import _metric_options, load_window
+    from controlplane.views import _metric_options, read_metric_frames
     from economics.finops import finops_register
     from economics.metrics import compute_metrics
 
@@ -192,12 +194,12 @@ def gather_quarterly_report(state: StateDir, store: Store, fleet: FleetManifest,
             "proposal_id": p.proposal_id, "lever": p.lever, "state": p.state.value,
             "gate_verdict": p.gate_verdict.value if p.gate_verdict else None,
             "created": created.isoformat(),
-            "predicted_rel_delta": p.predicted.get("cost_per_green_pr_rel_delta"),
+            "predicted_rel_delta": p.predicted.cost_per_green_pr_rel_delta,
             "realised_rel_delta": realised,
             "candidate_version": p.candidate_version,
         })
     daily, _ = _daily(state, fleet, start.isoformat(), end.isoformat())
-    tasks, attempts, calls = load_window(state, start.isoformat(), end.isoformat())
+    tasks, attempts, calls = read_metric_frames(state, start.isoformat(), end.isoformat())
     register_rows: list[dict[str, Any]] = []
     breaches: list[dict[str, Any]] = []
     if not tasks.empty:
@@ -313,14 +315,14 @@ def _md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return head + body
 
 
-def _prediction_rows(predicted: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for key, value in sorted(predicted.items()):
-        if isinstance(value, Mapping):
-            rows.append({"figure": key, "value": value.get("value", value.get("point")),
-                         "interval": value.get("ci") or value.get("interval")})
-        else:
-            rows.append({"figure": key, "value": value, "interval": None})
+def _prediction_rows(predicted: Prediction) -> list[dict[str, Any]]:
+    """Each predicted figure with its interval beside it, then risk and support."""
+    rows = [{"figure": name, "value": point,
+             "interval": None if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"}
+            for name, point, ci in predicted.figures()]
+    rows.append({"figure": "risk", "value": predicted.risk, "interval": None})
+    if predicted.support is not None:
+        rows.append({"figure": "support", "value": predicted.support, "interval": None})
     return rows
 
 

@@ -18,9 +18,9 @@ __all__ = [
     "finops_rows",
     "fleet_rows",
     "history_rows",
-    "load_window",
     "metrics_rows",
     "print_rows",
+    "read_metric_frames",
 ]
 
 
@@ -78,9 +78,9 @@ def audit_rows(store: Any, limit: int) -> list[dict[str, Any]]:
     ]
 
 
-def load_window(state: StateDir, since: str | None, until: str | None):
+def read_metric_frames(state: StateDir, since: str | None, until: str | None):
     """The three telemetry tables of a day window, as DataFrames."""
-    from telemetry.ingest import read_table
+    from telemetry.warehouse import read_table
 
     return tuple(
         read_table(state.telemetry_dir, table, start_day=since, end_day=until)
@@ -113,7 +113,7 @@ def metrics_rows(
 ) -> list[dict[str, Any]]:
     from economics.metrics import compute_metrics
 
-    tasks, attempts, calls = load_window(state, since, until)
+    tasks, attempts, calls = read_metric_frames(state, since, until)
     if tasks.empty:
         return []
     settings = state.settings()
@@ -140,7 +140,7 @@ def finops_rows(
     from economics.metrics import compute_metrics
 
     settings = state.settings()
-    tasks, attempts, calls = load_window(state, since, until)
+    tasks, attempts, calls = read_metric_frames(state, since, until)
     options = _metric_options(settings)
     whole = compute_metrics(tasks, attempts, calls, fleet, by=[], **options)
     register = [e.as_dict() for e in finops_register(whole, settings.finops_targets())]

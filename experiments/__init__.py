@@ -2,9 +2,11 @@
 counterfactual replay estimator, the Ray Tune search and ``autopilot whatif``.
 
 Imports stay light: numpy/pandas modules load on first use of a name below.
-The functions named like their modules (``replay``, ``search``, ``whatif``) are
-imported from those modules: once a submodule is loaded, Python binds the package
-attribute of that name to the module, so a lazy alias here would be shadowed.
+No public name here is the name of a submodule (``replay``, ``search``, ``whatif``,
+``window``, ...): once a submodule is loaded, Python binds the package attribute of that
+name to the module, so a lazy name equal to it would be shadowed (``lazy_front`` refuses
+such names). The functions are therefore named for what they do: ``replay_policy``,
+``search_candidates``, ``run_whatif``, ``load_estimator_window``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from contracts.fronts import lazy_front
 _HOME = {
     "Window": "experiments.window",
     "build_window": "experiments.window",
-    "load_window": "experiments.window",
+    "load_estimator_window": "experiments.window",
     "OutcomeModels": "experiments.outcomes",
     "fit_outcome_models": "experiments.outcomes",
     "Estimate": "experiments.estimator",
@@ -23,7 +25,10 @@ _HOME = {
     "estimate": "experiments.estimator",
     "compare": "experiments.estimator",
     "ReplayContext": "experiments.replay",
+    "replay_policy": "experiments.replay",
     "Candidate": "experiments.search",
+    "search_candidates": "experiments.search",
+    "run_whatif": "experiments.whatif",
 }
 
 __all__ = [
@@ -38,6 +43,9 @@ __all__ = [
     "compare",
     "estimate",
     "fit_outcome_models",
-    "load_window",
+    "load_estimator_window",
+    "replay_policy",
+    "run_whatif",
+    "search_candidates",
 ]
 __getattr__, __dir__ = lazy_front(__name__, _HOME, globals())

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from experiments.outcomes import OutcomeModels
-from experiments.replay import ReplayContext, TaskValues, replay
+from experiments.replay import ReplayContext, TaskValues, replay_policy
 from experiments.window import as_window
 
 __all__ = [
@@ -155,7 +155,7 @@ def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
         from policies.policy import validate_against_fleet
 
         validate_against_fleet(policy, fleet)
-    values = replay(policy, context)
+    values = replay_policy(policy, context)
     summary = point_summary(values)
     W = weights if weights is not None else bootstrap_weights(window.n, bootstrap, seed)
     cols = np.stack([values.green, values.cost, values.fpy, values.serve, values.rework,
@@ -170,7 +170,7 @@ def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
     notes: list[str] = list(window.notes)
     if summary["support"] < 1.0 - 1e-9:
         for side in ("low", "high"):
-            v = replay(policy, context, envelope=side)
+            v = replay_policy(policy, context, envelope=side)
             s = point_summary(v)
             envelope[side] = (s["green_prs"], s["fpy"], s["cost_per_green_pr"])
         notes.append(f"{100 * (1 - summary['support']):.1f}% of expected attempts fall on "

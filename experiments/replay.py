@@ -29,7 +29,7 @@ import numpy as np
 from experiments.outcomes import OutcomeModels
 from experiments.window import Window
 
-__all__ = ["ReplayContext", "RoutingMismatch", "TaskValues", "replay"]
+__all__ = ["ReplayContext", "RoutingMismatch", "TaskValues", "replay_policy"]
 
 # Tasks checked per family and replay against policies.routing.start_index.
 ROUTING_CHECK_SAMPLE = 8
@@ -128,8 +128,8 @@ def _start_indices(ctx: ReplayContext, routing, rows: np.ndarray) -> np.ndarray:
     return k
 
 
-def replay(policy, ctx: ReplayContext, *, envelope: str | None = None,
-           doubly_robust: bool = True) -> TaskValues:
+def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
+                  doubly_robust: bool = True) -> TaskValues:
     """Expected per-task values of ``policy`` on the window (see the module docstring).
 
     ``envelope``: None uses the outcome model everywhere; "low"/"high" set P(pass) of every

@@ -32,10 +32,11 @@ from experiments.estimator import (
     estimate,
     point_summary,
 )
-from experiments.replay import ReplayContext, replay
+from experiments.replay import ReplayContext, replay_policy
 from experiments.window import Window, as_window
 
-__all__ = ["Candidate", "SearchResult", "lever_context", "objective", "risk_level", "search"]
+__all__ = ["Candidate", "SearchResult", "lever_context", "objective", "risk_level",
+           "search_candidates"]
 
 INFEASIBLE_PENALTY = 1e3
 AUTHOR = "autopilot-search"
@@ -169,7 +170,7 @@ class _Evaluator:
             validate_against_fleet(policy, self.lever_ctx.fleet)
         except ValueError:
             return None  # a point the policy document refuses is simply not a candidate
-        summary = point_summary(replay(policy, self.ctx))
+        summary = point_summary(replay_policy(policy, self.ctx))
         return {"point": point, "hash": policy.content_hash, **summary,
                 "objective": objective(summary, self.active_summary, self.margin)}
 
@@ -307,11 +308,12 @@ def _run_inline(evaluator: _Evaluator, trials: int, per_trial: int, seed: int,
     return out
 
 
-def search(window, fleet, active_policy, *, levers: str | Sequence[str] = ("routing",),
-           candidates: int = 10, trials: int = 8, per_trial: int = 32, seed: int = 0,
-           progress: bool = True, models=None, bootstrap: int = 200, level: float = 0.9,
-           executor: str = "tune", min_support: int = 20, sampler: str = "tpe"
-           ) -> SearchResult:
+def search_candidates(window, fleet, active_policy, *,
+                      levers: str | Sequence[str] = ("routing",), candidates: int = 10,
+                      trials: int = 8, per_trial: int = 32, seed: int = 0,
+                      progress: bool = True, models=None, bootstrap: int = 200,
+                      level: float = 0.9, executor: str = "tune", min_support: int = 20,
+                      sampler: str = "tpe") -> SearchResult:
     """Search the levers on ``window`` and return candidates ranked best first.
 
     ``levers``: lever names searched one at a time, or "all" (each lever alone and all
@@ -329,7 +331,7 @@ def search(window, fleet, active_policy, *, levers: str | Sequence[str] = ("rout
     ctx = ReplayContext(window, models, min_support=min_support)
     lever_ctx = lever_context(window, fleet, seed=seed)
     margin = active_policy.spec.gates.non_inferiority_margin
-    active_summary = point_summary(replay(active_policy, ctx))
+    active_summary = point_summary(replay_policy(active_policy, ctx))
     runs = _levers(levers)
     _sampler(sampler, seed)  # refuse a bad name before any work
     if executor not in ("tune", "inline"):

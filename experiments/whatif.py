@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WhatifReport", "open_telemetry", "whatif"]
+__all__ = ["WhatifReport", "open_telemetry", "run_whatif"]
 
 
 @dataclass
@@ -29,7 +29,7 @@ class WhatifReport:
 
 
 def _is_warehouse(path: Path) -> bool:
-    from telemetry.ingest import list_days
+    from telemetry.warehouse import list_days
 
     return path.is_dir() and bool(list_days(path, "tasks"))
 
@@ -56,25 +56,25 @@ def open_telemetry(paths: Sequence[str | Path], scratch: Path) -> tuple[Path, li
     return root, notes
 
 
-def whatif(telemetry: Sequence[str | Path], fleet_path: str | Path, active_policy, *,
-           lever: str = "routing", out: str | Path | None = None, candidates: int = 10,
-           since: str | None = None, until: str | None = None, trials: int = 8,
-           per_trial: int = 32, seed: int = 0, executor: str = "tune",
-           progress: bool = True) -> WhatifReport:
+def run_whatif(telemetry: Sequence[str | Path], fleet_path: str | Path, active_policy, *,
+               lever: str = "routing", out: str | Path | None = None, candidates: int = 10,
+               since: str | None = None, until: str | None = None, trials: int = 8,
+               per_trial: int = 32, seed: int = 0, executor: str = "tune",
+               progress: bool = True) -> WhatifReport:
     from contracts.manifest import load_fleet
     from experiments.estimator import point_summary  # noqa: F401  (keeps import errors early)
-    from experiments.search import search
-    from experiments.window import load_window
+    from experiments.search import search_candidates
+    from experiments.window import load_estimator_window
     from policies.policy import save_policy
 
     fleet = load_fleet(fleet_path)
     with tempfile.TemporaryDirectory(prefix="autopilot-whatif-") as scratch:
         root, notes = open_telemetry(telemetry, Path(scratch))
-        window = load_window(root, since, until, fleet=fleet)
+        window = load_estimator_window(root, since, until, fleet=fleet)
     levers: Any = "all" if lever == "all" else (lever,)
-    result = search(window, fleet, active_policy, levers=levers, candidates=candidates,
-                    trials=trials, per_trial=per_trial, seed=seed, progress=progress,
-                    executor=executor)
+    result = search_candidates(window, fleet, active_policy, levers=levers,
+                               candidates=candidates, trials=trials, per_trial=per_trial,
+                               seed=seed, progress=progress, executor=executor)
     out_dir = Path(out) if out is not None else None
     files: list[Path] = []
     rows = []

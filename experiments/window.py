@@ -22,7 +22,7 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from contracts.manifest import FleetManifest
 
-__all__ = ["Combo", "Window", "build_window", "fleet_combos", "load_window"]
+__all__ = ["Combo", "Window", "build_window", "fleet_combos", "load_estimator_window"]
 
 # Longest logged serve trajectory kept per task; longer repair loops are cut (and counted).
 MAX_LOGGED_ATTEMPTS = 8
@@ -335,14 +335,15 @@ def _state_attempts(frame: pd.DataFrame, n_tiers: int) -> dict[tuple[int, tuple[
     return {(int(k[0]), tuple(int(x) for x in k[1:])): int(v) for k, v in counts.items()}
 
 
-def load_window(telemetry_dir: str | Path, since: str | None = None, until: str | None = None,
-                *, fleet: FleetManifest | None = None,
-                default_verifier_cost_usd: float = 0.0) -> Window | tuple[pd.DataFrame, ...]:
+def load_estimator_window(telemetry_dir: str | Path, since: str | None = None,
+                          until: str | None = None, *, fleet: FleetManifest | None = None,
+                          default_verifier_cost_usd: float = 0.0
+                          ) -> Window | tuple[pd.DataFrame, ...]:
     """Read tasks, attempts and calls of ``[since, until]`` from an ingested telemetry root.
 
     With ``fleet`` the compiled ``Window``; without it the three DataFrames.
     """
-    from telemetry.ingest import read_table
+    from telemetry.warehouse import read_table
 
     frames = tuple(read_table(telemetry_dir, t, start_day=since, end_day=until)
                    for t in ("tasks", "attempts", "calls"))

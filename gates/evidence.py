@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.documents import canonical_json, content_hash
+from contracts.files import atomic_write_text
 from gates.runner import GateReport
 
 __all__ = [
@@ -228,9 +229,7 @@ def record_evidence(store: Any, bundle: dict[str, Any], *, evidence_dir: str | P
     directory = Path(evidence_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{sha}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
     store.audit_append(
         actor=actor, action="gate.run", subject=f"policy/v{bundle['candidate']['version']}",
         payload={"evidence_sha256": sha, "bundle_hash": bundle["bundle_hash"],

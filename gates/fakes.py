@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from contracts.guardrails import Cap
 from gates.port import CaseOutput, GuardrailRefusal, ResponseCache
 from gates.suite import SuiteCase
 from policies.policy import Policy
@@ -66,12 +67,12 @@ class FakeServingPath:
         cap = resolve_routing(policy, case.family).max_attempts  # as the gateway applies it
         if attempt > cap and not self.ignore_attempt_cap:
             record("refused")
-            raise GuardrailRefusal("max_attempts_per_task",
+            raise GuardrailRefusal(Cap.MAX_ATTEMPTS_PER_TASK,
                                    f"attempt {attempt} > max_attempts_per_task {cap}")
         if guard.max_tokens_per_task is not None and \
                 self._spent.get(task_id, 0) >= guard.max_tokens_per_task:
             record("refused")
-            raise GuardrailRefusal("max_tokens_per_task", f"task spent "
+            raise GuardrailRefusal(Cap.MAX_TOKENS_PER_TASK, f"task spent "
                                    f"{self._spent[task_id]} >= {guard.max_tokens_per_task}")
         plan = tier_plan(policy, case.family, case.features)
         step = plan[min(attempt, len(plan)) - 1]

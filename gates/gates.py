@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field
 
 from contracts.documents import Strict
+from contracts.guardrails import CAPS, Cap
 from contracts.phase import Phase
 from gates import stats
 from gates.records import CacheCheck, FileCheck, ProbeResult, SuiteRun
@@ -274,8 +275,7 @@ def cache_safety_gate(checks: Sequence[CacheCheck] | None, *, enabled: bool,
 
 
 # --------------------------------------------------------------------------- guardrails
-GUARDRAIL_CODES = {"max_attempts_per_task", "max_tokens_per_task", "max_usd_per_task",
-                   "team_budget_exhausted"}
+GUARDRAIL_CODES = frozenset(CAPS)  # every refusal code (contracts.guardrails)
 
 
 def guardrails_gate(probes: Sequence[ProbeResult], *, caps_set: Sequence[str]) -> GateResult:
@@ -316,8 +316,8 @@ def guardrails_gate(probes: Sequence[ProbeResult], *, caps_set: Sequence[str]) -
             errors.append(f"{cap}: attempt {bad[0].attempt}: {bad[0].message}")
             verdicts[cap] = "error"
             continue
-        verdict, detail = (_attempt_cap(p) if cap == "max_attempts_per_task"
-                           else _spend_cap(p, "tokens" if cap == "max_tokens_per_task"
+        verdict, detail = (_attempt_cap(p) if cap == Cap.MAX_ATTEMPTS_PER_TASK
+                           else _spend_cap(p, "tokens" if cap == Cap.MAX_TOKENS_PER_TASK
                                            else "cost_usd"))
         refusal = next((c for c in p.calls if c.outcome == "refused"), None)
         if (verdict == "inconclusive" and refusal is not None and refusal.code != cap
@@ -352,7 +352,7 @@ def _attempt_cap(p: ProbeResult) -> tuple[str, str]:
     refused_early = [c for c in within if c.outcome == "refused"]
     if refused_early:
         c = refused_early[0]
-        if c.code == "max_attempts_per_task":
+        if c.code == Cap.MAX_ATTEMPTS_PER_TASK:
             return "fail", f"attempt {c.attempt} of cap {limit} refused as over the cap"
         return "inconclusive", (f"attempt {c.attempt} of cap {limit} refused by {c.code} "
                                 "before the cap could be reached")
@@ -361,9 +361,9 @@ def _attempt_cap(p: ProbeResult) -> tuple[str, str]:
     c = beyond[0]
     if c.outcome != "refused":
         return "fail", f"attempt {c.attempt} beyond cap {limit} was served"
-    if c.code != "max_attempts_per_task":
+    if c.code != Cap.MAX_ATTEMPTS_PER_TASK:
         return "fail", (f"attempt {c.attempt} beyond cap {limit} refused with {c.code!r}, "
-                        "not max_attempts_per_task")
+                        f"not {Cap.MAX_ATTEMPTS_PER_TASK}")
     return "pass", f"attempt {c.attempt} refused (cap {limit})"
 
 

@@ -85,8 +85,7 @@ class InProcessServingPath:
 
     def complete(self, case: Any, *, policy_version: int, attempt: int = 1,
                  response_cache: str = "use", task_id: str | None = None) -> Any:
-        from gates.port import CaseOutput, GuardrailRefusal
-        from serving.gateway_core import GuardrailError
+        from gates.port import CaseOutput
 
         body = {"prompt": case.prompt, "max_tokens": case.max_tokens, "stop": ["\n"],
                 "autopilot": {"task_id": task_id or f"gate-{case.id}", "attempt": attempt,
@@ -94,10 +93,9 @@ class InProcessServingPath:
                               "features": dict(case.features), "purpose": "gate",
                               "policy_version": policy_version,
                               "response_cache": response_cache}}
-        try:
-            out = self.gateway.complete(body)
-        except GuardrailError as refused:
-            raise GuardrailRefusal(refused.refusal.code, refused.refusal.message) from None
+        # A guardrail refusal (contracts.guardrails.GuardrailRefusal) goes up as the gateway
+        # raised it: the gates catch the same type.
+        out = self.gateway.complete(body)
         ap = out["autopilot"]
         return CaseOutput(text=out["choices"][0]["text"], tier=ap["tier"],
                           variant=ap["variant"], adapter=ap["adapter"],

@@ -2,8 +2,9 @@
 
 ``ServingPath.complete`` runs one attempt of one suite case under a stored policy version
 with deterministic decoding (temperature 0, the gateway's default), and returns what the
-gateway measured. A guardrail refusal raises ``GuardrailRefusal(code, message)``; any other
-failure raises (the runner records it as an ERROR for that case).
+gateway measured. A guardrail refusal raises ``GuardrailRefusal(code, message)`` (the one
+type of ``contracts.guardrails``, re-exported here); any other failure raises (the runner
+records it as an ERROR for that case).
 
 ``GatewayServingPath`` adapts ``serving.client.GatewayClient`` (docs: the gateway contract).
 It imports the client lazily, so ``import gates`` needs neither the client nor httpx.
@@ -15,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from contracts.errors import PermanentError, retry_transient
+from contracts.errors import retry_transient
+from contracts.guardrails import GuardrailRefusal
 from gates.suite import SuiteCase
 
 __all__ = [
@@ -45,15 +47,6 @@ class CaseOutput:
     cost_usd: float = 0.0
     policy_version: int | None = None
     policy_hash: str | None = None
-
-
-class GuardrailRefusal(PermanentError):
-    """The serving path refused the call under a guardrail cap (``code`` names the cap)."""
-
-    def __init__(self, code: str, message: str):
-        self.code = code
-        self.message = message
-        super().__init__(f"{code}: {message}")
 
 
 @runtime_checkable
@@ -87,22 +80,19 @@ class GatewayServingPath:
     def complete(self, case: SuiteCase, *, policy_version: int, attempt: int = 1,
                  response_cache: ResponseCache = "use", task_id: str | None = None
                  ) -> CaseOutput:
-        from serving.client import GuardrailRefused, TaskContext
+        from serving.client import TaskContext
 
         task = TaskContext(
             task_id=task_id or f"gate-{case.id}", attempt=attempt, family=case.family,
             team=self.team, repo=self.repo, features=dict(case.features), purpose="gate",
             policy_version=policy_version, response_cache=response_cache, traceparent=None,
         )
-        try:
-            # Only connection-level failures (TransientError) are retried.
-            done = retry_transient(
-                lambda: self.client.complete(case.prompt, task=task, max_tokens=case.max_tokens,
-                                             stop=("\n",)),
-                attempts=self.retries)
-        except GuardrailRefused as refused:
-            raise GuardrailRefusal(str(refused.code), str(getattr(refused, "message", refused))
-                                   ) from None
+        # Only connection-level failures (TransientError) are retried; a guardrail refusal
+        # (GuardrailRefusal, permanent) goes up as the client raised it.
+        done = retry_transient(
+            lambda: self.client.complete(case.prompt, task=task, max_tokens=case.max_tokens,
+                                         stop=("\n",)),
+            attempts=self.retries)
         return CaseOutput(
             text=done.text, tier=done.tier, variant=done.variant, adapter=done.adapter,
             input_tokens=int(done.input_tokens), output_tokens=int(done.output_tokens),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from contracts.guardrails import TASK_CAPS, Cap, GuardrailRefusal
 from gates.gates import (
     GateResult,
     Phase,
@@ -36,7 +37,7 @@ from gates.gates import (
     pinned_weights_gate,
     reproducibility_gate,
 )
-from gates.port import GuardrailRefusal, ServingPath
+from gates.port import ServingPath
 from gates.records import (
     AttemptRecord,
     CacheCheck,
@@ -252,15 +253,9 @@ def run_cache_checks(serving: ServingPath, suite: Suite, policy: Policy, *, samp
 
 # -------------------------------------------------------------------------- guardrails
 def caps_set(policy: Policy) -> list[str]:
+    """The per-task caps the policy sets (``contracts.guardrails.TASK_CAPS`` order)."""
     g = policy.spec.guardrails
-    caps = []
-    if g.max_attempts_per_task is not None:
-        caps.append("max_attempts_per_task")
-    if g.max_tokens_per_task is not None:
-        caps.append("max_tokens_per_task")
-    if g.max_usd_per_task is not None:
-        caps.append("max_usd_per_task")
-    return caps
+    return [cap.value for cap in TASK_CAPS if getattr(g, cap.field) is not None]
 
 
 def run_guardrail_probes(serving: ServingPath, suite: Suite, policy: Policy, *,
@@ -296,11 +291,11 @@ def run_guardrail_probes(serving: ServingPath, suite: Suite, policy: Policy, *,
             calls.append(c)
             if c.outcome != "served":
                 break
-        probes.append(ProbeResult("max_attempts_per_task", cap, tuple(calls)))
+        probes.append(ProbeResult(Cap.MAX_ATTEMPTS_PER_TASK.value, cap, tuple(calls)))
 
     attempt_cap = effective_attempts
-    for cap_name, limit, per in (("max_tokens_per_task", g.max_tokens_per_task, "tokens"),
-                                 ("max_usd_per_task", g.max_usd_per_task, "cost")):
+    for cap_name, limit, per in ((Cap.MAX_TOKENS_PER_TASK.value, g.max_tokens_per_task, "tokens"),
+                                 (Cap.MAX_USD_PER_TASK.value, g.max_usd_per_task, "cost")):
         if limit is None:
             continue
         task_id = f"{task_prefix}-{cap_name}"

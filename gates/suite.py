@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from contracts.documents import DocumentError, Strict, content_hash, load_yaml_document
+from contracts.files import atomic_write_text
 
 __all__ = [
     "REFERENCE_PER_CELL",
@@ -205,12 +206,7 @@ def _check_hash(suite: Suite, expected_hash: str | None, source: str) -> Suite:
 
 
 def save_suite(suite: Suite, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(suite.to_json(), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, suite.to_json())
 
 
 def reference_suite(per_cell: int = REFERENCE_PER_CELL, *, seed: str = REFERENCE_SEED,

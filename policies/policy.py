@@ -23,6 +23,7 @@ from contracts.documents import (
     dump_yaml,
     load_yaml_document,
 )
+from contracts.files import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from contracts.manifest import FleetManifest
@@ -240,12 +241,7 @@ def load_policy(path_or_text: str | Path) -> Policy:
 
 
 def save_policy(policy: Policy, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(policy.to_yaml(), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, policy.to_yaml())
 
 
 def policy_diff(old: Policy, new: Policy) -> list[tuple[str, Any, Any]]:

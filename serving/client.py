@@ -1,7 +1,8 @@
 """A small client for the gateway (standard library HTTP; no extra dependency).
 
 ``GatewayClient(url).complete(prompt, task=TaskContext(...))`` returns a ``Completion``;
-guardrail refusals raise ``GuardrailRefused`` (permanent), refused requests raise
+guardrail refusals raise ``contracts.guardrails.GuardrailRefusal`` (permanent; also importable
+here as ``GuardrailRefused``), refused requests raise
 ``GatewayRequestError`` (permanent), and connection failures or 5xx answers raise
 ``GatewayUnavailable`` (transient: retry with ``contracts.errors.retry_transient``).
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from contracts.errors import PermanentError, TransientError
+from contracts.guardrails import GuardrailRefusal
 
 __all__ = [
     "Completion",
@@ -28,12 +30,9 @@ __all__ = [
 ]
 
 
-class GuardrailRefused(PermanentError):
-    """HTTP 429 from a guardrail: ``code`` is one of serving.guardrails.CODES."""
-
-    def __init__(self, code: str, message: str):
-        self.code, self.message = code, message
-        super().__init__(f"{code}: {message}")
+# HTTP 429 from a guardrail raises the contracts' one refusal type (``code``: one of
+# contracts.guardrails.CAPS); the old name stays importable.
+GuardrailRefused = GuardrailRefusal
 
 
 class GatewayRequestError(PermanentError):
@@ -165,7 +164,7 @@ class GatewayClient:
         error = error if isinstance(error, dict) else {"message": str(error)}
         message = error.get("message") or str(payload)[:500]
         if status == 429 and error.get("type") == "guardrail":
-            raise GuardrailRefused(error.get("code", "unknown"), message)
+            raise GuardrailRefusal(error.get("code", "unknown"), message)
         if status >= 500:
             raise GatewayUnavailable(f"HTTP {status} from {path}: {message}")
         raise GatewayRequestError(status, message)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.errors import PermanentError
+from contracts.guardrails import GuardrailRefusal
 from contracts.manifest import FleetManifest
 from contracts.spans import SPAN_CALL, Attr, CacheStatus, Purpose
 from policies.policy import Policy
@@ -35,7 +36,6 @@ from policies.routing import (
 from serving.cache import CacheScope, ResponseCache, cache_allowed
 from serving.guardrails import (
     BudgetLedger,
-    GuardrailRefusal,
     budget_alert_level,
     call_cost_usd,
     check_call,
@@ -59,10 +59,8 @@ _log = logging.getLogger(__name__)
 TierCaller = Callable[[DeploymentKey, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class GuardrailError(PermanentError):
-    def __init__(self, refusal: GuardrailRefusal):
-        self.refusal = refusal
-        super().__init__(f"{refusal.code}: {refusal.message}")
+# The gateway raises the contracts' one refusal type; the old name stays importable.
+GuardrailError = GuardrailRefusal
 
 
 class UnknownModel(PermanentError):
@@ -217,7 +215,7 @@ class GatewayCore:
                              usage=usage, team=req.ctx.team,
                              team_spent_usd=self.ledger.team_spent(req.ctx.team, day))
         if refusal is not None:
-            raise GuardrailError(refusal)
+            raise refusal
         max_tokens = clip_max_tokens(guard, usage, req.max_tokens)
         calls = [self._call(policy, req, decision.tier, decision.variant, decision.adapter,
                             max_tokens, purpose=req.ctx.purpose, traceparent=req.ctx.traceparent)]

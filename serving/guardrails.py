@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.guardrails import CAPS, TEAM_BUDGETS, Cap, GuardrailRefusal
 from contracts.spans import CacheStatus
 
 __all__ = [
@@ -40,17 +41,8 @@ __all__ = [
     "clip_max_tokens",
 ]
 
-CODES = ("max_attempts_per_task", "max_tokens_per_task", "max_usd_per_task",
-         "team_budget_exhausted")
-
-
-@dataclass(frozen=True)
-class GuardrailRefusal:
-    code: str
-    message: str
-
-    def as_error(self) -> dict[str, Any]:
-        return {"error": {"type": "guardrail", "code": self.code, "message": self.message}}
+# The refusal codes (contracts.guardrails.CAPS); GuardrailRefusal is the contracts' one type.
+CODES = CAPS
 
 
 @dataclass
@@ -63,31 +55,33 @@ class TaskUsage:
 
 def check_call(spec: Any, *, attempt: int, max_attempts: int, usage: TaskUsage,
                team: str | None, team_spent_usd: float) -> GuardrailRefusal | None:
-    """The refusal for this call, or None when every cap allows it (``spec``: GuardrailSpec)."""
+    """The refusal for this call, or None when every cap allows it (``spec``: GuardrailSpec).
+
+    The refusal is returned, not raised: the gateway raises it (``GatewayCore.complete``)."""
     if attempt > max_attempts:
         cap = spec.max_attempts_per_task
-        detail = (f"guardrails.max_attempts_per_task={cap}" if cap is not None
+        detail = (f"guardrails.{Cap.MAX_ATTEMPTS_PER_TASK}={cap}" if cap is not None
                   and cap <= max_attempts else "the policy's routing max_attempts")
         return GuardrailRefusal(
-            "max_attempts_per_task",
+            Cap.MAX_ATTEMPTS_PER_TASK,
             f"attempt {attempt} exceeds the task's cap of {max_attempts} attempts ({detail})")
     if spec.max_tokens_per_task is not None and usage.tokens >= spec.max_tokens_per_task:
         return GuardrailRefusal(
-            "max_tokens_per_task",
+            Cap.MAX_TOKENS_PER_TASK,
             f"the task used {usage.tokens} tokens; its cap is {spec.max_tokens_per_task} "
-            f"(guardrails.max_tokens_per_task)")
+            f"(guardrails.{Cap.MAX_TOKENS_PER_TASK})")
     if spec.max_usd_per_task is not None and usage.usd >= spec.max_usd_per_task:
         return GuardrailRefusal(
-            "max_usd_per_task",
+            Cap.MAX_USD_PER_TASK,
             f"the task spent ${usage.usd:.6f}; its cap is ${spec.max_usd_per_task:.6f} "
-            f"(guardrails.max_usd_per_task)")
+            f"(guardrails.{Cap.MAX_USD_PER_TASK})")
     budget = spec.team_budgets.get(team) if team is not None else None
     if budget is not None and budget.hard_stop and team_spent_usd >= budget.usd_per_day:
         return GuardrailRefusal(
-            "team_budget_exhausted",
+            Cap.TEAM_BUDGET_EXHAUSTED,
             f"team {team} spent ${team_spent_usd:.6f} today (UTC), "
             f"{100 * team_spent_usd / budget.usd_per_day:.1f}% of its "
-            f"${budget.usd_per_day:.6f} daily budget (guardrails.team_budgets.{team})")
+            f"${budget.usd_per_day:.6f} daily budget (guardrails.{TEAM_BUDGETS}.{team})")
     return None
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, Row
 
 from contracts.documents import DocumentError, canonical_json
+from contracts.prediction import Prediction
 from policies.policy import Policy, load_policy
 from store.audit import AuditSeqConflict, append_entry, row_to_entry, verify_chain
 from store.errors import (
@@ -154,7 +155,7 @@ def _proposal_record(row: Row[Any]) -> ProposalRecord:
         baseline_hash=row.baseline_hash,
         lever=row.lever,
         window=row.time_window,
-        predicted=json.loads(row.predicted_json),
+        predicted=Prediction.model_validate(json.loads(row.predicted_json)),
         state=ProposalState(row.state),
         gate_verdict=GateVerdict(row.gate_verdict) if row.gate_verdict else None,
         evidence_hash=row.evidence_hash,
@@ -526,7 +527,7 @@ class Store:
         baseline_version: int,
         lever: str,
         window: str,
-        predicted: Mapping[str, Any] | None = None,
+        predicted: Prediction | Mapping[str, Any] | None = None,
         actor: str,
     ) -> ProposalRecord:
         """Record a candidate as a proposal (state ``proposed``). Idempotent: the id is
@@ -536,7 +537,12 @@ class Store:
         _require_text("lever", lever)
         _require_text("window", window)
         _require_text("actor", actor)
-        predicted_json = canonical_json(dict(predicted or {}))
+        if not isinstance(predicted, Prediction):
+            try:
+                predicted = Prediction.model_validate(dict(predicted or {}))
+            except ValueError as exc:
+                raise StoreError(f"predicted: {exc}") from exc
+        predicted_json = canonical_json(predicted.record())
 
         def work(conn: Connection, now: datetime) -> ProposalRecord:
             candidate = self._policy_row(conn, candidate_version)

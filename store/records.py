@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any
 
 from contracts.phase import Phase
+from contracts.prediction import Prediction
 from policies.policy import Policy
 
 __all__ = [
@@ -103,7 +104,7 @@ class ProposalRecord:
     baseline_hash: str
     lever: str
     window: str
-    predicted: dict[str, Any] = field(hash=False)
+    predicted: Prediction = field(hash=False)
     state: ProposalState
     gate_verdict: GateVerdict | None
     evidence_hash: str | None

@@ -2,18 +2,22 @@
 
 Importing this package stays light: the names below that need pyarrow, pandas or the
 OpenTelemetry SDK are loaded on first use (``contracts.spans`` and
-``.tables`` import nothing heavy).
+``.tables`` import nothing heavy). Span files are read and validated by ``parsing``,
+stored and read back by ``warehouse``; ``ingest`` runs the two (``ingest_paths``).
 """
 
 from __future__ import annotations
 
 from contracts.fronts import lazy_front
 
-_INGEST = ("IngestReport", "Reason", "Rejection", "TelemetryWarehouse", "check_span",
-           "compact_partition", "ingest_paths", "list_days", "read_table")
+_PARSING = ("Reason", "Rejection", "check_span")
+_WAREHOUSE = ("compact_partition", "list_days", "read_table")
+_INGEST = ("IngestReport", "TelemetryWarehouse", "ingest_paths")
 _OTEL = ("JsonLinesSpanExporter", "configure_tracing", "set_span_attributes",
          "shutdown_tracing", "span_to_flat")
-_HOME = {**dict.fromkeys(_INGEST, "telemetry.ingest"),
+_HOME = {**dict.fromkeys(_PARSING, "telemetry.parsing"),
+         **dict.fromkeys(_WAREHOUSE, "telemetry.warehouse"),
+         **dict.fromkeys(_INGEST, "telemetry.ingest"),
          **dict.fromkeys(_OTEL, "telemetry.otel")}
 
 __all__ = [

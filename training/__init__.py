@@ -1,6 +1,7 @@
 """Making the reference fleet's weights: the tiny Llama tiers (``model``, ``train``), their
-quantized variants (``quantize``), the held-out ladder (``ladder``) and LoRA distillation of
-a family into a smaller tier (``distill``, ``distill_measure``). The committed fleet lives in
+quantized variants (``quantize``), the held-out ladder (``ladder``), LoRA distillation of
+a family into a smaller tier (``distill``, ``distill_measure``) and the one greedy decoder
+their transformers measurements share (``decode``). The committed fleet lives in
 ``training/fleet``. Names load on first use: torch is imported only by what trains.
 """
 
@@ -20,6 +21,7 @@ _HOME = {
     **dict.fromkeys(("DistillJob", "DistillResult", "distill_family", "check_serves"),
                     "training.distill"),
     "measure_family_cascade": "training.distill_measure",
+    "greedy_decode": "training.decode",
 }
 __all__ = [
     "DEFAULT_SEED",
@@ -32,6 +34,7 @@ __all__ = [
     "build_tokenizer",
     "check_serves",
     "distill_family",
+    "greedy_decode",
     "heldout_suite",
     "measure_family_cascade",
     "measure_ladder",

@@ -10,8 +10,9 @@
    otherwise; ``executor="inline"`` skips Ray): it checks the base variant's pinned
    weights, trains a LoRA (peft; rank <= 16 on q/k/v/o/gate/up/down projections) from a
    seed with deterministic algorithms, measures the small tier's pass rate on held-out
-   tasks of the family before and after (transformers greedy decode, the same stop rule as
-   serving), and returns the adapter's files as bytes (no shared disk needed);
+   tasks of the family before and after (``training.decode.greedy_decode``, the stop rule
+   of serving and the ladder), and returns the adapter's files as bytes (no shared disk
+   needed);
 3. the adapter is written in the layout vLLM's LoRA loader reads (adapter_config.json +
    adapter_model.safetensors) and registered in a *copy* of the fleet manifest, every file
    pinned by sha256 (``register_adapter``); the source manifest is never written;
@@ -36,6 +37,7 @@ from pydantic import Field
 from contracts.documents import Strict
 from contracts.errors import PermanentError
 from serving.collector import VerifiedExample, prompt_hash
+from training.decode import STOP_TEXT, greedy_decode, load_model
 
 __all__ = [
     "ADAPTER_FILES",
@@ -155,27 +157,6 @@ def _encode(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], in
     return [*p_ids, *c_ids, tokenizer.eos_token_id], len(p_ids)
 
 
-def _generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-              batch: int = 128) -> list[str]:
-    import torch
-
-    tokenizer.padding_side = "left"
-    newline = tokenizer.convert_tokens_to_ids("\n")
-    stops = [t for t in (newline, tokenizer.eos_token_id)
-             if isinstance(t, int) and t != tokenizer.unk_token_id]
-    outs: list[str] = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch):
-            chunk = prompts[start:start + batch]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True)
-            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 eos_token_id=stops or None,
-                                 pad_token_id=tokenizer.pad_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            outs += tokenizer.batch_decode(new, skip_special_tokens=True)
-    return outs
-
-
 def evaluate_pass_rate(model: Any, tokenizer: Any, tasks: Sequence[Any],
                        max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
     """Greedy decode ``tasks`` and verify: overall and per-difficulty pass rates."""
@@ -183,7 +164,8 @@ def evaluate_pass_rate(model: Any, tokenizer: Any, tasks: Sequence[Any],
 
     if not tasks:
         return {"n": 0, "pass_rate": None, "by_difficulty": {}}
-    outputs = _generate(model, tokenizer, [t.prompt for t in tasks], max_new_tokens)
+    outputs = [d.text for d in greedy_decode(model, tokenizer, [t.prompt for t in tasks],
+                                             max_new_tokens=max_new_tokens)]
     verdicts = [verify(t, o).passed for t, o in zip(tasks, outputs, strict=True)]
     by: dict[str, list[int]] = {}
     for t, ok in zip(tasks, verdicts, strict=True):
@@ -320,7 +302,6 @@ def teacher_examples(manifest_path: str | Path, family: str, n: int, *, seed: in
     prompts (``blocked``) are skipped.
     """
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
 
     from contracts.manifest import load_fleet
     from serving.engine import verify_variant
@@ -341,13 +322,13 @@ def teacher_examples(manifest_path: str | Path, family: str, n: int, *, seed: in
         if h not in blocked:
             tasks.setdefault(h, task)
     torch.set_num_threads(int(os.environ.get("AUTOPILOT_THREADS", "2")))
-    tokenizer = AutoTokenizer.from_pretrained(str(pinned.model_dir))
-    model = LlamaForCausalLM.from_pretrained(str(pinned.model_dir), dtype=torch.float32).eval()
+    model, tokenizer = load_model(pinned.model_dir)
     todo = list(tasks.values())
-    outputs = _generate(model, tokenizer, [t.prompt for t in todo], max_new_tokens)
+    decoded = greedy_decode(model, tokenizer, [t.prompt for t in todo],
+                            max_new_tokens=max_new_tokens)
     out = []
-    for task, text in zip(todo, outputs, strict=True):
-        answer = text.split("\n", 1)[0]
+    for task, d in zip(todo, decoded, strict=True):
+        answer = d.text.split(STOP_TEXT, 1)[0]
         if verify(task, answer).passed:
             out.append(VerifiedExample.make(family, task.prompt, answer, tier=tier,
                                             variant=pinned.variant, source="teacher",

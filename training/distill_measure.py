@@ -2,10 +2,11 @@
 
 ``measure_family_cascade`` plays held-out tasks of one family through each policy exactly
 as the gateway routes them (``policies.routing.tier_plan``, no exploration), with every
-attempt's output decoded greedily by the real tier (and adapter) through transformers and
-checked by the family's verifier. Decoding is deterministic, so each (tier, variant,
-adapter) answers a prompt once and every policy reuses that answer. Every attempt is priced
-from the fleet manifest with its measured token counts, plus the verifier's cost.
+attempt's output decoded greedily by the real tier (and adapter) through transformers
+(``training.decode.greedy_decode``, the ladder's stop rule) and checked by the family's
+verifier. Decoding is deterministic, so each (tier, variant, adapter) answers a prompt once
+and every policy reuses that answer. Every attempt is priced from the fleet manifest with its
+measured token counts, plus the verifier's cost.
 
 The result per policy: Green PRs, FPY, spend by tier, the top tier's share of spend and
 cost per Green PR: the figures docs/distillation.md reports. (The gateway path decodes the
@@ -19,44 +20,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.decode import greedy_decode, load_model
+
 __all__ = ["measure_family_cascade"]
 
 
 def _decode(manifest_path: Path, fleet: Any, tier: str, variant: str, adapter: str | None,
             prompts: list[str], max_new_tokens: int) -> tuple[list[str], list[int], list[int]]:
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     from serving.engine import verify_variant
 
     pinned = verify_variant(fleet, manifest_path.parent, tier, variant)
-    tokenizer = AutoTokenizer.from_pretrained(str(pinned.model_dir))
-    tokenizer.padding_side = "left"
-    model = LlamaForCausalLM.from_pretrained(str(pinned.model_dir), dtype=torch.float32)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(pinned.adapter_dirs[adapter]))
-    model.eval()
-    newline = tokenizer.convert_tokens_to_ids("\n")
-    stops = [t for t in (newline, tokenizer.eos_token_id) if isinstance(t, int)]
-    texts: list[str] = []
-    n_in: list[int] = []
-    n_out: list[int] = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), 128):
-            chunk = prompts[start:start + 128]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True)
-            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            for row in range(new.shape[0]):
-                ids = new[row].tolist()
-                cut = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
-                texts.append(tokenizer.decode(ids[:cut], skip_special_tokens=True))
-                n_out.append(cut)
-            n_in += enc["attention_mask"].sum(dim=1).tolist()
-    return texts, n_in, n_out
+    model, tokenizer = load_model(pinned.model_dir,
+                                  None if adapter is None else pinned.adapter_dirs[adapter])
+    decoded = greedy_decode(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    return ([d.text for d in decoded], [d.prompt_tokens for d in decoded],
+            [d.output_tokens for d in decoded])
 
 
 def measure_family_cascade(manifest_path: str | Path, family: str, policies: Mapping[str, Any],

@@ -11,8 +11,8 @@ Evaluators:
   runs in its own subprocess (``python -m training.ladder worker ...``), because an
   engine spawns processes and must start under ``if __name__ == "__main__"``; the KV cache is
   held to 1 GiB (``VLLM_CPU_KVCACHE_SPACE=1``).
-- ``transformers``: batched greedy ``generate`` with the same stop rule, in-process (fast;
-  the --quick runs and tests use it).
+- ``transformers``: ``training.decode.greedy_decode`` (batched greedy ``generate``, the same
+  stop rule), in-process (fast; the --quick runs and tests use it).
 
 ``auto`` picks vllm when it imports. Writes ``ladder.json`` and ``ladder.md`` beside the
 manifest.
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training.decode import STOP_TEXT, greedy_decode, load_model
 from workload.tasks import (
     DIFFICULTIES,
     FAMILIES,
@@ -67,25 +68,9 @@ def heldout_suite(per_cell: int, *, seed: int) -> list[Task]:
 
 # ------------------------------------------------------------------------ evaluators
 def _generate_transformers(model_dir: Path, prompts: list[str]) -> list[str]:
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    tokenizer.padding_side = "left"
-    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    model.eval()
-    newline = tokenizer.convert_tokens_to_ids("\n")
-    outputs: list[str] = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), 256):
-            chunk = prompts[start : start + 256]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True)
-            gen = model.generate(**enc, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
-                                 eos_token_id=[newline, tokenizer.eos_token_id],
-                                 pad_token_id=tokenizer.pad_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
-    return outputs
+    model, tokenizer = load_model(model_dir)
+    return [d.text for d in greedy_decode(model, tokenizer, prompts,
+                                          max_new_tokens=MAX_NEW_TOKENS, batch_size=256)]
 
 
 def _generate_vllm_subprocess(model_dir: Path, prompts: list[str]) -> list[str]:
@@ -109,7 +94,7 @@ def _vllm_worker(model_dir: str, prompts_file: str, outputs_file: str) -> None:
 
     prompts = json.loads(Path(prompts_file).read_text(encoding="utf-8"))
     llm = LLM(model=model_dir, dtype="bfloat16", max_model_len=128, seed=0, enforce_eager=True)
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS, stop=["\n"])
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS, stop=[STOP_TEXT])
     results = llm.generate(prompts, params, use_tqdm=False)
     Path(outputs_file).write_text(json.dumps([r.outputs[0].text for r in results]),
                                   encoding="utf-8")
@@ -205,7 +190,7 @@ def measure_ladder(manifest_path: str | Path, *, per_cell: int = 40, seed: int =
         "manifest": manifest_path.name,
         "manifest_hash": fleet.content_hash,
         "evaluator": chosen,
-        "decoding": {"temperature": 0, "stop": ["\n"], "max_tokens": MAX_NEW_TOKENS},
+        "decoding": {"temperature": 0, "stop": [STOP_TEXT], "max_tokens": MAX_NEW_TOKENS},
         "seed": seed,
         "per_cell": per_cell,
         "base_variant": base_variant,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from serving.testing import TINY_ECONOMICS
 from training.model import (
     BOS,
     DEFAULT_SEED,
@@ -71,11 +72,13 @@ TRAIN_TASKS = 120_000  # pool drawn once and sampled with replacement by every t
 MAX_LEN = 96  # <bos> + prompt (<= 64) + answer (<= 24) + "\n" + <eos> fits
 IGNORE = -100
 
-# The practice's illustrative tier table (controlplane/starter/fleet.yaml): $2.50/GPU-hour,
-# effective 6000 / 2200 / 700 tokens/s on 1 / 2 / 8 GPUs. Weight-only int8 / int4 variants
-# get x1.6 / x2.2 effective tokens/s: stand-in figures for a GPU fleet, not measurements.
-USD_PER_GPU_HOUR = 2.50
-ECONOMICS: dict[str, tuple[float, float]] = {"S": (1, 6000.0), "M": (2, 2200.0), "L": (8, 700.0)}
+# The practice's illustrative tier table (serving.testing.TINY_ECONOMICS, stated as data in
+# controlplane/starter/fleet.yaml): $2.50/GPU-hour, effective 6000 / 2200 / 700 tokens/s on
+# 1 / 2 / 8 GPUs, as (gpus, tokens/s) per tier. Weight-only int8 / int4 variants get
+# x1.6 / x2.2 effective tokens/s: stand-in figures for a GPU fleet, not measurements.
+USD_PER_GPU_HOUR = TINY_ECONOMICS["S"]["usd_per_gpu_hour"]
+ECONOMICS: dict[str, tuple[float, float]] = {
+    tier: (e["gpus"], float(e["decode_tokens_per_s"])) for tier, e in TINY_ECONOMICS.items()}
 VARIANT_SPEEDUP: dict[str, float] = {BASE_VARIANT: 1.0, "int8": 1.6, "int4": 2.2}
 
 

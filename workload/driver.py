@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 
 from contracts.documents import Strict
+from contracts.guardrails import Cap
 from contracts.spans import (
     FEATURE_PREFIX,
     SPAN_ATTEMPT,
@@ -55,7 +56,7 @@ __all__ = [
 AGENT_NAME = "reference-harness"
 # Guardrail codes (serving/guardrails.py) that mean "send this task to a person" rather than
 # "the money ran out": the attempt cap is the policy's escalation ending.
-_TRIAGE_CODES = frozenset({"max_attempts_per_task"})
+_TRIAGE_CODES = frozenset({Cap.MAX_ATTEMPTS_PER_TASK.value})
 
 
 class WorkloadSpec(Strict):

@@ -372,7 +372,7 @@ def whatif(obj: Context, telemetry: tuple[str, ...], fleet_file: str, policy_ref
            lever: str, out_dir: str | None, candidates: int, trials: int, per_trial: int,
            seed: int, executor: str, since: str | None, until: str | None) -> None:
     """Search cheaper policies on a telemetry window; no fleet needs to run."""
-    from experiments.whatif import whatif as run_whatif
+    from experiments.whatif import run_whatif
 
     active = _resolve_policy(obj, policy_ref)
     report = run_whatif(list(telemetry), fleet_file, active, lever=lever, out=out_dir,

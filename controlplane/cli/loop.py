@@ -16,7 +16,7 @@ __all__ = ["policy_rollback", "proposals", "report"]
 
 
 def _proposal_row(p: Any) -> dict[str, Any]:
-    predicted = p.predicted or {}
+    predicted = p.predicted
     return {
         "proposal_id": p.proposal_id,
         "lever": p.lever,
@@ -25,8 +25,8 @@ def _proposal_row(p: Any) -> dict[str, Any]:
         "candidate": f"v{p.candidate_version}",
         "baseline": f"v{p.baseline_version}",
         "window": p.window,
-        "predicted_rel_delta": predicted.get("cost_per_green_pr_rel_delta"),
-        "risk": predicted.get("risk"),
+        "predicted_rel_delta": predicted.cost_per_green_pr_rel_delta,
+        "risk": predicted.risk,
         "created_by": p.created_by,
         "created_at": p.created_at,
     }
@@ -59,7 +59,7 @@ def proposals_show(obj: Context, proposal_id: str) -> None:
 
     r = gather_change_report(obj.state, obj.store(), obj.fleet(), proposal_id)
     if obj.as_json:
-        obj.emit({"proposal": r.proposal, "diff": r.diff_lines, "predicted": r.predicted,
+        obj.emit({"proposal": r.proposal, "diff": r.diff_lines, "predicted": r.predicted.record(),
                   "gates": r.gates, "approval": r.approval, "verification": r.verification})
         return
     p = r.proposal
@@ -69,9 +69,10 @@ def proposals_show(obj: Context, proposal_id: str) -> None:
     click.echo("change:")
     for line in r.diff_lines or ["(no change in spec)"]:
         click.echo(f"  {line}")
-    if r.predicted:
-        obj.emit([{"figure": k, "value": v} for k, v in sorted(r.predicted.items())],
-                 title="predicted")
+    obj.emit([{"figure": name, "value": point, "interval": ci}
+              for name, point, ci in r.predicted.figures()]
+             + [{"figure": "risk", "value": r.predicted.risk, "interval": None}],
+             title="predicted")
     if r.gates:
         obj.emit(r.gates, title="gates")
     click.echo(f"approval: {r.approval or 'not decided'}")

@@ -9,20 +9,26 @@ bound.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from contracts.documents import Strict
 from contracts.errors import PermanentError
+from contracts.prediction import Prediction
 from controlplane.settings import AutoApprovalRule
 
 __all__ = [
     "RISK_LEVELS",
+    "Approval",
+    "ApprovalPlan",
     "AutoApprovalRule",
     "AutoDecision",
     "NotAuthorised",
     "authorise",
     "auto_decision",
+    "decide_proposal",
+    "plan_approval",
 ]
 
 RISK_LEVELS: tuple[str, ...] = ("low", "medium", "high")
@@ -52,30 +58,19 @@ def authorise(approver: str, *, author: str, owners: Sequence[str]) -> None:
         raise NotAuthorised(f"{who!r} authored this proposal and cannot approve it (four eyes)")
 
 
-def _number(predicted: Mapping[str, Any], key: str) -> float | None:
-    value = predicted.get(key)
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def auto_decision(*, lever: str, gate_verdict: str | None, predicted: Mapping[str, Any],
+def auto_decision(*, lever: str, gate_verdict: str | None, predicted: Prediction,
                   rules: Sequence[AutoApprovalRule]) -> AutoDecision:
-    """Whether a rule approves this proposal now. Never approves a non-PASSED gate.
-
-    ``predicted`` carries ``risk`` ("low"/"medium"/"high"), ``cost_per_green_pr_rel_delta``
-    (negative is a saving) and ``fpy_delta`` as the nightly flow records them.
-    """
+    """Whether a rule approves this proposal now. Never approves a non-PASSED gate; a
+    prediction without a risk counts as high risk, one without a saving as no saving."""
     if gate_verdict != "PASSED":
         return AutoDecision(False, None, f"gate verdict {gate_verdict or 'none'}: a person decides")
     matching = [r for r in rules if r.lever in (lever, "*")]
     if not matching:
         return AutoDecision(False, None, f"no auto-approval rule for lever {lever!r}")
-    risk = str(predicted.get("risk", "high"))
-    risk_rank = RISK_LEVELS.index(risk) if risk in RISK_LEVELS else len(RISK_LEVELS)
-    saving = -(_number(predicted, "cost_per_green_pr_rel_delta") or 0.0)
-    fpy_drop = -(_number(predicted, "fpy_delta") or 0.0)
+    risk = predicted.risk
+    risk_rank = RISK_LEVELS.index(risk)
+    saving = -(predicted.cost_per_green_pr_rel_delta or 0.0)
+    fpy_drop = -(predicted.fpy_delta or 0.0)
     refusals = []
     for rule in matching:
         name = f"auto_approve[{rule.lever}]"
@@ -91,3 +86,60 @@ def auto_decision(*, lever: str, gate_verdict: str | None, predicted: Mapping[st
             return AutoDecision(True, name, f"{name}: risk {risk} <= {rule.max_risk}, "
                                 f"predicted saving {saving:.1%}, FPY change {-fpy_drop:+.3f}")
     return AutoDecision(False, None, "; ".join(refusals))
+
+
+class Approval(Strict):
+    """How a proposal was decided tonight, and by whom."""
+
+    approve: bool
+    by: str
+    via: Literal["recorded", "auto-approval", "named approver", "cli", "prefect-ui",
+                 "timeout"]
+    reason: str
+
+
+@dataclass(frozen=True)
+class ApprovalPlan:
+    """What deciding a proposal takes: an ``approval`` to record (``record``), one already
+    on record (``record`` False), or nobody yet (``approval`` None: ask a platform owner)."""
+
+    approval: Approval | None
+    record: bool = False
+
+
+def plan_approval(proposal: Any, earlier: Any, *, approver: str | None,
+                  rules: Sequence[AutoApprovalRule], owners: Sequence[str]) -> ApprovalPlan:
+    """The decision step, pure: a decision on record stands; else an auto-approval rule;
+    else the named approver (authorised like anyone: a platform owner, not the author);
+    else a platform owner must be asked. Raises ``NotAuthorised`` for a refused approver."""
+    if earlier is not None:
+        return ApprovalPlan(Approval(approve=earlier.decision.value == "approve",
+                                     by=earlier.approver, via="recorded",
+                                     reason=earlier.reason))
+    verdict = proposal.gate_verdict.value if proposal.gate_verdict else None
+    auto = auto_decision(lever=proposal.lever, gate_verdict=verdict,
+                         predicted=proposal.predicted, rules=rules)
+    if auto.approve:
+        return ApprovalPlan(Approval(approve=True, by=auto.rule or "auto", via="auto-approval",
+                                     reason=auto.reason), record=True)
+    if approver:
+        authorise(approver, author=proposal.created_by, owners=owners)
+        return ApprovalPlan(Approval(approve=True, by=approver, via="named approver",
+                                     reason=f"approved by {approver} (non-interactive run)"),
+                            record=True)
+    return ApprovalPlan(None)
+
+
+def decide_proposal(store: Any, proposal: Any, *, approver: str | None, settings: Any,
+                    ask_owner: Callable[[Any], Approval]) -> Approval:
+    """Act on ``plan_approval``: record the decision it makes, or ask a platform owner."""
+    plan = plan_approval(proposal, store.get_approval(proposal.proposal_id), approver=approver,
+                         rules=settings.auto_approve, owners=settings.platform_owners)
+    if plan.approval is None:
+        return ask_owner(proposal)
+    if plan.record:
+        store.record_decision(proposal.proposal_id, approver=plan.approval.by,
+                              decision="approve" if plan.approval.approve else "reject",
+                              reason=plan.approval.reason)
+    return plan.approval
+

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import PermanentError
+from contracts.prediction import Prediction
 from controlplane.settings import DistillSettings
 
 __all__ = [
@@ -86,10 +87,10 @@ def _estimate(state: Any, fleet: Any, active: Any, candidate: Any, *, family: st
     from experiments.adapter_prior import seed_adapter_outcomes
     from experiments.estimator import compare, estimate
     from experiments.outcomes import fit_outcome_models
-    from experiments.window import load_window
+    from experiments.window import load_estimator_window
 
     try:
-        window = load_window(state.telemetry_dir, since, until, fleet=fleet,
+        window = load_estimator_window(state.telemetry_dir, since, until, fleet=fleet,
                              default_verifier_cost_usd=state.settings()
                              .default_verifier_cost_usd)
     except ValueError as exc:  # an empty window
@@ -242,8 +243,11 @@ def adopt_into_state(state: Any, manifest: str | Path, candidate: Any, *, adapte
         p = store.create_proposal(
             candidate_version=policy.metadata.version, baseline_version=active.version,
             lever="distillation", window=f"distill-{adapter}",
-            predicted={"cost_per_green_pr_rel_delta": cpg.get("point"),
-                       "interval": [cpg.get("low"), cpg.get("high")], "risk": "high"},
+            predicted=Prediction(
+                lever="distillation", risk="high",
+                cost_per_green_pr_rel_delta=cpg.get("point"),
+                cost_per_green_pr_rel_delta_ci=(None if None in (cpg.get("low"), cpg.get("high"))
+                                                else (cpg["low"], cpg["high"]))),
             actor=ACTOR)
         store.audit_append(actor=ACTOR, action="fleet.adapter.adopted", subject=adapter,
                            payload={"family": family, "tier": tier, "variant": variant,
@@ -259,7 +263,7 @@ def nightly_distill(state: Any, since: str, until: str, *, executor: str = "ray"
     the settings allow it and the training budget covers it. Writes under
     ``<state>/distill/``; the state's fleet and policies are left to ``--adopt`` / owners."""
     from experiments.distill_candidates import distill_candidates
-    from experiments.window import load_window
+    from experiments.window import load_estimator_window
 
     settings = state.settings()
     ds = settings.distillation
@@ -272,7 +276,7 @@ def nightly_distill(state: Any, since: str, until: str, *, executor: str = "ray"
 
     fleet = load_fleet(state.fleet_path)
     active = _active_policy(state, None)
-    tasks, attempts, calls = load_window(state.telemetry_dir, since, until)
+    tasks, attempts, calls = load_estimator_window(state.telemetry_dir, since, until)
     if len(tasks) == 0:
         return {"skipped": "no telemetry in the window"}
     ranked = distill_candidates(

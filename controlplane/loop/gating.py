@@ -253,25 +253,22 @@ class _Unavailable:
         raise PermanentError(self.reason)
 
 
-def gate_proposal(state: Any, proposal_id: str, *, serving: GateServing,
+def gate_proposal(state: Any, store: Any, proposal_id: str, *, serving: GateServing,
                   dry_run: bool = False, echo: Echo = print, suite: Any = None) -> str:
     """Gate a stored proposal's candidate against its baseline; returns the verdict. A
     proposal already gated keeps its verdict (a rerun never gates twice)."""
-    from store import Store
-
-    with Store.open(state.store_url()) as store:
-        proposal = store.get_proposal(proposal_id)
-        if proposal.gate_verdict is not None:
-            return proposal.gate_verdict.value
-        candidate = store.get_policy(proposal.candidate_version).policy
-        baseline = store.get_policy(proposal.baseline_version).policy
-        echo(f"gating {proposal_id}")
-        outcome = gate_candidate(state, store, candidate=candidate, baseline=baseline,
-                                 serving=serving, suite=suite, proposal_id=proposal_id,
-                                 dry_run=dry_run, echo=echo)
-        for line in gate_lines(outcome.bundle):
-            echo(f"  {line}")
-        return outcome.verdict
+    proposal = store.get_proposal(proposal_id)
+    if proposal.gate_verdict is not None:
+        return proposal.gate_verdict.value
+    candidate = store.get_policy(proposal.candidate_version).policy
+    baseline = store.get_policy(proposal.baseline_version).policy
+    echo(f"gating {proposal_id}")
+    outcome = gate_candidate(state, store, candidate=candidate, baseline=baseline,
+                             serving=serving, suite=suite, proposal_id=proposal_id,
+                             dry_run=dry_run, echo=echo)
+    for line in gate_lines(outcome.bundle):
+        echo(f"  {line}")
+    return outcome.verdict
 
 
 def gate_lines(bundle: dict[str, Any]) -> list[str]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from contracts.prediction import Prediction
+
 __all__ = [
     "GatingChoice",
     "NextStep",
@@ -106,28 +108,27 @@ def choose_for_gating(candidates: Sequence[Any], *, proposed_hashes: Iterable[st
     return GatingChoice(chosen, skipped)
 
 
-def predicted_record(candidate: Any, active_estimate: Any | None = None) -> dict[str, Any]:
+def predicted_record(candidate: Any, active_estimate: Any | None = None) -> Prediction:
     """What the proposal records as its prediction (read by approvals, reports, verify)."""
     e, d = candidate.estimate, candidate.deltas
-    record = {
-        "cost_per_green_pr_rel_delta": d.cost_per_green_pr.point,
-        "cost_per_green_pr_rel_delta_ci": [d.cost_per_green_pr.low, d.cost_per_green_pr.high],
-        "fpy_delta": d.fpy.point,
-        "fpy_delta_ci": [d.fpy.low, d.fpy.high],
-        "green_prs_rel_delta": d.green_prs.point,
-        "green_prs_rel_delta_ci": [d.green_prs.low, d.green_prs.high],
-        "cost_per_green_pr": e.cost_per_green_pr.point,
-        "cost_per_green_pr_ci": [e.cost_per_green_pr.low, e.cost_per_green_pr.high],
-        "fpy": e.fpy.point,
-        "support": e.support,
-        "risk": candidate.risk,
-        "lever": candidate.lever,
-        "level": e.level,
-    }
-    if active_estimate is not None:
-        record["active_cost_per_green_pr"] = active_estimate.cost_per_green_pr.point
-        record["active_fpy"] = active_estimate.fpy.point
-    return record
+    return Prediction(
+        cost_per_green_pr_rel_delta=d.cost_per_green_pr.point,
+        cost_per_green_pr_rel_delta_ci=(d.cost_per_green_pr.low, d.cost_per_green_pr.high),
+        fpy_delta=d.fpy.point,
+        fpy_delta_ci=(d.fpy.low, d.fpy.high),
+        green_prs_rel_delta=d.green_prs.point,
+        green_prs_rel_delta_ci=(d.green_prs.low, d.green_prs.high),
+        cost_per_green_pr=e.cost_per_green_pr.point,
+        cost_per_green_pr_ci=(e.cost_per_green_pr.low, e.cost_per_green_pr.high),
+        fpy=e.fpy.point,
+        support=e.support,
+        risk=candidate.risk,
+        lever=candidate.lever,
+        level=e.level,
+        active_cost_per_green_pr=(None if active_estimate is None
+                                  else active_estimate.cost_per_green_pr.point),
+        active_fpy=None if active_estimate is None else active_estimate.fpy.point,
+    )
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
     """
     from controlplane.loop.promotion import active_proposal
     from controlplane.loop.verification import VerifyOutcome, verify_decision
-    from controlplane.views import load_window
+    from controlplane.views import read_metric_frames
     from store import ProposalState
 
     proposal = active_proposal(store)
@@ -54,10 +54,10 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
         return {"proposal_id": None, "outcome": "nothing to verify (no active proposal)"}
     settings = state.settings()
     b_since, b_until = _window_days(proposal.window)
-    base = load_window(state, b_since, b_until)
+    base = read_metric_frames(state, b_since, b_until)
     if since is None:
         since = _next_day(b_until)
-    cand = load_window(state, since, until)
+    cand = read_metric_frames(state, since, until)
 
     def served_by(frames, version: int):
         tasks, attempts, calls = frames
@@ -76,7 +76,7 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
     decision = verify_decision(
         baseline_spend=b[0], baseline_green=b[1], baseline_first_pass=b[2],
         candidate_spend=c[0], candidate_green=c[1], candidate_first_pass=c[2],
-        predicted_rel_delta=proposal.predicted.get("cost_per_green_pr_rel_delta"), look=look,
+        predicted_rel_delta=proposal.predicted.cost_per_green_pr_rel_delta, look=look,
         settings=settings.verify)
     store.audit_append(actor=actor, action="verify.look", subject=proposal.proposal_id,
                        payload=_finite({"outcome": decision.outcome.value,

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from policies.levers._space import LeverContext, Param
+from policies.levers.spec import LeverSpec
 
-__all__ = ["NAME", "anchor", "apply", "space"]
+__all__ = ["LEVER", "NAME", "anchor", "apply", "space"]
 
 NAME = "cache"
 
@@ -49,3 +50,19 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
     if "ttl_hours" in point:
         cache["response"]["ttl_s"] = int(point["ttl_hours"]) * 3600
     return active.evolve(author=author, description="cache search", cache=cache)
+
+
+LEVER = LeverSpec(
+    name=NAME,
+    policy_section="cache",
+    summary="Prefix (KV) caching per tier and the response cache (off or exact, with its "
+            "time to live): repeated prompts cost less, never at the price of a wrong answer.",
+    params=("prefix_<tier>", "response", "ttl_hours"),
+    space=space,
+    anchor=anchor,
+    apply=apply,
+    gates=("cache_safety", "reproducibility", "cost_latency"),
+    serving_effect="serving.gateway_core.GatewayCore._call",
+    estimate="experiments.window.build_window",
+    report="`spec.cache.*` lines of the policy diff; the cache-hit-rate chart shows the effect",
+)

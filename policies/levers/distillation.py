@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from policies.levers._space import LeverContext, Param
+from policies.levers.spec import LeverSpec
 
-__all__ = ["NAME", "adapter_options", "anchor", "apply", "space"]
+__all__ = ["LEVER", "NAME", "adapter_options", "anchor", "apply", "space"]
 
 NAME = "distillation"
 OFF = "off"
@@ -59,3 +60,20 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
             continue  # the adapter belongs to another variant than the one this tier serves
         distill[fam] = {"tier": tier, "adapter": adapter}
     return active.evolve(author=author, description="distillation search", distillation=distill)
+
+
+LEVER = LeverSpec(
+    name=NAME,
+    policy_section="distillation",
+    summary="Serve a task family from a smaller tier with a LoRA adapter distilled for it, "
+            "where the adapter's held-out verdicts say it is good enough.",
+    params=("family_<family>",),
+    space=space,
+    anchor=anchor,
+    apply=apply,
+    gates=("pinned_weights", "reproducibility", "quality_non_inferiority", "cost_latency"),
+    serving_effect="serving.gateway_core.GatewayCore.route",
+    estimate="experiments.adapter_prior.seed_adapter_outcomes",
+    report="`spec.distillation.<family>` lines of the policy diff (tier + adapter); the "
+           "tier-mix chart shows the shift",
+)

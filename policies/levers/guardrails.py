@@ -6,37 +6,58 @@ from __future__ import annotations
 
 from typing import Any
 
+from contracts.guardrails import Cap
 from policies.levers._space import LeverContext, Param
+from policies.levers.spec import LeverSpec
 
-__all__ = ["NAME", "QUANTILES", "anchor", "apply", "space"]
+__all__ = ["LEVER", "NAME", "QUANTILES", "anchor", "apply", "space"]
 
 NAME = "guardrails"
 QUANTILES = {"none": None, "p75": 0.75, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+# The searched caps: each parameter is named after the GuardrailSpec field it sets.
+ATTEMPTS = Cap.MAX_ATTEMPTS_PER_TASK.value
+USD = Cap.MAX_USD_PER_TASK.value
+TOKENS = Cap.MAX_TOKENS_PER_TASK.value
 
 
 def space(active, ctx: LeverContext) -> dict[str, Param]:
     return {
-        "max_attempts_per_task": Param.choice(0, 1, 2, 3, 4, 5, 6),
-        "max_usd_per_task": Param.choice(*QUANTILES),
-        "max_tokens_per_task": Param.choice(*QUANTILES),
+        ATTEMPTS: Param.choice(0, 1, 2, 3, 4, 5, 6),
+        USD: Param.choice(*QUANTILES),
+        TOKENS: Param.choice(*QUANTILES),
     }
 
 
 def anchor(active, ctx: LeverContext) -> dict[str, Any]:
     g = active.spec.guardrails
     attempts = g.max_attempts_per_task or 0
-    return {"max_attempts_per_task": min(attempts, 6),
-            "max_usd_per_task": "none", "max_tokens_per_task": "none"}
+    return {ATTEMPTS: min(attempts, 6), USD: "none", TOKENS: "none"}
 
 
 def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "autopilot-search"):
     g = active.spec.guardrails.model_dump(mode="json")
-    if "max_attempts_per_task" in point:
-        g["max_attempts_per_task"] = int(point["max_attempts_per_task"]) or None
-    for key, sample, cast in (("max_usd_per_task", ctx.task_usd, float),
-                              ("max_tokens_per_task", ctx.task_tokens, int)):
+    if ATTEMPTS in point:
+        g[ATTEMPTS] = int(point[ATTEMPTS]) or None
+    for key, sample, cast in ((USD, ctx.task_usd, float), (TOKENS, ctx.task_tokens, int)):
         if key in point:
             q = QUANTILES[point[key]]
             value = cast(ctx.quantile(sample, q)) if q is not None and sample else None
             g[key] = value if value else None
     return active.evolve(author=author, description="guardrails search", guardrails=g)
+
+
+LEVER = LeverSpec(
+    name=NAME,
+    policy_section="guardrails",
+    summary="Per-task caps on attempts, spend and tokens, refused before the model call: "
+            "a task over its attempt cap goes to human triage, one over its spend or token "
+            "cap ends budget_exceeded.",
+    params=(ATTEMPTS, USD, TOKENS),
+    space=space,
+    anchor=anchor,
+    apply=apply,
+    gates=("guardrails", "quality_non_inferiority"),
+    serving_effect="serving.guardrails.check_call",
+    estimate="experiments.replay._walk_plan",
+    report="`spec.guardrails.*` lines of the policy diff (caps set, changed or removed)",
+)

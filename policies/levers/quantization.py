@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from policies.levers._space import LeverContext, Param
+from policies.levers.spec import LeverSpec
 
-__all__ = ["NAME", "anchor", "apply", "space"]
+__all__ = ["LEVER", "NAME", "anchor", "apply", "space"]
 
 NAME = "quantization"
 
@@ -37,3 +38,19 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
             distill[fam] = target.model_dump(mode="json")
     return active.evolve(author=author, description="quantization search",
                          quantization=quant, distillation=distill)
+
+
+LEVER = LeverSpec(
+    name=NAME,
+    policy_section="quantization",
+    summary="Which variant of each tier serves (bf16, int8, int4 ...): a cheaper variant "
+            "lowers the price of every attempt on that tier if quality holds.",
+    params=("variant_<tier>",),
+    space=space,
+    anchor=anchor,
+    apply=apply,
+    gates=("pinned_weights", "reproducibility", "quality_non_inferiority", "cost_latency"),
+    serving_effect="serving.tiers.deployment_key",
+    estimate="experiments.replay.ReplayContext.pass_prob",
+    report="`spec.quantization.<tier>` lines of the policy diff (variant set or removed)",
+)

@@ -13,8 +13,10 @@ from itertools import combinations
 from typing import Any
 
 from policies.levers._space import LeverContext, Param
+from policies.levers.spec import LeverSpec
 
-__all__ = ["MAX_WEIGHTED_FEATURES", "NAME", "anchor", "apply", "escalation_options", "space"]
+__all__ = ["LEVER", "MAX_WEIGHTED_FEATURES", "NAME", "anchor", "apply", "escalation_options",
+           "space"]
 
 NAME = "routing"
 MAX_WEIGHTED_FEATURES = 3
@@ -178,3 +180,24 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
             routing = RoutingSpec.model_validate(data)
             note = " (per-family overrides dropped: invalid with the new order)"
     return active.evolve(author=author, description=f"routing search{note}", routing=routing)
+
+
+LEVER = LeverSpec(
+    name=NAME,
+    policy_section="routing",
+    summary="Which tier a task starts on and how it escalates: the escalation order, the "
+            "difficulty score's weights and cut points, attempts per tier and per task "
+            "(also per family), and the exploration and shadow rates that keep the "
+            "estimate honest.",
+    params=("escalation", "router", "attempts_per_tier", "max_attempts", "exploration_rate",
+            "shadow_rate", "w_<feature>", "cut_<i>", "family_<family>_escalation",
+            "family_<family>_max_attempts"),
+    space=space,
+    anchor=anchor,
+    apply=apply,
+    gates=("pinned_weights", "reproducibility", "quality_non_inferiority", "cost_latency"),
+    serving_effect="serving.gateway_core.GatewayCore.route",
+    estimate="experiments.replay.replay_policy",
+    report="`spec.routing.*` lines of the policy diff (order, weights, cut points, attempts, "
+           "rates); the tier-mix chart shows the shift",
+)

@@ -62,12 +62,23 @@ def test_day_two_figures_are_measured_from_the_telemetry(demo):
     assert rows and rows[0]["tasks"] == summary["day2"]["tasks"] > 0
     assert rows[0]["cost_per_green_pr"] == pytest.approx(summary["day2"]["cost_per_green_pr"])
     # Day 2 was served under the promoted policy: the gateway stamped its version on the calls.
-    from telemetry.ingest import read_table
+    from telemetry.warehouse import read_table
 
     calls = read_table(state.telemetry_dir, "calls", days=[day2])
     assert set(calls["policy_version"].dropna()) == {str(summary["active_version"])}
-    predicted = summary["predicted"].get("cost_per_green_pr")
-    assert predicted is None or predicted != summary["day2"]["cost_per_green_pr"]
+
+def test_verify_compares_the_measured_days_with_the_recorded_prediction(demo):
+    # The verify flow's realised change is the one the two measured days give (each day
+    # served under one version), and its prediction is the one the proposal recorded.
+    _, summary, _ = demo
+    predicted = summary["predicted"]["cost_per_green_pr_rel_delta"]
+    assert -1.0 < predicted < 0.0
+    stats = summary["verify"]["stats"]
+    assert stats["predicted_rel_delta"] == pytest.approx(predicted)
+    realised = summary["day2"]["cost_per_green_pr"] / summary["day1"]["cost_per_green_pr"] - 1
+    assert stats["rel_delta"] == pytest.approx(realised, abs=0.002)
+    low, high = stats["rel_delta_ci"]
+    assert low <= stats["rel_delta"] <= high
 
 
 def test_reports_exist_and_name_the_change(demo):

@@ -12,8 +12,14 @@ def test_nightly_follows_the_configured_cron():
     assert set(specs) == {"nightly", "verify", "quarterly_report"}
 
 
-def test_flows_exist_for_every_spec():
+def test_every_spec_names_a_prefect_flow_that_takes_its_parameters():
+    from prefect import Flow
+
     from controlplane import flows
 
     for spec in deployment_specs(Settings(), "/tmp/s"):
-        assert callable(getattr(flows, spec.flow))
+        flow = getattr(flows, spec.flow)
+        assert isinstance(flow, Flow), spec.flow
+        accepted = set(flow.parameters.properties)
+        assert set(spec.parameters) <= accepted, (spec.flow, spec.parameters, accepted)
+        assert flow.name.startswith("autopilot-"), flow.name

@@ -5,23 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from experiments_testkit import FLEET_YAML, POLICY_YAML, simulate_window
+from experiments_testkit import FLEET, POLICY_YAML, simulate_window
 
 
 @pytest.fixture(scope="session")
-def fleet(tmp_path_factory):
-    from contracts.manifest import load_fleet
-
-    path = tmp_path_factory.mktemp("fleet") / "fleet.yaml"
-    path.write_text(FLEET_YAML)
-    return load_fleet(path)
+def fleet():
+    return FLEET
 
 
 @pytest.fixture(scope="session")
 def fleet_path(fleet, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("fleetfile") / "fleet.yaml"
-    path.write_text(FLEET_YAML)
-    return path
+    from contracts.manifest import save_fleet
+
+    return save_fleet(fleet, tmp_path_factory.mktemp("fleetfile") / "fleet.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -5,46 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FLEET_YAML = """
-apiVersion: autopilot/v1
-kind: FleetManifest
-metadata: {name: test-fleet}
-spec:
-  pricing: {cached_input_discount: 0.9}
-  tiers:
-    - name: S
-      rank: 0
-      model: s
-      default_variant: bf16
-      variants:
-        - name: bf16
-          weights: s
-          economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 6000, decode_tokens_per_s: 6000}
-          adapters:
-            - {name: list-ops-v1, path: a, family: list_ops}
-        - name: int8
-          weights: s8
-          economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 9000, decode_tokens_per_s: 9000}
-    - name: M
-      rank: 1
-      model: m
-      default_variant: bf16
-      variants:
-        - name: bf16
-          weights: m
-          economics: {gpus: 2, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 2200, decode_tokens_per_s: 2200}
-        - name: int8
-          weights: m8
-          economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 2200, decode_tokens_per_s: 2200}
-    - name: L
-      rank: 2
-      model: l
-      default_variant: bf16
-      variants:
-        - name: bf16
-          weights: l
-          economics: {gpus: 8, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 700, decode_tokens_per_s: 700}
-"""
+from serving.testing import tiny_manifest
+
+# S, M, L with int8 variants of S and M and a list_ops adapter on S/bf16.
+FLEET = tiny_manifest("test-fleet")
 
 POLICY_YAML = """
 apiVersion: autopilot/v1
@@ -65,7 +29,7 @@ spec:
 
 def simulate_window(policy, fleet, tmp: Path, *, tasks: int, seed: int, day: str = "2026-11-20"):
     """Spans from the project's seeded simulator, ingested, compiled into a Window."""
-    from experiments.window import load_window
+    from experiments.window import load_estimator_window
     from telemetry.ingest import ingest_paths
     from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
@@ -73,4 +37,4 @@ def simulate_window(policy, fleet, tmp: Path, *, tasks: int, seed: int, day: str
     write_spans(simulate_spans(policy, fleet, WorkloadShape(tasks=tasks, seed=seed, day=day)),
                 spans)
     ingest_paths([spans], tmp / f"tel-{seed}")
-    return spans, load_window(tmp / f"tel-{seed}", fleet=fleet)
+    return spans, load_estimator_window(tmp / f"tel-{seed}", fleet=fleet)

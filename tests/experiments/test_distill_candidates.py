@@ -2,12 +2,9 @@
 
 import pandas as pd
 import pytest
-from experiments_testkit import FLEET_YAML
+from experiments_testkit import FLEET
 
-from contracts.manifest import load_fleet
 from experiments.distill_candidates import distill_candidates
-
-FLEET = load_fleet(FLEET_YAML)
 
 
 def frames(spec):

@@ -10,7 +10,7 @@ import pytest
 
 from experiments.estimator import compare, estimate
 from experiments.outcomes import OutcomeModels
-from experiments.replay import ReplayContext, replay
+from experiments.replay import ReplayContext, replay_policy
 from experiments.window import build_window
 
 TWO_TIER_FLEET = """
@@ -62,7 +62,7 @@ kind: Policy
 metadata: {version: 1, author: t, created: 2026-01-01T00:00:00Z}
 spec: {routing: {router: fixed, escalation: [S, L], max_attempts: 2}}
 """)
-    values = replay(cascade, ctx, doubly_robust=False)
+    values = replay_policy(cascade, ctx, doubly_robust=False)
     q = 1 - p_s
     assert values.cost == pytest.approx(np.full(10, c_s + q * c_l))
     assert values.green == pytest.approx(np.full(10, p_s + q * p_l))
@@ -72,12 +72,12 @@ spec: {routing: {router: fixed, escalation: [S, L], max_attempts: 2}}
     assert est.cost_per_green_pr.point == pytest.approx((c_s + q * c_l) / (p_s + q * p_l))
     # A cap of one attempt stops the cascade at S.
     capped = cascade.evolve(author="t", guardrails={"max_attempts_per_task": 1})
-    v1 = replay(capped, ctx, doubly_robust=False)
+    v1 = replay_policy(capped, ctx, doubly_robust=False)
     assert v1.cost == pytest.approx(np.full(10, c_s))
     assert v1.green == pytest.approx(np.full(10, p_s))
     # A spend cap below S + L sends the failures to triage instead of L.
     usd_cap = cascade.evolve(author="t", guardrails={"max_usd_per_task": c_s * 1.5})
-    v2 = replay(usd_cap, ctx, doubly_robust=False)
+    v2 = replay_policy(usd_cap, ctx, doubly_robust=False)
     assert v2.cost == pytest.approx(np.full(10, c_s))
     assert v2.budget_exceeded == pytest.approx(np.full(10, q))
 
@@ -172,11 +172,11 @@ def test_vectorised_outcome_model_equals_predict_proba(logged, models):
 
 def test_outcome_models_accept_the_frames_of_the_nightly_interface(logged, fleet):
     from experiments.outcomes import fit_outcome_models
-    from experiments.window import load_window
+    from experiments.window import load_estimator_window
 
     spans, window = logged
     root = spans.parent / "tel-11"
-    tasks, attempts, _calls = load_window(root)
+    tasks, attempts, _calls = load_estimator_window(root)
     models = fit_outcome_models(tasks, attempts, fleet)
     assert models.n_train == len(window.attempts_frame)
     assert 0.0 < models.brier < 0.25
@@ -197,7 +197,7 @@ spec: {routing: {router: fixed, escalation: [S, M, L], max_attempts: 3}}
 """)
     _, window = simulate_window(policy, fleet, tmp_path, tasks=800, seed=5)
     ctx = ReplayContext(window, fit_outcome_models(window))
-    values = replay(policy, ctx)
+    values = replay_policy(policy, ctx)
     assert values.green.sum() == pytest.approx(window.green.sum())
     assert values.fpy.mean() == pytest.approx(window.logged_passed[:, 0].mean())
     assert values.attempts.sum() == pytest.approx(window.logged_len.sum())

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.search import objective, search
+from experiments.search import objective, search_candidates
 
 
 def test_inline_search_returns_ranked_evidenced_candidates(logged, models, fleet,
                                                             logging_policy):
     _, window = logged
-    result = search(window, fleet, logging_policy, levers=("routing", "guardrails"),
-                    candidates=6, trials=4, per_trial=12, executor="inline", models=models,
-                    bootstrap=60, progress=False)
+    result = search_candidates(window, fleet, logging_policy,
+                               levers=("routing", "guardrails"), candidates=6, trials=4,
+                               per_trial=12, executor="inline", models=models,
+                               bootstrap=60, progress=False)
     assert result.evaluated >= 60 and 0 < len(result) <= 6
     margin = logging_policy.spec.gates.non_inferiority_margin
     for cand in result:
@@ -43,7 +44,8 @@ def test_objective_penalises_violations_and_low_support():
 def test_unknown_lever_and_executor_are_refused(logged, models, fleet, logging_policy):
     _, window = logged
     with pytest.raises(ValueError, match="unknown lever"):
-        search(window, fleet, logging_policy, levers=("speed",), models=models, progress=False)
+        search_candidates(window, fleet, logging_policy, levers=("speed",), models=models,
+                          progress=False)
     with pytest.raises(ValueError, match="executor"):
-        search(window, fleet, logging_policy, levers=("routing",), models=models,
-               progress=False, executor="threads", trials=1, per_trial=2)
+        search_candidates(window, fleet, logging_policy, levers=("routing",), models=models,
+                          progress=False, executor="threads", trials=1, per_trial=2)

@@ -4,49 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.manifest import (
-    Adapter,
-    Economics,
-    FleetManifest,
-    FleetSpec,
-    Tier,
-    Variant,
-    save_fleet,
-    sha256_file,
-)
 from gates.suite import ReferenceVerifier, Suite, SuiteCase, SuiteMetadata
 from policies.policy import Policy
-
-ECON = Economics(gpus=1, usd_per_gpu_hour=2.5, prefill_tokens_per_s=6000,
-                 decode_tokens_per_s=6000)
+from serving.testing import make_stub_fleet
 
 
 def write_fleet(root: Path) -> Path:
-    """Tiers S, M, L with variants bf16 and int4 (files pinned by real sha256), and one
-    adapter ``list-v1`` on S/bf16."""
-    tiers = []
-    for rank, tier in enumerate(("S", "M", "L")):
-        variants = []
-        for variant in ("bf16", "int4"):
-            rel = Path("models") / tier / variant
-            files = {}
-            for name in ("config.json", "model.safetensors"):
-                path = root / rel / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(f"{tier}/{variant}/{name}")
-                files[name] = sha256_file(path)
-            adapters = ()
-            if tier == "S" and variant == "bf16":
-                apath = root / "adapters" / "list-v1" / "adapter.safetensors"
-                apath.parent.mkdir(parents=True, exist_ok=True)
-                apath.write_text("lora")
-                adapters = (Adapter(name="list-v1", path="adapters/list-v1",
-                                    files={"adapter.safetensors": sha256_file(apath)}),)
-            variants.append(Variant(name=variant, weights=rel.as_posix(), files=files,
-                                    economics=ECON, adapters=adapters))
-        tiers.append(Tier(name=tier, rank=rank, model=f"m-{tier}", default_variant="bf16",
-                          variants=tuple(variants)))
-    return save_fleet(FleetManifest(spec=FleetSpec(tiers=tuple(tiers))), root / "fleet.yaml")
+    """Tiers S, M, L with variants bf16 and int4 (placeholder files pinned by real sha256),
+    and one adapter ``list-v1`` on S/bf16 (``serving.testing.make_stub_fleet``)."""
+    return make_stub_fleet(root, ("S", "M", "L"), ("bf16", "int4"), adapters={"S": ["list-v1"]})
 
 
 def make_policy(version: int = 1, **spec_changes) -> Policy:

@@ -71,7 +71,8 @@ def test_pinned_targets_follow_quantization_and_distillation(fleet_path):
     checks = check_pinned_files(cand, fleet, fleet_path.parent)
     assert len(checks) == 7 and all(c.ok for c in checks)
     assert [c.adapter for c in checks].count("list-v1") == 1
-    (fleet_path.parent / "adapters" / "list-v1" / "adapter.safetensors").unlink()
+    adapter = fleet.tier("S").variant("bf16").adapters[0]
+    (fleet_path.parent / adapter.path / next(iter(adapter.files))).unlink()
     missing = [c for c in check_pinned_files(cand, fleet, fleet_path.parent) if not c.ok]
     assert len(missing) == 1 and missing[0].problem == "missing"
 

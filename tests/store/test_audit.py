@@ -6,7 +6,6 @@ Runs against SQLite always, and against PostgreSQL too when AUTOPILOT_TEST_PG_UR
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,45 +18,9 @@ from contracts.documents import canonical_json
 from policies.policy import load_policy
 from store import AuditVerification, Store
 from store.audit import AuditSeqConflict, entry_hash_of
-from store.schema import GENESIS_HASH, audit_entries, metadata
+from store.schema import GENESIS_HASH, audit_entries
 
 STARTER_POLICY = Path(__file__).resolve().parents[2] / "controlplane" / "starter" / "policy.yaml"
-PG_URL = os.environ.get("AUTOPILOT_TEST_PG_URL")
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(not PG_URL, reason="AUTOPILOT_TEST_PG_URL is not set"),
-        ),
-    ]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'autopilot.db'}"
-    assert PG_URL is not None
-    engine = sa.create_engine(PG_URL)
-    with engine.begin() as conn:
-        metadata.drop_all(conn)
-    engine.dispose()
-    return PG_URL
-
-
-@pytest.fixture
-def store(store_url: str):
-    s = Store.open(store_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def raw(store_url: str):
-    """A plain engine on the same database: the tamperer's tool."""
-    engine = sa.create_engine(store_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

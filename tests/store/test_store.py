@@ -5,7 +5,6 @@ Runs against SQLite always, and against PostgreSQL too when AUTOPILOT_TEST_PG_UR
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import threading
@@ -35,51 +34,10 @@ from store import (
     proposal_id_for,
 )
 from store.errors import translate_database_errors
-from store.schema import MIGRATIONS, leases, metadata, schema_meta
+from store.schema import MIGRATIONS, leases, schema_meta
 
 STARTER_POLICY = Path(__file__).resolve().parents[2] / "controlplane" / "starter" / "policy.yaml"
-PG_URL = os.environ.get("AUTOPILOT_TEST_PG_URL")
 WINDOW = "2026-01-01T00:00:00Z/2026-01-02T00:00:00Z"
-
-
-def _reset_postgres(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE IF EXISTS migration_marker"))
-        metadata.drop_all(conn)
-    engine.dispose()
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(not PG_URL, reason="AUTOPILOT_TEST_PG_URL is not set"),
-        ),
-    ]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'autopilot.db'}"
-    assert PG_URL is not None
-    _reset_postgres(PG_URL)
-    return PG_URL
-
-
-@pytest.fixture
-def store(store_url: str):
-    s = Store.open(store_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def raw(store_url: str):
-    """A plain engine on the same database, for what the store's API would never do."""
-    engine = sa.create_engine(store_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -268,7 +226,7 @@ def test_create_proposal_is_idempotent(store: Store, v1: Policy, v2: Policy):
     assert first == second
     assert first.proposal_id == proposal_id_for(v2.content_hash, v1.content_hash, WINDOW)
     assert first.state is ProposalState.PROPOSED
-    assert first.predicted == {"cost_per_green_pr": -0.12, "fpy": 0.0}
+    assert first.predicted.record() == {"cost_per_green_pr": -0.12, "fpy": 0.0, "risk": "high"}
     assert [p.proposal_id for p in store.list_proposals()] == [first.proposal_id]
     assert _audit_count(store) == entries
     other = store.create_proposal(**{**args, "window": "next night"})

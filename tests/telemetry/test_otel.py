@@ -23,13 +23,14 @@ from contracts.spans import (
     Purpose,
 )
 from telemetry import otel
-from telemetry.ingest import ingest_paths, read_table
+from telemetry.ingest import ingest_paths
 from telemetry.otel import (
     JsonLinesSpanExporter,
     configure_tracing,
     set_span_attributes,
     shutdown_tracing,
 )
+from telemetry.warehouse import read_table
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import serving.client as client_mod
 from contracts.spans import SPAN_ATTEMPT, SPAN_TASK, Attr, Outcome, Purpose
 from workload.driver import (
     AttemptRecord,
@@ -16,8 +17,6 @@ from workload.driver import (
     plan_workload,
     task_outcome,
 )
-
-client_mod = pytest.importorskip("serving.client")
 
 
 def test_plan_is_deterministic_and_follows_the_mix():
@@ -98,8 +97,9 @@ def test_drive_emits_contract_spans(tmp_path):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from telemetry.ingest import ingest_paths, read_table
+    from telemetry.ingest import ingest_paths
     from telemetry.otel import JsonLinesSpanExporter
+    from telemetry.warehouse import read_table
 
     spec = WorkloadSpec(tasks=30, seed=5, concurrency=4, day="2026-11-20")
     items = plan_workload(spec)

@@ -69,8 +69,9 @@ def test_gating_budget():
 
 def test_predicted_record_has_what_approvals_and_verify_read():
     rec = predicted_record(cand("a", -0.2, -0.1))
-    assert rec["cost_per_green_pr_rel_delta"] == -0.2 and rec["risk"] == "low"
-    assert rec["cost_per_green_pr_rel_delta_ci"] == [-0.25, -0.1]
+    assert rec.cost_per_green_pr_rel_delta == -0.2 and rec.risk == "low"
+    assert rec.cost_per_green_pr_rel_delta_ci == (-0.25, -0.1)
+    assert rec.record()["cost_per_green_pr_rel_delta_ci"] == [-0.25, -0.1]
 
 
 def test_default_window_is_yesterday():

@@ -6,38 +6,9 @@ import random
 
 import pytest
 
-from contracts.manifest import load_fleet
 from policies.levers import LEVER_NAMES, LeverContext, apply_joint, joint_space, lever
 from policies.policy import load_policy, validate_against_fleet
-
-FLEET = """
-apiVersion: autopilot/v1
-kind: FleetManifest
-spec:
-  tiers:
-    - name: S
-      rank: 0
-      model: s
-      variants:
-        - name: bf16
-          weights: s
-          economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 6000, decode_tokens_per_s: 6000}
-          adapters: [{name: lo-v1, path: a, family: list_ops}]
-        - name: int8
-          weights: s8
-          economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 9000, decode_tokens_per_s: 9000}
-    - name: M
-      rank: 1
-      model: m
-      variants:
-        - {name: bf16, weights: m, economics: {gpus: 2, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 2200, decode_tokens_per_s: 2200}}
-        - {name: int4, weights: m4, economics: {gpus: 1, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 2200, decode_tokens_per_s: 2200}}
-    - name: L
-      rank: 2
-      model: l
-      variants:
-        - {name: bf16, weights: l, economics: {gpus: 8, usd_per_gpu_hour: 2.5, prefill_tokens_per_s: 700, decode_tokens_per_s: 700}}
-"""
+from serving.testing import tiny_manifest
 
 ACTIVE = """
 apiVersion: autopilot/v1
@@ -49,13 +20,13 @@ spec:
     weights: {difficulty: 1.0}
     thresholds: [1.5, 2.5]
     families: {bracket_fix: {thresholds: [2.0, 3.0]}}
-  distillation: {list_ops: {tier: S, adapter: lo-v1}}
+  distillation: {list_ops: {tier: S, adapter: list-ops-v1}}
 """
 
 
 @pytest.fixture(scope="module")
 def setup():
-    fleet = load_fleet(FLEET)
+    fleet = tiny_manifest()  # S int8 and M int8 variants, a list_ops adapter on S
     rng = random.Random(0)
     ctx = LeverContext(
         fleet=fleet, families=("list_ops", "bracket_fix", "expr_eval"),
@@ -121,7 +92,7 @@ kind: Policy
 metadata: {version: 2, author: t, created: 2026-11-01T00:00:00Z}
 spec:
   routing: {router: fixed, escalation: [S, M, L], max_attempts: 3, exploration_rate: 0.1}
-  distillation: {list_ops: {tier: S, adapter: lo-v1}}
+  distillation: {list_ops: {tier: S, adapter: list-ops-v1}}
   guardrails: {max_attempts_per_task: 5}
 """)
     names = list(LEVER_NAMES)

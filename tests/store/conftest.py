@@ -1,0 +1,56 @@
+"""The store tests' databases: SQLite always, PostgreSQL too when AUTOPILOT_TEST_PG_URL is set
+(tests/conftest.py sets it when it can start a throwaway server)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from store import Store
+from store.schema import metadata
+
+PG_URL = os.environ.get("AUTOPILOT_TEST_PG_URL")
+
+
+def _reset_postgres(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS migration_marker"))
+        metadata.drop_all(conn)
+    engine.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=pytest.mark.skipif(not PG_URL, reason="AUTOPILOT_TEST_PG_URL is not set"),
+        ),
+    ]
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'autopilot.db'}"
+    assert PG_URL is not None
+    _reset_postgres(PG_URL)
+    return PG_URL
+
+
+@pytest.fixture
+def store(store_url: str):
+    s = Store.open(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def raw(store_url: str):
+    """A plain engine on the same database, for what the store's API would never do (the
+    tamperer's tool)."""
+    engine = sa.create_engine(store_url)
+    yield engine
+    engine.dispose()
