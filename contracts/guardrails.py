@@ -69,12 +69,6 @@ class GuardrailRefusal(PermanentError):
     def __repr__(self) -> str:
         return f"GuardrailRefusal(code={self.code!r}, message={self.message!r})"
 
-    @property
-    def refusal(self) -> GuardrailRefusal:
-        """The refusal itself, for code written against the old wrapper
-        (``serving.gateway_core.GuardrailError(refusal).refusal``)."""
-        return self
-
     def as_error(self) -> dict[str, Any]:
         """The gateway's HTTP 429 body."""
         return {"error": {"type": "guardrail", "code": self.code, "message": self.message}}

@@ -83,17 +83,17 @@ def _daily(state: StateDir, fleet: FleetManifest, since: str | None = None,
 
 def _daily_of(state: StateDir, fleet: FleetManifest, tasks: Any, attempts: Any, calls: Any
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from controlplane.views import _metric_options, _records
+    from controlplane.views import frame_records, metric_options
     from economics.metrics import compute_metrics
 
     if tasks.empty:
         return [], []
     frame = compute_metrics(tasks, attempts, calls, fleet, by=["day"],
-                            **_metric_options(state.settings()))
+                            **metric_options(state.settings()))
     frame = frame.sort_values("day")
     shares = [c for c in frame.columns if c.startswith("tier_share_")]
-    daily = _records(frame[[c for c in _DAILY_COLUMNS if c in frame.columns]])
-    mix = _records(frame[["day", *shares]]) if shares else []
+    daily = frame_records(frame[[c for c in _DAILY_COLUMNS if c in frame.columns]])
+    mix = frame_records(frame[["day", *shares]]) if shares else []
     return daily, mix
 
 
@@ -178,7 +178,7 @@ def quarter_bounds(quarter: str) -> tuple[date, date]:
 
 def gather_quarterly_report(state: StateDir, store: Store, fleet: FleetManifest,
                             quarter: str) -> QuarterlyReport:
-    from controlplane.views import _metric_options, read_metric_frames
+    from controlplane.views import metric_options, read_metric_frames
     from economics.finops import finops_register
     from economics.metrics import compute_metrics
 
@@ -210,7 +210,7 @@ def gather_quarterly_report(state: StateDir, store: Store, fleet: FleetManifest,
             row = compute_metrics(tasks[tasks["month"] == month].drop(columns="month"),
                                   attempts[attempts["day"].isin(days)],
                                   calls[calls["day"].isin(days)], fleet, by=[],
-                                  **_metric_options(state.settings()))
+                                  **metric_options(state.settings()))
             entries = finops_register(row, targets)
             register_rows.append({"month": month,
                                   **{e.id: str(e.status) for e in entries}})

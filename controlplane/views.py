@@ -17,7 +17,9 @@ __all__ = [
     "audit_rows",
     "finops_rows",
     "fleet_rows",
+    "frame_records",
     "history_rows",
+    "metric_options",
     "metrics_rows",
     "print_rows",
     "read_metric_frames",
@@ -88,7 +90,7 @@ def read_metric_frames(state: StateDir, since: str | None, until: str | None):
     )
 
 
-def _records(frame) -> list[dict[str, Any]]:
+def frame_records(frame) -> list[dict[str, Any]]:
     rows = frame.to_dict(orient="records")
     return [{k: _plain(v) for k, v in r.items()} for r in rows]
 
@@ -117,11 +119,11 @@ def metrics_rows(
     if tasks.empty:
         return []
     settings = state.settings()
-    frame = compute_metrics(tasks, attempts, calls, fleet, by=by, **_metric_options(settings))
-    return _records(frame)
+    frame = compute_metrics(tasks, attempts, calls, fleet, by=by, **metric_options(settings))
+    return frame_records(frame)
 
 
-def _metric_options(settings) -> dict[str, Any]:
+def metric_options(settings) -> dict[str, Any]:
     return {
         "default_verifier_cost_usd": settings.default_verifier_cost_usd,
         "runaway_attempts": settings.runaway_attempts,
@@ -141,7 +143,7 @@ def finops_rows(
 
     settings = state.settings()
     tasks, attempts, calls = read_metric_frames(state, since, until)
-    options = _metric_options(settings)
+    options = metric_options(settings)
     whole = compute_metrics(tasks, attempts, calls, fleet, by=[], **options)
     register = [e.as_dict() for e in finops_register(whole, settings.finops_targets())]
     budgets: list[dict[str, Any]] = []

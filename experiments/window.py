@@ -139,14 +139,14 @@ def _parse_features(series: pd.Series) -> list[dict[str, Any]]:
 
 def _feature_matrices(raw: list[dict[str, Any]], families: np.ndarray, n_families: int,
                       family_names: list[str]):
-    from policies.routing import _numeric  # the routing's own reading of a feature value
+    from policies.routing import feature_number  # the routing's own reading of a feature
 
     names = sorted({k for d in raw for k in d})
     route = np.zeros((len(raw), len(names)))
     numeric_cols, categorical = [], {}
     for j, name in enumerate(names):
         values = [d.get(name) for d in raw]
-        route[:, j] = [_numeric(v) for v in values]
+        route[:, j] = [feature_number(v) for v in values]
         is_number = all(v is None or isinstance(v, (int, float, bool)) for v in values)
         if is_number:
             numeric_cols.append(j)

@@ -21,6 +21,7 @@ __all__ = [
     "attempt_tiers",
     "choose_start",
     "difficulty_score",
+    "feature_number",
     "first_tier_probabilities",
     "resolve_routing",
     "shadow_tier",
@@ -100,7 +101,7 @@ def resolve_routing(policy: Policy, family: str) -> ResolvedRouting:
     )
 
 
-def _numeric(value: Feature) -> float:
+def feature_number(value: Feature) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, (int, float)):
@@ -115,7 +116,8 @@ def _numeric(value: Feature) -> float:
 
 def difficulty_score(routing: ResolvedRouting, features: Mapping[str, Feature]) -> float:
     """bias + sum(weight * feature); a missing or non-numeric feature counts as 0."""
-    return routing.bias + sum(w * _numeric(features.get(k)) for k, w in routing.weights.items())
+    return routing.bias + sum(w * feature_number(features.get(k))
+                              for k, w in routing.weights.items())
 
 
 def start_index(routing: ResolvedRouting, features: Mapping[str, Feature]) -> int:

@@ -1,9 +1,8 @@
 """A small client for the gateway (standard library HTTP; no extra dependency).
 
 ``GatewayClient(url).complete(prompt, task=TaskContext(...))`` returns a ``Completion``;
-guardrail refusals raise ``contracts.guardrails.GuardrailRefusal`` (permanent; also importable
-here as ``GuardrailRefused``), refused requests raise
-``GatewayRequestError`` (permanent), and connection failures or 5xx answers raise
+guardrail refusals raise ``contracts.guardrails.GuardrailRefusal`` (permanent), refused
+requests raise ``GatewayRequestError`` (permanent), and connection failures or 5xx answers raise
 ``GatewayUnavailable`` (transient: retry with ``contracts.errors.retry_transient``).
 """
 
@@ -25,14 +24,12 @@ __all__ = [
     "GatewayClient",
     "GatewayRequestError",
     "GatewayUnavailable",
-    "GuardrailRefused",
     "TaskContext",
 ]
 
 
 # HTTP 429 from a guardrail raises the contracts' one refusal type (``code``: one of
 # contracts.guardrails.CAPS); the old name stays importable.
-GuardrailRefused = GuardrailRefusal
 
 
 class GatewayRequestError(PermanentError):

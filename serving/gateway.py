@@ -24,10 +24,11 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from contracts.errors import PermanentError, TransientError
+from contracts.guardrails import GuardrailRefusal
 from contracts.manifest import load_fleet
 from policies.policy import DocumentError, validate_against_fleet
 from serving.engine import EngineOptions, UnknownAdapter
-from serving.gateway_core import GatewayCore, GuardrailError, PolicyBook, UnknownModel
+from serving.gateway_core import GatewayCore, PolicyBook, UnknownModel
 from serving.protocol import BadRequest, parse_request
 from serving.tiers import (
     DeploymentKey,
@@ -170,8 +171,8 @@ class GatewayIngress:
             return Response(orjson.dumps(result), media_type="application/json")
         except BadRequest as exc:
             return JSONResponse(status_code=400, content=exc.as_error())
-        except GuardrailError as exc:
-            return JSONResponse(status_code=429, content=exc.refusal.as_error())
+        except GuardrailRefusal as exc:
+            return JSONResponse(status_code=429, content=exc.as_error())
         except (UnknownModel, UnknownAdapter) as exc:
             return _error(400, "invalid_request", str(exc))
         except TierStartFailed as exc:

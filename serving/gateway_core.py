@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.errors import PermanentError
-from contracts.guardrails import GuardrailRefusal
 from contracts.manifest import FleetManifest
 from contracts.spans import SPAN_CALL, Attr, CacheStatus, Purpose
 from policies.policy import Policy
@@ -46,7 +45,6 @@ from serving.tiers import DeploymentKey
 
 __all__ = [
     "GatewayCore",
-    "GuardrailError",
     "PolicyBook",
     "RouteDecision",
     "TaskRoute",
@@ -60,7 +58,6 @@ TierCaller = Callable[[DeploymentKey, dict[str, Any]], Awaitable[dict[str, Any]]
 
 
 # The gateway raises the contracts' one refusal type; the old name stays importable.
-GuardrailError = GuardrailRefusal
 
 
 class UnknownModel(PermanentError):

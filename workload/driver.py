@@ -273,7 +273,8 @@ def _run_task(item: WorkItem, spec: WorkloadSpec, client: Any, tracer: Any,
     from opentelemetry import propagate, trace
 
     from contracts.errors import TransientError
-    from serving.client import GuardrailRefused, TaskContext
+    from contracts.guardrails import GuardrailRefusal
+    from serving.client import TaskContext
     from workload.tasks import verify
 
     task = item.task
@@ -302,7 +303,7 @@ def _run_task(item: WorkItem, spec: WorkloadSpec, client: Any, tracer: Any,
         )
         try:
             completion = client.complete(task.prompt, task=ctx, max_tokens=spec.max_tokens)
-        except GuardrailRefused as refused:
+        except GuardrailRefusal as refused:
             refusal = refused.code
             _discard(span)
             _discard(shadow_span)

@@ -92,14 +92,14 @@ def distill(obj: Context, family: str | None, fleet_file: str | None, out_dir: s
 
 
 def _candidates(obj: Context, since: str | None, until: str | None) -> list[dict[str, Any]]:
-    from controlplane.loop.distill import _active_policy, excluded_families
+    from controlplane.loop.distill import active_policy_of, excluded_families
     from experiments.distill_candidates import distill_candidates
     from experiments.window import load_estimator_window
 
     obj.require_init()
     settings = obj.state.settings()
     ds = settings.distillation
-    active = _active_policy(obj.state, None)
+    active = active_policy_of(obj.state, None)
     tasks, attempts, calls = load_estimator_window(obj.state.telemetry_dir, since, until)
     rows = distill_candidates(tasks, attempts, calls, obj.fleet(), target_tier=ds.target_tier,
                               target_pass_rate=ds.target_pass_rate,

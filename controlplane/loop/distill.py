@@ -28,8 +28,11 @@ from controlplane.settings import DistillSettings
 
 __all__ = [
     "DistillSettings",
+    "active_policy_of",
+    "adopt_into_state",
     "candidate_policy",
     "excluded_families",
+    "gateway_collector_config",
     "nightly_distill",
     "run_distill",
     "training_budget_allows",
@@ -63,7 +66,7 @@ def candidate_policy(active: Any, fleet: Any, *, family: str, tier: str, adapter
     return policy
 
 
-def _active_policy(state: Any, policy_path: str | Path | None) -> Any:
+def active_policy_of(state: Any, policy_path: str | Path | None) -> Any:
     from policies.policy import load_policy
 
     if policy_path is not None:
@@ -135,7 +138,7 @@ def run_distill(*, family: str, state: Any = None, fleet_path: str | Path | None
         fleet_path = state.fleet_path
     fleet_path = Path(fleet_path)
     fleet = load_fleet(fleet_path)
-    active = _active_policy(state, policy_path)
+    active = active_policy_of(state, policy_path)
     if family in excluded_families(active, settings):
         raise PermanentError(f"family {family} is excluded from reuse by the policy or the "
                              "settings: it is never collected or distilled")
@@ -275,7 +278,7 @@ def nightly_distill(state: Any, since: str, until: str, *, executor: str = "ray"
     from contracts.manifest import load_fleet
 
     fleet = load_fleet(state.fleet_path)
-    active = _active_policy(state, None)
+    active = active_policy_of(state, None)
     tasks, attempts, calls = load_estimator_window(state.telemetry_dir, since, until)
     if len(tasks) == 0:
         return {"skipped": "no telemetry in the window"}

@@ -36,7 +36,6 @@ def test_the_refusal_is_permanent_and_reads_as_before():
     assert refused.message == "the task used 100 tokens"
     assert refused.as_error() == {"error": {"type": "guardrail", "code": "max_tokens_per_task",
                                             "message": "the task used 100 tokens"}}
-    assert refused.refusal is refused  # the old GuardrailError wrapper's attribute
 
 
 def test_the_refusal_compares_and_pickles_by_value():
@@ -53,16 +52,18 @@ def test_an_unknown_code_from_the_wire_still_travels():
     assert refused.code == "unknown" and str(refused) == "unknown: HTTP 429"
 
 
-def test_every_old_name_is_the_one_type():
+def test_every_layer_names_the_one_type():
+    import serving.client
+    import serving.gateway_core
     from gates import GuardrailRefusal as gates_front
     from gates.port import GuardrailRefusal as port
-    from serving.client import GuardrailRefused
-    from serving.gateway_core import GuardrailError
     from serving.guardrails import CODES
     from serving.guardrails import GuardrailRefusal as serving_refusal
 
-    assert port is gates_front is GuardrailRefused is GuardrailError is serving_refusal \
-        is GuardrailRefusal is contracts.GuardrailRefusal
+    assert port is gates_front is serving_refusal is GuardrailRefusal \
+        is contracts.GuardrailRefusal
+    assert not hasattr(serving.client, "GuardrailRefused")  # the old second and third types
+    assert not hasattr(serving.gateway_core, "GuardrailError")
     assert CODES == CAPS
 
 

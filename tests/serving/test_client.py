@@ -7,11 +7,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from contracts.errors import PermanentError, TransientError
+from contracts.guardrails import GuardrailRefusal
 from serving.client import (
     GatewayClient,
     GatewayRequestError,
     GatewayUnavailable,
-    GuardrailRefused,
     TaskContext,
 )
 from serving.fleet import free_port
@@ -85,7 +85,7 @@ def test_complete_sends_the_task_context_and_parses_the_completion(server):
 def test_errors_map_to_the_two_error_kinds(server):
     client = GatewayClient(server)
     task = TaskContext(task_id="t")
-    with pytest.raises(GuardrailRefused) as err:
+    with pytest.raises(GuardrailRefusal) as err:
         client.complete("refuse", task=task)
     assert err.value.code == "max_usd_per_task" and isinstance(err.value, PermanentError)
     with pytest.raises(GatewayRequestError) as err:

@@ -92,9 +92,9 @@ def test_routes_by_policy_and_escalates_on_attempt_two(client):
 
 
 def test_attempt_cap_is_refused_with_429_and_the_numbers(client):
-    from serving.client import GuardrailRefused
+    from contracts.guardrails import GuardrailRefusal
 
-    with pytest.raises(GuardrailRefused) as err:
+    with pytest.raises(GuardrailRefusal) as err:
         client.complete("eval: 1+2\n=", task=_task("route-1", attempt=3))
     assert err.value.code == "max_attempts_per_task"
     assert "attempt 3" in err.value.message and "2 attempts" in err.value.message

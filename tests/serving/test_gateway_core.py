@@ -8,10 +8,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from contracts.guardrails import GuardrailRefusal
 from contracts.manifest import load_fleet
 from policies.policy import Policy
 from policies.routing import attempt_tier_probabilities
-from serving.gateway_core import GatewayCore, GuardrailError, PolicyBook, UnknownModel, task_draws
+from serving.gateway_core import GatewayCore, PolicyBook, UnknownModel, task_draws
 from serving.protocol import parse_request
 
 FLEET = load_fleet("controlplane/starter/fleet.yaml")
@@ -64,9 +65,9 @@ def test_escalates_along_the_policy_and_refuses_beyond_the_cap():
     core, tiers, spans, _ = make(policy())
     tiers_seen = [run(core.complete(req("t", a)))["autopilot"]["tier"] for a in (1, 2, 3)]
     assert tiers_seen == ["S", "M", "L"]
-    with pytest.raises(GuardrailError) as err:
+    with pytest.raises(GuardrailRefusal) as err:
         run(core.complete(req("t", 4)))
-    assert err.value.refusal.code == "max_attempts_per_task"
+    assert err.value.code == "max_attempts_per_task"
     assert len(spans.get_finished_spans()) == 3
 
 
@@ -142,12 +143,12 @@ def test_token_and_team_budget_caps_fail_closed():
                            "team_budgets": {"payments": {"usd_per_day": 1e-6}}})
     core, _, _, _ = make(p)
     run(core.complete(req("t", 1, prompt="x" * 30)))  # 32 tokens: over the task cap now
-    with pytest.raises(GuardrailError) as err:
+    with pytest.raises(GuardrailRefusal) as err:
         run(core.complete(req("t", 2)))
-    assert err.value.refusal.code == "max_tokens_per_task"
-    with pytest.raises(GuardrailError) as err:
+    assert err.value.code == "max_tokens_per_task"
+    with pytest.raises(GuardrailRefusal) as err:
         run(core.complete(req("other", 1)))
-    assert err.value.refusal.code == "team_budget_exhausted"
+    assert err.value.code == "team_budget_exhausted"
 
 
 def test_in_flight_request_keeps_its_policy_across_a_swap():

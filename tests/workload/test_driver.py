@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 import serving.client as client_mod
+from contracts.guardrails import GuardrailRefusal
 from contracts.spans import SPAN_ATTEMPT, SPAN_TASK, Attr, Outcome, Purpose
 from workload.driver import (
     AttemptRecord,
@@ -74,7 +75,7 @@ class ScriptedGateway:
 
     def complete(self, prompt, *, task, max_tokens=32, stop=("\n",)):
         if task.attempt > 2:
-            raise client_mod.GuardrailRefused("max_attempts_per_task", "attempt 3 > cap 2")
+            raise GuardrailRefusal("max_attempts_per_task", "attempt 3 > cap 2")
         item = self.answers[prompt]
         tier = "S" if task.attempt == 1 else "L"
         right = tier == "L" or item.difficulty == 1
