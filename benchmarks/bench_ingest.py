@@ -2,14 +2,21 @@
 dedupe, write Parquet), against a naive per-line ``json.loads`` + pandas baseline.
 
     .venv/bin/python benchmarks/bench_ingest.py --spans 1000000
+    .venv/bin/python benchmarks/bench_ingest.py --spans 1000000 --history-days 14
 
 Spans are synthetic but shaped like the gateway's (tasks : attempts : calls about
 1 : 1.5 : 3, realistic ids and attributes), with a few malformed lines mixed in.
+
+``--history-days N`` stores N earlier days (each as many spans as the file, other span
+ids) in the warehouse before every timed ingest, so the runs pay for deduplicating against
+every stored span id (the warehouse's span id index); it also times the naive way to do
+that (read every stored span id, then ``is_in``) in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -144,12 +151,77 @@ def naive_ingest(path: Path, out: Path, limit: int) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def build_history(src: Path, work: Path, days: int) -> Path:
+    """``days`` day partitions per table before the file's day, copies of the file's rows
+    under random span ids, with the warehouse's span id index built."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from telemetry.ingest import ingest_paths
+    from telemetry.warehouse import SpanIdIndex, list_days
+
+    template, history = work / "template", work / "history"
+    ingest_paths([src], template)
+    [day0] = list_days(template)
+    rng = np.random.default_rng(11)
+    hex_digits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    for table in ("tasks", "attempts", "calls"):
+        [part] = (template / table / f"day={day0}").glob("part-*.parquet")
+        rows = pq.read_table(part)
+        for d in range(1, days + 1):
+            day = (datetime.date.fromisoformat(day0) - datetime.timedelta(days=d)).isoformat()
+            ids = rng.integers(1, 2**63, rows.num_rows, dtype=np.int64).astype(">u8")
+            nibbles = np.stack([ids.view(np.uint8) >> 4, ids.view(np.uint8) & 15], 1)
+            text = hex_digits[nibbles.reshape(-1, 8, 2).reshape(-1, 16)].tobytes()
+            offsets = np.arange(0, 16 * rows.num_rows + 1, 16, dtype=np.int32)
+            span_id = pa.Array.from_buffers(pa.string(), rows.num_rows,
+                                            [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+            moved = rows.set_column(rows.schema.get_field_index("span_id"), "span_id", span_id)
+            moved = moved.set_column(moved.schema.get_field_index("day"), "day",
+                                     pa.array([day] * rows.num_rows, pa.string()))
+            folder = history / table / f"day={day}"
+            folder.mkdir(parents=True)
+            pq.write_table(moved, folder / "part-history.parquet", compression="zstd")
+        t0 = time.perf_counter()
+        SpanIdIndex.load(history, table).save()
+        print(f"  {table}: {days} days of {rows.num_rows:,} rows; index built from the files "
+              f"in {time.perf_counter() - t0:.2f}s")
+    shutil.rmtree(template)
+    return history
+
+
+def naive_cross_day_check(history: Path, src_root: Path) -> float:
+    """Seconds to check one ingest's span ids against every stored one by reading them."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    for table in ("tasks", "attempts", "calls"):
+        stored = [pq.read_table(f, columns=["span_id"]).column("span_id")
+                  for f in sorted((history / table).glob("day=*/part-*.parquet"))]
+        new = [pq.read_table(f, columns=["span_id"]).column("span_id")
+               for f in sorted((src_root / table).glob("day=*/part-*.parquet"))
+               if not (history / table / f.parent.name).exists()]
+        for chunked in new:
+            pc.is_in(chunked, value_set=pa_concat(stored))
+    return time.perf_counter() - t0
+
+
+def pa_concat(columns):
+    import pyarrow as pa
+
+    return pa.chunked_array([c for col in columns for c in col.chunks]).combine_chunks()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spans", type=int, default=1_000_000)
     parser.add_argument("--baseline-spans", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3, help="ingest runs (best is reported)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--history-days", type=int, default=0,
+                        help="earlier days stored before each timed ingest (cross-day dedupe)")
     args = parser.parse_args()
 
     import pyarrow
@@ -169,16 +241,29 @@ def main() -> None:
         print(f"generated {lines:,} lines ({size_mb:,.0f} MiB, "
               f"{src.stat().st_size / lines:.0f} B/span) in {time.perf_counter() - t0:.1f}s")
 
+        history = None
+        if args.history_days:
+            print(f"history: {args.history_days} earlier days in the warehouse")
+            history = build_history(src, work, args.history_days)
+
         best = None
         for run in range(args.repeat):
             root = work / f"tel{run}"
+            if history is not None:
+                shutil.copytree(history, root)
             report = ingest_paths([src], root)
             rate = report.spans_seen / report.seconds
             print(f"  run {run + 1}: {report.seconds:.2f}s  {rate:,.0f} spans/s  "
                   f"stored={report.stored} quarantined={report.quarantined}")
             best = max(best or 0, rate)
+            if history is not None and run == 0:
+                naive = naive_cross_day_check(history, root)
+                print(f"  naive cross-day check (read every stored span id, is_in): "
+                      f"{naive:.2f}s on top of an ingest")
             shutil.rmtree(root)
         again_root = work / "again"
+        if history is not None:
+            shutil.copytree(history, again_root)
         ingest_paths([src], again_root)
         again = ingest_paths([src], again_root)
         print(f"  re-ingest of the same file (all duplicates): {again.seconds:.2f}s  "

@@ -13,12 +13,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from contracts.documents import DocumentError, Strict, content_hash, dump_yaml, load_yaml_document
 from contracts.files import atomic_write_text
 
 __all__ = [
+    "API_FIELDS",
+    "SELF_HOSTED_FIELDS",
     "Adapter",
     "CapacityType",
     "Economics",
@@ -42,33 +44,155 @@ class CapacityType(StrEnum):
     SPOT = "spot"
 
 
-class Economics(Strict):
-    """How a variant is priced: the GPUs one replica holds and what they achieve.
+# Field names of the two economics forms (a variant has one or the other).
+SELF_HOSTED_FIELDS = ("gpus", "usd_per_gpu_hour", "prefill_tokens_per_s", "decode_tokens_per_s")
+API_TOKEN_FIELDS = ("usd_per_1m_input_tokens", "usd_per_1m_cached_input_tokens",
+                    "usd_per_1m_output_tokens")
+API_FIELDS = (*API_TOKEN_FIELDS, "usd_per_request")
 
-    $/input token = gpus * usd_per_gpu_hour / 3600 / prefill_tokens_per_s, and likewise for
-    output tokens with the decode rate. Where only a blended effective rate is known (as in
-    the practice's tier table), give both rates that value.
+
+class Economics(Strict):
+    """How a variant is priced: one of two forms, never both.
+
+    **Self-hosted** (``gpus``, ``usd_per_gpu_hour``, ``prefill_tokens_per_s``,
+    ``decode_tokens_per_s``; ``replicas``, ``capacity_type``): the GPUs one replica holds and
+    what they achieve. $/input token = gpus * usd_per_gpu_hour / 3600 / prefill_tokens_per_s,
+    and likewise for output tokens with the decode rate. Where only a blended effective rate
+    is known (as in the practice's tier table), give both rates that value. Prefix-cached
+    input tokens pay the input price less the fleet's ``pricing.cached_input_discount``.
+
+    **API-priced** (a model bought per token or per request): ``usd_per_1m_input_tokens``
+    and ``usd_per_1m_output_tokens`` (both, or neither), optionally
+    ``usd_per_1m_cached_input_tokens`` (absent: the input price less the fleet's
+    ``cached_input_discount``), and/or ``usd_per_request`` (paid per call, on top of any
+    token prices). An API-priced variant holds no GPUs and no replicas; it has no weights to
+    pin, and the local engine cannot serve it.
     """
 
-    gpus: float = Field(gt=0, description="GPUs one replica holds")
-    usd_per_gpu_hour: float = Field(gt=0)
-    prefill_tokens_per_s: float = Field(gt=0, description="effective input tokens/s per replica")
-    decode_tokens_per_s: float = Field(gt=0, description="effective output tokens/s per replica")
+    # self-hosted form
+    gpus: float | None = Field(default=None, gt=0, description="GPUs one replica holds")
+    usd_per_gpu_hour: float | None = Field(default=None, gt=0)
+    prefill_tokens_per_s: float | None = Field(
+        default=None, gt=0, description="effective input tokens/s per replica")
+    decode_tokens_per_s: float | None = Field(
+        default=None, gt=0, description="effective output tokens/s per replica")
     replicas: int = Field(default=1, ge=0, description="replicas provisioned (reservation view)")
     capacity_type: CapacityType = CapacityType.ON_DEMAND
+    # API-priced form
+    usd_per_1m_input_tokens: float | None = Field(default=None, ge=0)
+    usd_per_1m_cached_input_tokens: float | None = Field(
+        default=None, ge=0, description="prefix-cached input tokens (absent: input less discount)")
+    usd_per_1m_output_tokens: float | None = Field(default=None, ge=0)
+    usd_per_request: float | None = Field(default=None, ge=0, description="paid per call")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Economics:
+        hosted = [f for f in SELF_HOSTED_FIELDS if getattr(self, f) is not None]
+        api = [f for f in API_FIELDS if getattr(self, f) is not None]
+        if hosted and api:
+            raise ValueError(
+                f"a variant is priced self-hosted or API-priced, not both: got the self-hosted "
+                f"{', '.join(hosted)} and the API-priced {', '.join(api)}")
+        if not hosted and not api:
+            raise ValueError(
+                "no prices: give the self-hosted form (" + ", ".join(SELF_HOSTED_FIELDS)
+                + ") or the API-priced form (usd_per_1m_input_tokens and "
+                "usd_per_1m_output_tokens, optionally usd_per_1m_cached_input_tokens; and/or "
+                "usd_per_request)")
+        if hosted:
+            missing = [f for f in SELF_HOSTED_FIELDS if f not in hosted]
+            if missing:
+                raise ValueError(f"self-hosted economics (given: {', '.join(hosted)}) also need "
+                                 f"{', '.join(missing)}")
+            return self
+        tokens = [f for f in API_TOKEN_FIELDS if f in api]
+        for need in ("usd_per_1m_input_tokens", "usd_per_1m_output_tokens"):
+            if tokens and need not in tokens:
+                raise ValueError(f"{need} is missing: per-token API prices need both "
+                                 f"usd_per_1m_input_tokens and usd_per_1m_output_tokens "
+                                 f"(given: {', '.join(tokens)})")
+        cached, full = self.usd_per_1m_cached_input_tokens, self.usd_per_1m_input_tokens
+        if cached is not None and full is not None and cached > full:
+            raise ValueError(f"usd_per_1m_cached_input_tokens ({cached}) exceeds "
+                             f"usd_per_1m_input_tokens ({full})")
+        for name in ("replicas", "capacity_type"):
+            if name in self.model_fields_set:
+                raise ValueError(f"{name}: an API-priced variant provisions no GPUs or replicas "
+                                 "(remove it, or give the self-hosted form)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_other_form(self, handler):
+        """Dump only the form in use (a self-hosted manifest hashes as it always did)."""
+        data = handler(self)
+        for name in (*SELF_HOSTED_FIELDS, *API_FIELDS):
+            if data.get(name, 0) is None:
+                del data[name]
+        if self.api_priced:
+            data.pop("replicas", None)
+            data.pop("capacity_type", None)
+        return data
+
+    @property
+    def api_priced(self) -> bool:
+        """True for the API-priced form (list prices; no GPUs, no weights)."""
+        return self.gpus is None
 
     @property
     def usd_per_input_token(self) -> float:
+        if self.api_priced:
+            return (self.usd_per_1m_input_tokens or 0.0) / 1e6
         return self.gpus * self.usd_per_gpu_hour / 3600.0 / self.prefill_tokens_per_s
 
     @property
     def usd_per_output_token(self) -> float:
+        if self.api_priced:
+            return (self.usd_per_1m_output_tokens or 0.0) / 1e6
         return self.gpus * self.usd_per_gpu_hour / 3600.0 / self.decode_tokens_per_s
+
+    def usd_per_cached_input_token(self, cached_input_discount: float) -> float:
+        """Price of one prefix-cached input token: an API tier's own cached price where it
+        gives one, else the input price less the fleet's discount."""
+        if self.usd_per_1m_cached_input_tokens is not None:
+            return self.usd_per_1m_cached_input_tokens / 1e6
+        return self.usd_per_input_token * (1.0 - cached_input_discount)
+
+    @property
+    def usd_per_call(self) -> float:
+        """The per-request price (API-priced form); 0 for a self-hosted variant."""
+        return self.usd_per_request or 0.0
+
+    def call_usd(self, input_tokens: float, cached_input_tokens: float, output_tokens: float,
+                 *, cached_input_discount: float) -> float:
+        """What one call of these tokens costs (no response-cache hit, no explicit cost)."""
+        cached = min(max(cached_input_tokens, 0.0), input_tokens)
+        return ((input_tokens - cached) * self.usd_per_input_token
+                + cached * self.usd_per_cached_input_token(cached_input_discount)
+                + output_tokens * self.usd_per_output_token + self.usd_per_call)
+
+    @property
+    def seconds_per_input_token(self) -> float:
+        """Busy replica-seconds per uncached input token (0: an API tier occupies no GPU)."""
+        return 0.0 if self.api_priced else 1.0 / self.prefill_tokens_per_s
+
+    @property
+    def seconds_per_output_token(self) -> float:
+        return 0.0 if self.api_priced else 1.0 / self.decode_tokens_per_s
+
+    @property
+    def gpus_per_replica(self) -> float:
+        """GPUs one replica holds (0 for an API-priced variant)."""
+        return 0.0 if self.api_priced else float(self.gpus)
+
+    @property
+    def provisioned_gpus(self) -> float:
+        """GPUs all replicas hold (0 for an API-priced variant)."""
+        return 0.0 if self.api_priced else self.replicas * self.gpus
 
     @property
     def usd_per_hour(self) -> float:
-        """Provisioned cost of all replicas for one hour."""
-        return self.replicas * self.gpus * self.usd_per_gpu_hour
+        """Provisioned cost of all replicas for one hour (0 for an API-priced variant)."""
+        return 0.0 if self.api_priced else self.replicas * self.gpus * self.usd_per_gpu_hour
 
 
 class Adapter(Strict):
@@ -83,10 +207,13 @@ class Adapter(Strict):
 
 
 class Variant(Strict):
-    """One servable form of a tier's model (bf16, int8, int4 ...), pinned by hash."""
+    """One form of a tier's model: self-hosted (bf16, int8, int4 ... weights pinned by hash)
+    or API-priced (no weights, no pins, no adapters; see ``Economics``)."""
 
     name: str = Field(min_length=1)
-    weights: str = Field(min_length=1, description="directory of the weights, or a model id")
+    weights: str | None = Field(
+        default=None, min_length=1,
+        description="directory of the weights, or a model id (absent for an API-priced variant)")
     files: dict[str, str] = Field(default_factory=dict, description="relative file -> sha256")
     economics: Economics
     adapters: tuple[Adapter, ...] = ()
@@ -100,6 +227,25 @@ class Variant(Strict):
         if dupes:
             raise ValueError(f"adapter names must be unique (duplicated: {', '.join(dupes)})")
         return self
+
+    @model_validator(mode="after")
+    def _weights_match_the_form(self) -> Variant:
+        if not self.economics.api_priced:
+            if self.weights is None:
+                raise ValueError(f"variant {self.name!r}: weights is required for a self-hosted "
+                                 "variant (only an API-priced variant may omit it)")
+            return self
+        given = [f for f in ("weights", "files", "adapters") if getattr(self, f)]
+        if given:
+            raise ValueError(f"variant {self.name!r} is API-priced: it has no {', '.join(given)} "
+                             "(nothing to pin or load; remove them, or give self-hosted "
+                             "economics)")
+        return self
+
+    @property
+    def api_priced(self) -> bool:
+        """An API-priced variant: no weights to pin, not servable by the local engine."""
+        return self.economics.api_priced
 
     def adapter(self, name: str) -> Adapter:
         for a in self.adapters:

@@ -7,6 +7,8 @@ Follows the OpenTelemetry GenAI semantic conventions where they apply (``gen_ai.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "CacheStatus",
     "Outcome",
     "Purpose",
+    "SpanLimits",
 ]
 
 SERVICE_NAME = "fleet-autopilot"
@@ -90,3 +93,67 @@ class CacheStatus(StrEnum):
     MISS = "miss"
     PREFIX = "prefix"
     RESPONSE = "response"
+
+
+# ------------------------------------------------------------------------------ limits
+# The deepest nesting a limit may allow: a quarantine record holds the span one level
+# down, and the JSON writer refuses documents nested deeper than 254.
+MAX_DEPTH_CEILING = 200
+
+
+@dataclass(frozen=True)
+class SpanLimits:
+    """What one span may carry and claim. Ingest quarantines a span beyond any of these
+    (``docs/telemetry.md``, "Limits"); pass another instance to ``ingest_paths`` to change
+    them. The shape limits are checked on the raw line before any parser builds columns
+    from it, so no single line can exhaust the reader; the value limits reject numbers no
+    producer of this contract can mean (a cost of 1e308, 1e15 tokens, a start in 2200).
+    """
+
+    # shape of the input
+    max_line_bytes: int = 1 << 20
+    """A flat JSON line (one span), or one OTLP span as re-serialised."""
+    max_request_bytes: int = 256 << 20
+    """One OTLP/JSON export request: a line of the file exporter, or a whole document."""
+    max_depth: int = 32
+    """JSON nesting of a span: the span object is 1, its attributes object 2 (OTLP: the
+    attributes list 2, an attribute 3, its value 4)."""
+    max_attributes: int = 128
+    """Attributes of one span."""
+    max_string_chars: int = 64 << 10
+    """Any key or string value in a span."""
+    # plausibility of values
+    max_cost_usd: float = 1_000.0
+    """Any cost attribute of one span (a call, an attempt, a verifier run)."""
+    max_tokens: int = 100_000_000
+    """Any token count of one call (input, output, cached input)."""
+    earliest_start: str = "2020-01-01"
+    """The earliest UTC day a span may start on."""
+    max_future_s: int = 86_400
+    """How far past the ingest's own clock a span may start (clock skew)."""
+    max_duration_s: int = 7 * 86_400
+    """The longest a span may last (end minus start)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_bytes", "max_request_bytes", "max_attributes",
+                     "max_string_chars", "max_tokens", "max_future_s", "max_duration_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SpanLimits.{name} must be a positive integer, not {value!r}")
+        if (isinstance(self.max_depth, bool) or not isinstance(self.max_depth, int)
+                or not 4 <= self.max_depth <= MAX_DEPTH_CEILING):
+            raise ValueError(f"SpanLimits.max_depth must be an integer in "
+                             f"[4, {MAX_DEPTH_CEILING}], not {self.max_depth!r}")
+        cost = self.max_cost_usd
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 < cost < 1e300:
+            raise ValueError(f"SpanLimits.max_cost_usd must be a positive number, not {cost!r}")
+        try:
+            date.fromisoformat(self.earliest_start)
+        except (TypeError, ValueError):
+            raise ValueError("SpanLimits.earliest_start must be a YYYY-MM-DD day, not "
+                             f"{self.earliest_start!r}") from None
+
+    @property
+    def earliest_start_ns(self) -> int:
+        days = date.fromisoformat(self.earliest_start).toordinal() - date(1970, 1, 1).toordinal()
+        return days * 86_400 * 10**9

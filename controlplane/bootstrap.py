@@ -76,8 +76,9 @@ def link_relative_paths(fleet: Any, source_dir: Path, state_root: Path) -> list[
     tops: set[str] = set()
     for tier in fleet.spec.tiers:
         for variant in tier.variants:
+            # An API-priced variant has no weights (and no adapters) to link.
             paths = [variant.weights, *(a.path for a in variant.adapters)]
-            for raw in paths:
+            for raw in filter(None, paths):
                 p = Path(raw)
                 if not p.is_absolute() and (source_dir / p).exists():
                     tops.add(p.parts[0])

@@ -105,12 +105,18 @@ def learn(window: Any, seed: int):
 
 @pure_task
 def propose(window: Any, ctx: LoopContext, models: Any, levers: Any, search: dict[str, Any]):
-    """Ray Tune search per lever and jointly, against the counterfactual estimate."""
+    """Ray Tune search per lever and jointly, against the counterfactual estimate. Each
+    lever's intervals are widened by the factor its calibration record gives
+    (``controlplane.loop.calibration``: 1.0 while it is calibrated)."""
+    from controlplane.loop.calibration import inflation_factors
     from experiments.search import search_candidates
 
     active = ctx.store.active_policy().policy
-    return search_candidates(window, ctx.fleet, active, levers=levers, models=models,
-                             progress=True, **search)
+    widen = inflation_factors(ctx.store.calibration_records())
+    found = search_candidates(window, ctx.fleet, active, levers=levers, models=models,
+                              progress=True, **{"widen": widen, **search})
+    found.widen = widen
+    return found
 
 
 @pure_task
@@ -279,7 +285,8 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
             candidates = propose(window, ctx, models, levers, {"seed": seed, **(search or {})})
             summary["searched"] = {"evaluated": getattr(candidates, "evaluated", None),
                                    "trials": getattr(candidates, "trials", None),
-                                   "ranked": len(candidates)}
+                                   "ranked": len(candidates),
+                                   "widen": getattr(candidates, "widen", None)}
             choice = choose(candidates, proposed_hashes(ctx, window_label), max_gated,
                             min_saving)
             summary["skipped_candidates"] = choice.skipped

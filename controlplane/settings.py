@@ -54,7 +54,13 @@ class VerifySettings(Strict):
     alpha: float = Field(default=0.05, gt=0, lt=0.5, description="error budget over all looks")
     margin: float = Field(default=0.05, ge=0, le=1,
                           description="tolerated relative rise of cost per Green PR")
-    fpy_margin: float = Field(default=0.03, ge=0, le=1, description="tolerated absolute FPY drop")
+    fpy_margin: float | None = Field(
+        default=None, ge=0, le=1,
+        description="tolerated absolute FPY drop; unset: FPY is reported, never a rollback "
+        "reason (a cheap-first cascade lowers FPY by construction)")
+    green_margin: float = Field(
+        default=0.05, ge=0, le=1,
+        description="tolerated relative drop of the Green PR rate (Green PRs per task)")
     min_tasks: int = Field(default=200, ge=2,
                            description="tasks per window before VERIFIED may be declared")
     max_looks: int = Field(default=7, ge=1, description="nightly looks before settling")

@@ -26,24 +26,37 @@ __all__ = [
 ]
 
 
+# What ``fleet show`` says of an API-priced variant's pins.
+API_PRICED_PINS = "api-priced, no weights to pin"
+
+
 def fleet_rows(fleet: FleetManifest) -> list[dict[str, Any]]:
+    """One row per tier variant: its pricing form (self-hosted or API-priced), the $/1k
+    tokens it costs (input, prefix-cached input, output) and $ per request, GPUs and
+    replicas (self-hosted only), and its pinned files (an API-priced variant has none)."""
+    discount = fleet.spec.pricing.cached_input_discount
     rows = []
     for tier in fleet.tiers:
         for v in tier.variants:
             e = v.economics
+            api = e.api_priced
             rows.append({
                 "tier": tier.name,
                 "rank": tier.rank,
                 "model": tier.model,
                 "variant": v.name + (" (default)" if v.name == tier.variant().name else ""),
                 "stands_in_for": tier.stands_in_for,
-                "gpus": e.gpus,
-                "usd_per_gpu_hour": e.usd_per_gpu_hour,
+                "pricing": "api" if api else "self-hosted",
+                "gpus": None if api else e.gpus,
+                "usd_per_gpu_hour": None if api else e.usd_per_gpu_hour,
                 "usd_per_1k_input": round(e.usd_per_input_token * 1000, 7),
+                "usd_per_1k_cached_input": round(e.usd_per_cached_input_token(discount) * 1000,
+                                                 7),
                 "usd_per_1k_output": round(e.usd_per_output_token * 1000, 7),
-                "replicas": e.replicas,
-                "capacity": str(e.capacity_type),
-                "pinned_files": len(v.files),
+                "usd_per_request": e.usd_per_request,
+                "replicas": None if api else e.replicas,
+                "capacity": None if api else str(e.capacity_type),
+                "pinned_files": API_PRICED_PINS if api else len(v.files),
                 "adapters": ", ".join(a.name for a in v.adapters) or None,
             })
     return rows

@@ -8,8 +8,9 @@ from __future__ import annotations
 from contracts.fronts import lazy_front
 
 _HOME = {
-    **dict.fromkeys(("CostLedger", "CostPerGreenPR", "UnitEconomics", "attempt_costs",
-                     "build_ledger", "cost_decomposition"), "economics.costmodel"),
+    **dict.fromkeys(("CostLedger", "CostPerGreenPR", "PricedAttempts", "UnitEconomics",
+                     "attempt_costs", "build_ledger", "charge", "cost_decomposition",
+                     "price_attempts"), "economics.costmodel"),
     **dict.fromkeys(("GROUP_KEYS", "METRIC_COLUMNS", "compute_metrics", "runaway_cap"),
                     "economics.metrics"),
     **dict.fromkeys(("BudgetStatus", "FinOpsTargets", "RegisterEntry", "budget_status",
@@ -22,14 +23,17 @@ __all__ = [
     "CostLedger",
     "CostPerGreenPR",
     "FinOpsTargets",
+    "PricedAttempts",
     "RegisterEntry",
     "UnitEconomics",
     "attempt_costs",
     "budget_status",
     "build_ledger",
+    "charge",
     "compute_metrics",
     "cost_decomposition",
     "finops_register",
+    "price_attempts",
     "register_from_frames",
     "runaway_cap",
 ]

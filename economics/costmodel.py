@@ -4,13 +4,21 @@ Pure functions over the three telemetry tables (``contracts.tables``) and a
 fleet manifest; no I/O. Everything is vectorised with numpy so that the metrics over a
 million tasks stay within seconds.
 
-Pricing rules (DESIGN.md, "Fleet manifest" and "Telemetry"):
+Pricing rules (DESIGN.md, "Fleet manifest" and "Telemetry"). ``price_attempts`` is the one
+function that prices spans; ``metrics``, the FinOps register and the estimator's window
+(``experiments.window``) all read it, so a span costs the same everywhere:
 
-- A call pays its uncached input tokens at the prefill price, its prefix-cached input
-  tokens at ``prefill price * (1 - cached_input_discount)`` and its output tokens at the
-  decode price of its tier and variant. A call served from the response cache pays
-  ``response_cache_usd_per_call`` only. An explicit ``cost_usd`` on a call wins.
-- An attempt costs the sum of its calls unless it carries an explicit ``cost_usd``.
+- A call pays its uncached input tokens at the input price, its prefix-cached input tokens
+  at the cached input price and its output tokens at the output price of its tier and
+  variant, plus the variant's per-request price (API-priced variants). Self-hosted
+  variants derive the prices from GPUs and throughput, the cached price being
+  ``input price * (1 - cached_input_discount)``; API-priced variants carry list prices
+  (``contracts.manifest.Economics``). A call served from the response cache pays
+  ``response_cache_usd_per_call`` only.
+- An explicit ``cost_usd`` overrides the cost model everywhere (``charge``): on a call it
+  is the call's cost; on an attempt it is the attempt's cost, whatever its calls (with or
+  without call spans) would have cost. An attempt without an explicit cost costs the sum
+  of its calls (each priced by the rule above; an attempt with neither costs 0).
 - A variant the manifest does not list falls back to its tier's default variant; a tier
   the manifest does not list prices at 0 and is counted in ``Unpriced`` (never raises).
 - Task spend = serve + shadow + gate attempts (failed attempts and repair loops included)
@@ -37,6 +45,7 @@ __all__ = [
     "UNKNOWN_LABEL",
     "CostLedger",
     "CostPerGreenPR",
+    "PricedAttempts",
     "PricedCalls",
     "ReservationView",
     "TokenUsage",
@@ -44,12 +53,14 @@ __all__ = [
     "Unpriced",
     "attempt_costs",
     "build_ledger",
+    "charge",
     "cost_decomposition",
     "cost_per_green_pr",
     "escape_rate",
     "first_pass_yield",
     "fleet_variants",
     "green_pr_mask",
+    "price_attempts",
     "price_calls",
     "reservation_view",
     "review_escapes",
@@ -79,6 +90,13 @@ def _ints(series: pd.Series, fill: int = 0) -> np.ndarray:
 
 def _bools(series: pd.Series, fill: bool = False) -> np.ndarray:
     return series.to_numpy(dtype=bool, na_value=fill)
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A column, or all-NA where a hand-built frame lacks it (e.g. no ``cost_usd``)."""
+    if name in frame.columns:
+        return frame[name]
+    return pd.Series(pd.NA, index=frame.index, dtype="object")
 
 
 def _equals(series: pd.Series, value: str) -> np.ndarray:
@@ -118,7 +136,9 @@ def usd_per_1k_tokens(gpus: float, usd_per_gpu_hour: float, tokens_per_s: float)
 
 
 def tier_prices(fleet: FleetManifest) -> pd.DataFrame:
-    """One row per tier and variant: rank, whether it is the default, $/1k input and output."""
+    """One row per tier and variant: rank, whether it is the default, its pricing form
+    (``self_hosted`` or ``api``), $/1k input, cached input and output, $ per request."""
+    discount = fleet.spec.pricing.cached_input_discount
     rows = []
     for tier in fleet.tiers:
         default = tier.variant().name
@@ -129,11 +149,14 @@ def tier_prices(fleet: FleetManifest) -> pd.DataFrame:
                 "variant": variant.name,
                 "rank": tier.rank,
                 "is_default": variant.name == default,
+                "pricing": "api" if e.api_priced else "self_hosted",
                 "usd_per_1k_input": e.usd_per_input_token * 1000.0,
+                "usd_per_1k_cached_input": e.usd_per_cached_input_token(discount) * 1000.0,
                 "usd_per_1k_output": e.usd_per_output_token * 1000.0,
-                "gpus": e.gpus,
-                "replicas": e.replicas,
-                "capacity_type": str(e.capacity_type),
+                "usd_per_request": e.usd_per_call,
+                "gpus": e.gpus_per_replica,
+                "replicas": 0 if e.api_priced else e.replicas,
+                "capacity_type": None if e.api_priced else str(e.capacity_type),
             })
     return pd.DataFrame(rows)
 
@@ -185,6 +208,8 @@ class PricedCalls:
     cached_input_tokens: np.ndarray
     output_tokens: np.ndarray
     busy_gpu_seconds: np.ndarray
+    input_price: np.ndarray  # $ per uncached input token of the variant that priced it
+    cached_input_price: np.ndarray  # $ per prefix-cached input token
     tier_code: np.ndarray
     tier_labels: list[str]
     fleet_variant: np.ndarray  # index into fleet_variants of the variant that priced it; -1 none
@@ -203,6 +228,14 @@ class PricedCalls:
         }, index=index)
 
 
+def charge(explicit_usd: np.ndarray, model_usd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a span (call or attempt) is charged: its explicit cost where it carries one
+    (not NaN), else the cost model's. Returns the charges and the explicit mask. The one
+    statement of "an explicit cost overrides the cost model" for every reader."""
+    explicit = ~np.isnan(explicit_usd)
+    return np.where(explicit, explicit_usd, model_usd), explicit
+
+
 def price_calls(calls: pd.DataFrame, fleet: FleetManifest,
                 tier_labels: Sequence[str] | None = None) -> PricedCalls:
     """Price every call (see the module docstring for the rules)."""
@@ -215,7 +248,7 @@ def price_calls(calls: pd.DataFrame, fleet: FleetManifest,
     # Prices are resolved once per observed (tier, variant) pair, then gathered per call.
     # The extra last row/column stands for an absent tier/variant (the NA code).
     shape = (n_t + 1, n_v + 1)
-    p_in, p_out = np.zeros(shape), np.zeros(shape)
+    p_in, p_out, p_cached, p_call = (np.zeros(shape) for _ in range(4))
     s_per_in, s_per_out, gpus = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     known = np.zeros(shape, dtype=bool)
     fallback = np.zeros(shape, dtype=bool)
@@ -236,9 +269,11 @@ def price_calls(calls: pd.DataFrame, fleet: FleetManifest,
                 fallback[i, j] = True
             e = variant.economics
             p_in[i, j], p_out[i, j] = e.usd_per_input_token, e.usd_per_output_token
-            s_per_in[i, j] = 1.0 / e.prefill_tokens_per_s
-            s_per_out[i, j] = 1.0 / e.decode_tokens_per_s
-            gpus[i, j] = e.gpus
+            p_cached[i, j] = e.usd_per_cached_input_token(pricing.cached_input_discount)
+            p_call[i, j] = e.usd_per_call
+            s_per_in[i, j] = e.seconds_per_input_token
+            s_per_out[i, j] = e.seconds_per_output_token
+            gpus[i, j] = e.gpus_per_replica
             known[i, j] = True
             resolved[i, j] = flat_index[(tier.name, variant.name)]
 
@@ -246,6 +281,7 @@ def price_calls(calls: pd.DataFrame, fleet: FleetManifest,
     cell = (np.where(tier_codes < 0, n_t, tier_codes) * (n_v + 1)
             + np.where(var_codes < 0, n_v, var_codes))
     p_in, p_out, known, fallback = p_in.ravel(), p_out.ravel(), known.ravel(), fallback.ravel()
+    p_cached, p_call = p_cached.ravel(), p_call.ravel()
     s_per_in, s_per_out, gpus, resolved = (
         s_per_in.ravel(), s_per_out.ravel(), gpus.ravel(), resolved.ravel())
     inp = _floats(calls["input_tokens"])
@@ -256,14 +292,13 @@ def price_calls(calls: pd.DataFrame, fleet: FleetManifest,
     cache_hit = ~_equals(cache, str(CacheStatus.MISS)) & cache.notna().to_numpy()
 
     call_p_in, call_p_out, call_known = p_in[cell], p_out[cell], known[cell]
-    uncached_cost = inp * call_p_in + out * call_p_out
-    cached_price = call_p_in * (1.0 - pricing.cached_input_discount)
-    token_cost = (inp - cached) * call_p_in + cached * cached_price + out * call_p_out
+    per_request = p_call[cell]
+    uncached_cost = inp * call_p_in + out * call_p_out + per_request
+    token_cost = ((inp - cached) * call_p_in + cached * p_cached[cell] + out * call_p_out
+                  + per_request)
     model_cost = np.where(response_hit, pricing.response_cache_usd_per_call, token_cost)
 
-    explicit_cost = _floats(calls["cost_usd"], np.nan)
-    explicit = ~np.isnan(explicit_cost)
-    cost = np.where(explicit, explicit_cost, model_cost)
+    cost, explicit = charge(_floats(_column(calls, "cost_usd"), np.nan), model_cost)
     savings = np.where(explicit | ~call_known, 0.0, uncached_cost - model_cost)
     # A response hit occupies no GPU; a prefix hit skips the prefill of its cached tokens.
     busy = np.where(response_hit, 0.0,
@@ -299,6 +334,8 @@ def price_calls(calls: pd.DataFrame, fleet: FleetManifest,
         cached_input_tokens=cached,
         output_tokens=out,
         busy_gpu_seconds=busy,
+        input_price=np.where(call_known, call_p_in, 0.0),
+        cached_input_price=np.where(call_known, p_cached[cell], 0.0),
         tier_code=label_codes,
         tier_labels=labels,
         fleet_variant=resolved[cell],
@@ -460,13 +497,68 @@ def _link_calls(attempts: pd.DataFrame, calls: pd.DataFrame, attempt_task: np.nd
         ambiguous = hit & shared[pos]
         if ambiguous.any():
             rows_shared = order[shared]
-            span_index = pd.Index(attempts["span_id"].to_numpy(dtype=object)[rows_shared])
-            parents = calls["parent_span_id"].to_numpy(dtype=object)[ambiguous]
+            span_index = pd.Index(_column(attempts, "span_id").to_numpy(dtype=object)[rows_shared])
+            parents = _column(calls, "parent_span_id").to_numpy(dtype=object)[ambiguous]
             if span_index.is_unique:
                 found = span_index.get_indexer(parents)
                 resolved = np.where(found >= 0, rows_shared[np.maximum(found, 0)], row[ambiguous])
                 row[ambiguous] = resolved
     return row, order
+
+
+@dataclass(frozen=True)
+class PricedAttempts:
+    """Every attempt priced (arrays aligned with the attempts frame's rows), its calls priced
+    and linked to it. See ``price_attempts``.
+
+    ``cost_usd`` is what the attempt is charged (``charge``: its explicit cost, else
+    ``calls_usd``); ``calls_usd`` is the sum of its linked calls' charges; ``n_calls`` counts
+    them; ``call_attempt`` is each call's attempt row (-1: no attempt span, an orphan call);
+    ``order`` sorts the attempts by (task, attempt number).
+    """
+
+    cost_usd: np.ndarray
+    explicit: np.ndarray
+    calls_usd: np.ndarray
+    n_calls: np.ndarray
+    call_attempt: np.ndarray
+    order: np.ndarray
+    calls: PricedCalls
+
+    @property
+    def priced(self) -> np.ndarray:
+        """Attempts whose cost the telemetry states: an explicit cost, or at least one call."""
+        return self.explicit | (self.n_calls > 0)
+
+
+def price_attempts(attempts: pd.DataFrame, calls: pd.DataFrame, fleet: FleetManifest, *,
+                   tier_labels: Sequence[str] | None = None,
+                   task_codes: tuple[np.ndarray, np.ndarray] | None = None) -> PricedAttempts:
+    """Price every call and every attempt: the one pricing function of the product.
+
+    A call costs its explicit cost, else the manifest's price of its tokens (``price_calls``);
+    an attempt costs its explicit cost, else the sum of its calls. Calls link to attempts by
+    (task id, attempt number), disambiguated by ``parent_span_id``. ``task_codes`` are the
+    attempts' and calls' task codes where the caller has them (one code per task id).
+    """
+    if task_codes is None:
+        ids = pd.concat([attempts["task_id"], calls["task_id"]], ignore_index=True)
+        codes, uniques = pd.factorize(ids, use_na_sentinel=True)
+        codes = np.where(codes < 0, len(uniques), codes)
+        task_codes = (codes[:len(attempts)], codes[len(attempts):])
+    a_codes, c_codes = task_codes
+    labels = (list(tier_labels) if tier_labels is not None
+              else _tier_labels(fleet, attempts["tier"], calls["tier"]))
+    priced = price_calls(calls, fleet, tier_labels=labels)
+    call_attempt, order = _link_calls(attempts, calls, a_codes, c_codes,
+                                      _ints(attempts["attempt"]), _ints(calls["attempt"]))
+    linked = call_attempt >= 0
+    calls_usd = _bincount(call_attempt[linked], priced.cost_usd[linked], len(attempts))
+    n_calls = _bincount(call_attempt[linked], None, len(attempts))
+    cost, explicit = charge(_floats(_column(attempts, "cost_usd"), np.nan), calls_usd)
+    return PricedAttempts(cost_usd=cost, explicit=explicit, calls_usd=calls_usd,
+                          n_calls=n_calls, call_attempt=call_attempt, order=order,
+                          calls=priced)
 
 
 def build_ledger(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFrame,
@@ -478,15 +570,10 @@ def build_ledger(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFram
     duplicate_tasks = len(tasks) - int((task_row >= 0).sum())
     labels = _tier_labels(fleet, attempts["tier"], calls["tier"])
 
-    priced = price_calls(calls, fleet, tier_labels=labels)
-    att_number = _ints(attempts["attempt"])
-    call_attempt, order = _link_calls(attempts, calls, a_codes, c_codes, att_number,
-                                      _ints(calls["attempt"]))
-    linked = call_attempt >= 0
-    from_calls = _bincount(call_attempt[linked], priced.cost_usd[linked], len(attempts))
-    explicit_att = _floats(attempts["cost_usd"], np.nan)
-    attempt_explicit = ~np.isnan(explicit_att)
-    attempt_cost = np.where(attempt_explicit, explicit_att, from_calls)
+    spans = price_attempts(attempts, calls, fleet, tier_labels=labels,
+                           task_codes=(a_codes, c_codes))
+    priced, call_attempt, order = spans.calls, spans.call_attempt, spans.order
+    attempt_cost, attempt_explicit = spans.cost_usd, spans.explicit
 
     purpose = _codes_into(attempts["purpose"], PURPOSES)
     purpose = np.where(purpose < 0, _SERVE, purpose)
@@ -697,8 +784,8 @@ def spot_share(fleet: FleetManifest) -> float | None:
     for tier in fleet.tiers:
         for variant in tier.variants:
             e = variant.economics
-            total += e.usd_per_hour
-            if str(e.capacity_type) == "spot":
+            total += e.usd_per_hour  # 0 for an API-priced variant
+            if not e.api_priced and str(e.capacity_type) == "spot":
                 spot += e.usd_per_hour
     return spot / total if total > 0 else None
 
@@ -709,8 +796,9 @@ def reservation_view(calls: pd.DataFrame, fleet: FleetManifest, *,
     """GPU-hours provisioned (replicas * gpus * hours) vs busy GPU-hours of served tokens.
 
     Busy time of a call = (uncached input / prefill rate + output / decode rate) on one
-    replica, times that replica's GPUs; response-cache hits take none. ``usage_usd`` is what
-    those calls were charged. ``hours`` defaults to 24 per distinct day in ``calls``.
+    replica, times that replica's GPUs; response-cache hits take none, and an API-priced
+    variant provisions and occupies no GPU. ``usage_usd`` is what those calls were charged.
+    ``hours`` defaults to 24 per distinct day in ``calls``.
     """
     hours = window_hours(calls) if hours is None else float(hours)
     priced = priced if priced is not None else price_calls(calls, fleet)
@@ -722,14 +810,14 @@ def reservation_view(calls: pd.DataFrame, fleet: FleetManifest, *,
     rows = []
     for k, (tier_name, variant_name) in enumerate(flat):
         e = fleet.economics(tier_name, variant_name)
-        provisioned = e.replicas * e.gpus * hours
+        provisioned = e.provisioned_gpus * hours  # 0 for an API-priced variant
         util = busy_by[k] / 3600.0 / provisioned if provisioned > 0 else None
         rows.append({
             "tier": tier_name,
             "variant": variant_name,
-            "capacity_type": str(e.capacity_type),
-            "replicas": e.replicas,
-            "gpus": e.gpus,
+            "capacity_type": None if e.api_priced else str(e.capacity_type),
+            "replicas": 0 if e.api_priced else e.replicas,
+            "gpus": e.gpus_per_replica,
             "provisioned_gpu_hours": provisioned,
             "busy_gpu_hours": busy_by[k] / 3600.0,
             "utilisation": util,

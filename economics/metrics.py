@@ -257,7 +257,7 @@ def compute_metrics(
     idle = np.full(n_groups, np.nan)
     spot = np.full(n_groups, np.nan)
     if set(by) <= {"day"}:
-        gpus = sum(v.economics.replicas * v.economics.gpus for t in fleet.tiers for v in t.variants)
+        gpus = sum(v.economics.provisioned_gpus for t in fleet.tiers for v in t.variants)
         if by:
             window = np.full(n_groups, 24.0)
         else:

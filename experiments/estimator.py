@@ -7,6 +7,11 @@ never observed, the data cannot say how they perform: the interval is widened to
 the replays with those combinations always failing and always passing, so such a
 candidate can never look confidently better. ``support`` is the share of the policy's
 expected attempts on observed combinations.
+
+``widen`` (default 1.0) scales every interval's half-widths around its point, and
+``compare`` does the same to the deltas of a widened candidate: the nightly passes a lever's
+factor from the calibration record (``controlplane.loop.calibration``), so a lever whose
+realised changes fell outside their intervals gets wider ones until it is calibrated again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from experiments.outcomes import OutcomeModels
-from experiments.replay import ReplayContext, TaskValues, replay_policy
+from experiments.replay import ReplayContext, TaskValues, evidence_influence, replay_policy
 from experiments.window import as_window
 
 __all__ = [
@@ -70,6 +75,7 @@ class Estimate:
     values: TaskValues | None = field(default=None, repr=False)
     replicates: np.ndarray | None = field(default=None, repr=False)  # [B, 3] green, cost, fpy
     envelope: dict[str, tuple[float, float, float]] = field(default_factory=dict, repr=False)
+    widen: float = 1.0  # interval half-widths scaled by this (calibration record)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,12 +145,25 @@ def _interval(point: float, reps: np.ndarray, level: float, extra: tuple[float, 
     return Interval(float(point), low, high)
 
 
+def _widened(interval: Interval, widen: float) -> Interval:
+    """``interval`` with its half-widths scaled by ``widen`` around the point."""
+    if widen == 1.0 or not np.isfinite(interval.point):
+        return interval
+    p = interval.point
+    return Interval(p, p - widen * (p - interval.low), p + widen * (interval.high - p))
+
+
 def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
              bootstrap: int = 200, seed: int = 0, level: float = 0.9, min_support: int = 20,
-             context: ReplayContext | None = None, weights: np.ndarray | None = None
-             ) -> Estimate:
-    """Estimate ``policy`` on ``window`` (a compiled Window or (tasks, attempts, calls))."""
+             context: ReplayContext | None = None, weights: np.ndarray | None = None,
+             widen: float = 1.0) -> Estimate:
+    """Estimate ``policy`` on ``window`` (a compiled Window or (tasks, attempts, calls)).
+
+    ``widen``: scale every interval's half-widths around its point (1.0: as estimated)."""
     from experiments.outcomes import fit_outcome_models
+
+    if not (np.isfinite(widen) and widen > 0):
+        raise ValueError(f"widen must be a positive finite number (got {widen!r})")
 
     if context is None:
         window = as_window(window, fleet)
@@ -160,6 +179,10 @@ def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
     W = weights if weights is not None else bootstrap_weights(window.n, bootstrap, seed)
     cols = np.stack([values.green, values.cost, values.fpy, values.serve, values.rework,
                      values.verifier, values.eval], axis=1).astype(np.float32)
+    # The per-state corrections' own sampling error, on the same resamples (zero-sum terms).
+    influence = evidence_influence(policy, context, values)
+    cols += influence[:, [TaskValues.COLUMN_NAMES.index(c) for c in (
+        "green", "cost", "fpy", "serve", "rework", "verifier", "eval")]].astype(np.float32)
     sums = (W @ cols).astype(np.float64)  # [B, 7]
     counts = W.sum(axis=1).astype(np.float64)
     scale = window.n / np.maximum(counts, 1.0)  # report totals on the window's size
@@ -196,17 +219,19 @@ def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
                      "judges them (no off-policy correction)")
     env = list(envelope.values())
     decomposition = {
-        name: _interval(float(getattr(values, name).sum()), sums[:, k] * scale, level)
+        name: _widened(_interval(float(getattr(values, name).sum()), sums[:, k] * scale,
+                                 level), widen)
         for k, name in ((3, "serve"), (4, "rework"), (5, "verifier"), (6, "eval"))
     }
     return Estimate(
         policy_hash=policy.content_hash,
         n_tasks=window.n,
-        green_prs=_interval(summary["green_prs"], g_rep, level, tuple(e[0] for e in env)),
-        fpy=_interval(summary["fpy"], f_rep, level, tuple(e[1] for e in env)),
-        cost_per_green_pr=_interval(summary["cost_per_green_pr"], cpg_rep, level,
-                                    tuple(e[2] for e in env)),
-        spend_usd=_interval(summary["cost_usd"], c_rep, level),
+        green_prs=_widened(_interval(summary["green_prs"], g_rep, level,
+                                     tuple(e[0] for e in env)), widen),
+        fpy=_widened(_interval(summary["fpy"], f_rep, level, tuple(e[1] for e in env)), widen),
+        cost_per_green_pr=_widened(_interval(summary["cost_per_green_pr"], cpg_rep, level,
+                                             tuple(e[2] for e in env)), widen),
+        spend_usd=_widened(_interval(summary["cost_usd"], c_rep, level), widen),
         decomposition=decomposition,
         support=summary["support"],
         budget_exceeded=float(values.budget_exceeded.sum()),
@@ -216,11 +241,13 @@ def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
         values=values,
         replicates=np.stack([g_rep, c_rep, f_rep], axis=1),
         envelope=envelope,
+        widen=float(widen),
     )
 
 
 def compare(candidate: Estimate, active: Estimate) -> Deltas:
-    """Paired deltas (same resamples), widened by the candidate's unobserved-combo bounds."""
+    """Paired deltas (same resamples), widened by the candidate's unobserved-combo bounds
+    and by its ``widen`` (half-widths scaled around the point)."""
     if candidate.replicates is None or active.replicates is None:
         raise ValueError("compare needs estimates made with bootstrap replicates")
     if candidate.replicates.shape != active.replicates.shape:
@@ -234,12 +261,15 @@ def compare(candidate: Estimate, active: Estimate) -> Deltas:
     d_fpy = cf - af
     rel_cpg = _ratio(cc, cg) / np.maximum(_ratio(ac, ag), 1e-12) - 1.0
     env = list(candidate.envelope.values())
+    w = candidate.widen
     return Deltas(
-        green_prs=_interval(candidate.green_prs.point / max(g_active, 1e-12) - 1.0, rel_green,
-                            level, tuple(e[0] / max(g_active, 1e-12) - 1.0 for e in env)),
-        fpy=_interval(candidate.fpy.point - active.fpy.point, d_fpy, level,
-                      tuple(e[1] - active.fpy.point for e in env)),
-        cost_per_green_pr=_interval(candidate.cost_per_green_pr.point / max(c_active, 1e-12)
-                                    - 1.0, rel_cpg, level,
-                                    tuple(e[2] / max(c_active, 1e-12) - 1.0 for e in env)),
+        green_prs=_widened(_interval(candidate.green_prs.point / max(g_active, 1e-12) - 1.0,
+                                     rel_green, level,
+                                     tuple(e[0] / max(g_active, 1e-12) - 1.0 for e in env)), w),
+        fpy=_widened(_interval(candidate.fpy.point - active.fpy.point, d_fpy, level,
+                               tuple(e[1] - active.fpy.point for e in env)), w),
+        cost_per_green_pr=_widened(_interval(candidate.cost_per_green_pr.point
+                                             / max(c_active, 1e-12) - 1.0, rel_cpg, level,
+                                             tuple(e[2] / max(c_active, 1e-12) - 1.0
+                                                   for e in env)), w),
     )

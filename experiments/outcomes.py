@@ -1,12 +1,16 @@
 """Outcome models: P(an attempt passes | task features, tier, variant, adapter, history).
 
-A logistic regression (scikit-learn) on every logged attempt (serve, shadow and gate),
-calibrated with Platt scaling across three folds (``CalibratedClassifierCV``). Design of
-one attempt row: the task's standardised numeric features, one-hot categorical features
-and family; a one-hot of the (tier, variant, adapter) combination; that one-hot times the
-numeric features (a tier's advantage may grow with difficulty); and its history (failed
-attempts so far per tier, attempt number), which is what lets a cascade's later attempts
-be predicted from tasks that already failed below.
+A logistic regression (scikit-learn) on every logged attempt (serve, shadow and gate) and
+on the window's joint-outcome evidence (``Window.joint_frame``: a verdict read after the
+same task's failure on another tier, from shadow attempts), calibrated with Platt scaling
+across three folds (``CalibratedClassifierCV``). Design of one attempt row: the task's
+standardised numeric features, one-hot categorical features and family; a one-hot of the
+(tier, variant, adapter) combination; that one-hot times the numeric features (a tier's
+advantage may grow with difficulty); and its history (failed attempts so far per tier,
+attempt number), which is what lets a cascade's later attempts be predicted from tasks
+that already failed below. The history terms are shared by all combinations; the replay
+corrects each (combination, history) state on the tasks observed in it
+(``experiments.replay.ReplayContext.state_shift``).
 
 Every piece of the fitted model is linear before its sigmoid, so the replay evaluates it
 for all tasks x combinations at once (``task_combo_logits``) instead of calling
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["OutcomeModels", "design_matrix", "fit_outcome_models"]
+__all__ = ["OutcomeModels", "design_matrix", "fit_outcome_models", "training_rows"]
 
 
 def _n_numeric(names: list[str]) -> int:
@@ -106,7 +110,7 @@ def fit_outcome_models(window, attempts=None, fleet=None, *, seed: int = 0,
             raise TypeError("fit_outcome_models(tasks, attempts, fleet) needs all three")
         empty_calls = pd.DataFrame({c: pd.Series([], dtype=d) for c, d in _call_dtypes()})
         window = build_window(window, attempts, empty_calls, fleet)
-    frame = window.attempts_frame
+    frame = training_rows(window)
     n_hist = len(window.tiers)
     n_numeric = _n_numeric(window.model_feature_names)
     n_combos = len(window.combos)
@@ -146,6 +150,16 @@ def fit_outcome_models(window, attempts=None, fleet=None, *, seed: int = 0,
     p = model.predict_proba(x)[:, 1]
     brier = float(np.mean((p - y) ** 2))
     return OutcomeModels(model, n_numeric, n_combos, n_hist, None, folds, len(y), brier)
+
+
+def training_rows(window):
+    """The outcome model's rows: the attempt rows and the joint-outcome evidence rows."""
+    import pandas as pd
+
+    joint = window.joint_frame
+    if joint is None or not len(joint):
+        return window.attempts_frame
+    return pd.concat([window.attempts_frame, joint], ignore_index=True)
 
 
 def _call_dtypes():

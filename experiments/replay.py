@@ -9,8 +9,10 @@ drift apart silently.
 Per task and per possible start tier, the attempts of the plan are walked with the
 outcome model's P(pass) (direct method): reach probability, expected spend (each attempt
 priced by the cost model for its tier, variant and cache setting, plus verifier compute),
-P(Green), P(first attempt passes). Guardrail caps cut the plan where the expected spend or
-tokens would exceed them (the task ends ``budget_exceeded``). The start distribution
+P(Green), P(first attempt passes). Guardrail caps apply the gateway's own rule
+(``policies.caps``): an attempt is refused once the task's expected serving spend or tokens
+of the attempts before it *have reached* a cap, so the attempt that crosses a cap runs and
+is paid in full, and the task then ends ``budget_exceeded``. The start distribution
 (routing plus exploration) mixes the plans; the shadow rate adds evaluation spend.
 
 Off-policy correction (doubly robust): where the policy's plan from the logged start tier
@@ -26,10 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contracts.guardrails import Cap
 from experiments.outcomes import OutcomeModels
 from experiments.window import Window
 
-__all__ = ["ReplayContext", "RoutingMismatch", "TaskValues", "replay_policy"]
+__all__ = ["ReplayContext", "RoutingMismatch", "TaskValues", "evidence_influence",
+           "replay_policy"]
 
 # Tasks checked per family and replay against policies.routing.start_index.
 ROUTING_CHECK_SAMPLE = 8
@@ -54,6 +58,8 @@ class TaskValues:
     budget_exceeded: np.ndarray
     unsupported: np.ndarray  # expected attempts on combinations the window never observed
     dr_weight: np.ndarray  # the off-policy weight each task's observation received
+    # (combo, failures per tier) states the policy's plans step through
+    states: frozenset = frozenset()
 
     def columns(self) -> np.ndarray:
         return np.stack([self.green, self.cost, self.fpy, self.serve, self.rework,
@@ -65,14 +71,24 @@ class TaskValues:
 
 
 class ReplayContext:
-    """What replays of one window share: fold logits, supported combos, family rows."""
+    """What replays of one window share: fold logits, supported combos, family rows, and
+    the per-state corrections of the outcome model (``state_shift``).
 
-    def __init__(self, window: Window, models: OutcomeModels, *, min_support: int = 20):
+    ``evidence_prior``: how many observations the outcome model counts for against a
+    state's own evidence (shrinkage: a state seen on few tasks stays near the model);
+    ``math.inf``: the outcome model alone, no state corrections.
+    """
+
+    def __init__(self, window: Window, models: OutcomeModels, *, min_support: int = 20,
+                 evidence_prior: float = 20.0):
         self.window = window
         self.models = models
         self.logits = models.task_combo_logits(window.model_features)  # [K, n, C]
         self.supported = window.combo_attempts >= min_support
         self.min_support = min_support
+        self.evidence_prior = evidence_prior
+        self._evidence = _state_evidence(window)
+        self._shifts: dict[tuple[int, tuple[int, ...]], float] = {}
         self.family_rows = [np.flatnonzero(window.family_code == f)
                             for f in range(len(window.families))]
         self.feature_col = {name: j for j, name in enumerate(window.feature_names)}
@@ -87,6 +103,33 @@ class ReplayContext:
         return bool(self.supported[combo]) and (
             self.window.state_attempts.get(state, 0) >= self.min_support)
 
+    def state_shift(self, combo: int, hist: tuple[float, ...]) -> float:
+        """The outcome model's score correction for one (combination, failures) state.
+
+        The tasks observed in the state (attempt rows and joint-outcome evidence: on a task
+        served on L with a shadow on S that failed, L's verdict is the step S -> L) pass
+        at some rate; the shift moves every fold's score by one constant so that the model's
+        mean P(pass) over those tasks matches that rate, shrunk toward the model's own mean
+        by ``evidence_prior`` pseudo-observations. It is what conditions a cascade step on
+        the failures before it beyond the history terms the model shares across tiers: a
+        task that failed on S is harder for L than its features say. No evidence: 0.
+        """
+        key = (combo, tuple(int(h) for h in hist))
+        shift = self._shifts.get(key)
+        if shift is None:
+            shift = 0.0
+            evidence = self._evidence.get(key)
+            if (evidence is not None and self.models.constant is None
+                    and np.isfinite(self.evidence_prior)):
+                tasks, passed = evidence
+                z = (self.logits[:, tasks, combo]
+                     + self.models.history_shift(np.asarray(key[1], dtype=float),
+                                                 1 + sum(key[1]))[:, None])
+                shift = _matching_shift(self.models, z, float(passed.sum()), len(passed),
+                                        self.evidence_prior)
+            self._shifts[key] = shift
+        return shift
+
     def pass_prob(self, family: int, combo: int, hist: tuple[float, ...], attempt: int,
                   envelope: str | None) -> np.ndarray:
         """P(pass) of every task of ``family`` on ``combo`` after failures ``hist``."""
@@ -96,13 +139,110 @@ class ReplayContext:
         cached = self._prob_cache.get(key)
         if cached is None:
             rows = self.family_rows[family]
-            shift = self.models.history_shift(np.asarray(hist), attempt)
+            shift = (self.models.history_shift(np.asarray(hist), attempt)
+                     + self.state_shift(combo, hist))
             z = self.logits[:, rows, combo] + shift[:, None]
             cached = self.models.calibrate(z)
             if len(self._prob_cache) > 4096:
                 self._prob_cache.clear()
             self._prob_cache[key] = cached
         return cached
+
+
+def _state_evidence(window: Window) -> dict[tuple[int, tuple[int, ...]], tuple[np.ndarray,
+                                                                                 np.ndarray]]:
+    """(combo, failures per tier) -> (task indices, verdicts) of its observations: the
+    outcome model's training rows (``experiments.outcomes.training_rows``)."""
+    from experiments.outcomes import training_rows
+
+    frame = training_rows(window)
+    if frame.empty:
+        return {}
+    hist_cols = [f"hist_{i}" for i in range(len(window.tiers))]
+    keys = frame[["combo", *hist_cols]].to_numpy(dtype=np.int64)
+    tasks = frame["task"].to_numpy(dtype=np.int64)
+    passed = frame["passed"].to_numpy(dtype=bool)
+    states, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(states) + 1))
+    out = {}
+    for i, state in enumerate(states):
+        members = order[bounds[i]:bounds[i + 1]]
+        out[(int(state[0]), tuple(int(x) for x in state[1:]))] = (tasks[members],
+                                                                 passed[members])
+    return out
+
+
+def _matching_shift(models: OutcomeModels, z: np.ndarray, passes: float, n: int,
+                    prior: float) -> float:
+    """The constant added to the fold scores ``z`` [K, n] that makes the mean calibrated
+    P(pass) equal (passes + prior * model mean) / (n + prior) (bisection; 0 if none)."""
+    model_mean = float(models.calibrate(z).mean())
+    target = (passes + prior * model_mean) / (n + prior)
+    lo, hi = -30.0, 30.0
+    f_lo = float(models.calibrate(z + lo).mean()) - target
+    f_hi = float(models.calibrate(z + hi).mean()) - target
+    if f_lo * f_hi > 0:
+        return 0.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        f_mid = float(models.calibrate(z + mid).mean()) - target
+        if (f_mid < 0) == (f_lo < 0):
+            lo, f_lo = mid, f_mid
+        else:
+            hi = mid
+        if hi - lo < 1e-9:
+            break
+    return 0.5 * (lo + hi)
+
+
+def evidence_influence(policy, ctx: ReplayContext, values: TaskValues, *,
+                       doubly_robust: bool = True, step: float = 0.05) -> np.ndarray:
+    """[n, len(TaskValues.COLUMN_NAMES)] per-task terms that carry the sampling error of the
+    state corrections (``ReplayContext.state_shift``) into a bootstrap over tasks.
+
+    Each state the policy steps through was corrected on the tasks observed in it; another
+    sample of those tasks would have given another correction. Per state: the sensitivity
+    of the policy's totals to its shift (one more replay, the shift moved by ``step``) times
+    each evidence task's influence on the state's rate (its residual over the model's slope
+    at the shift, not shrunk: the model was fitted on the same rows), added to that task's
+    row. Every column sums to 0, so point estimates do not move; a resample of the tasks
+    (the estimator's Poisson weights) moves each state's correction as refitting it on the
+    resample would, to first order, on the same resamples for every policy (paired).
+    """
+    n_cols = len(TaskValues.COLUMN_NAMES)
+    influence = np.zeros((ctx.window.n, n_cols))
+    if ctx.models.constant is not None or not np.isfinite(ctx.evidence_prior):
+        return influence
+    base = values.columns().sum(axis=0)
+    for state in sorted(values.states):
+        evidence = ctx._evidence.get(state)
+        if evidence is None:
+            continue
+        tasks, passed = evidence
+        combo, hist = state
+        shift = ctx.state_shift(combo, hist)
+        z = (ctx.logits[:, tasks, combo] + shift
+             + ctx.models.history_shift(np.asarray(hist, dtype=float), 1 + sum(hist))[:, None])
+        p = ctx.models.calibrate(z)
+        slope = (ctx.models.calibrate(z + 1e-4) - ctx.models.calibrate(z - 1e-4)) / 2e-4
+        if not slope.sum() > 0:
+            continue
+        # Unshrunk: the model the shift shrinks toward was fitted on these same rows, so
+        # another sample moves the state's rate with it, not only its shift.
+        each = (passed - p) / slope.sum()
+        each -= each.mean()
+        ctx._shifts[state] = shift + step
+        ctx._prob_cache.clear()
+        try:
+            moved = replay_policy(policy, ctx, doubly_robust=doubly_robust)
+        finally:
+            ctx._shifts[state] = shift
+            ctx._prob_cache.clear()
+        sensitivity = (moved.columns().sum(axis=0) - base) / step
+        np.add.at(influence, tasks, each[:, None] * sensitivity[None, :])
+    return influence
 
 
 def _start_indices(ctx: ReplayContext, routing, rows: np.ndarray) -> np.ndarray:
@@ -146,6 +286,7 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
     n = w.n
     out = {name: np.zeros(n) for name in TaskValues.COLUMN_NAMES}
     dr_weight = np.zeros(n)
+    visited: set[tuple[int, tuple[int, ...]]] = set()
     spec = policy.spec
     prefix_on = spec.cache.prefix
     rc = spec.cache.response
@@ -188,7 +329,8 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
         routed[np.arange(len(rows)), starts] = 1.0
 
         verifier = w.verifier_per_attempt[rows]
-        tokens = ctx.tokens[rows]
+        # A response-cache hit counts no tokens toward the task's cap (serving.guardrails).
+        tokens = ctx.tokens[rows] * (1.0 - hit)
         prop = w.propensity[rows]
         lcombo = w.logged_combo[rows]
         lpassed = w.logged_passed[rows]
@@ -196,7 +338,8 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
         lgreen = w.green[rows].astype(float)
         per_start = []
         for s, (plan, codes) in enumerate(plans):
-            values = _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope)
+            values = _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
+                                visited)
             if doubly_robust:
                 _correct(values, codes, lcombo, lpassed, llen, lgreen, price, verifier,
                          mix[:, s], prop, dr_weight, rows, w.accept_rate)
@@ -229,37 +372,48 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
                       attempts=out["attempts"], serve=out["serve"], rework=out["rework"],
                       verifier=out["verifier"], eval=out["eval"],
                       budget_exceeded=out["budget_exceeded"], unsupported=out["unsupported"],
-                      dr_weight=dr_weight)
+                      dr_weight=dr_weight, states=frozenset(visited))
 
 
-def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope) -> dict:
+def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
+               visited: set | None = None) -> dict:
     """Model values of one plan, from every position onward (backward recursion).
 
     ``_G[j]``, ``_C[j]`` ... are the expected green, spend ... of the rest of the plan
-    for a task that has failed positions 0..j-1; position j >= ``_allowed`` is past a
-    guardrail cap (the task ends there ``budget_exceeded``).
+    for a task that has failed positions 0..j-1; position j >= ``_allowed`` is refused by
+    a guardrail cap (``policies.caps``, on the spend of positions 0..j-1; a $ or token cap
+    ends the task ``budget_exceeded``).
     """
+    from policies.caps import task_caps_reached
+
     n, A = len(verifier), len(codes)
     costs, probs, unsup = [], [], []
     spent = np.zeros(n)
     used = np.zeros(n)
     allowed = np.full(n, A, dtype=np.int64)
+    cut = np.zeros(n, dtype=bool)  # a $ or token cap ended the plan (not the attempt cap)
     hist = [0.0] * len(ctx.rank_pos)
     for j, code in enumerate(codes):
         c = price(code)
-        ok = np.ones(n, dtype=bool)
-        if g.max_usd_per_task is not None:
-            ok &= spent + c <= g.max_usd_per_task
-        if g.max_tokens_per_task is not None:
-            ok &= used + tokens <= g.max_tokens_per_task
-        allowed[~ok & (allowed == A)] = j
+        # The gateway's rule (policies.caps): attempt j+1 is refused once the spend of the
+        # attempts before it has reached a cap, never because it would pass one.
+        refuses = dict(task_caps_reached(g, attempt=j + 1, spent_usd=spent,
+                                         spent_tokens=used, max_attempts=A))
+        budget = np.asarray(refuses[Cap.MAX_TOKENS_PER_TASK]
+                            | refuses[Cap.MAX_USD_PER_TASK], dtype=bool)
+        stop = budget | np.asarray(refuses[Cap.MAX_ATTEMPTS_PER_TASK], dtype=bool)
+        first = stop & (allowed == A)
+        allowed[first] = j
+        cut |= first & budget
         costs.append(c)
         probs.append(ctx.pass_prob(fam_code, code, tuple(hist), j + 1, envelope))
+        if visited is not None:
+            visited.add((code, tuple(int(h) for h in hist)))
         unsup.append(0.0 if ctx.is_supported(code, tuple(hist)) else 1.0)
         spent = spent + c
         used = used + tokens
         hist[ctx.tier_pos[ctx.window.combos[code].tier]] += 1.0
-    cut = (allowed < A).astype(float)
+    cut = cut.astype(float)
     G = [np.zeros(n)] * (A + 1)
     C, V, T, E, U = ([np.zeros(n)] * (A + 1) for _ in range(5))
     G, C, V, T, E, U = list(G), list(C), list(V), list(T), list(E), list(U)

@@ -6,8 +6,14 @@ the point Optuna proposes plus ``per_trial - 1`` neighbours of it, each replayed
 (vectorised numpy, point estimates). A trial reports its best objective back to Optuna;
 all evaluated points come back to the driver, which ranks them, estimates the best
 ``candidates`` with bootstrap intervals and paired deltas against the active policy on the
-same window, and marks each feasible (FPY and Green PRs non-inferior within the margin,
-judged on the interval's lower bound) and with a risk level.
+same window, and marks each feasible and with a risk level.
+
+Feasible: Green PRs non-inferior within ``gates.non_inferiority_margin`` (relative), judged
+on the interval's lower bound; first-pass yield is reported always and constrains only when
+the owner sets ``gates.fpy_margin`` (absolute), since a cheap-first cascade lowers FPY by
+construction while raising Green PRs. Ranked (and so chosen) by the pessimistic end of the
+interval: the high end of the relative change of cost per Green PR, the least saving the
+interval admits; the point breaks ties (``rank_key``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +41,26 @@ from experiments.estimator import (
 from experiments.replay import ReplayContext, replay_policy
 from experiments.window import Window, as_window
 
-__all__ = ["Candidate", "SearchResult", "lever_context", "objective", "risk_level",
-           "search_candidates"]
+__all__ = ["Candidate", "SearchResult", "feasibility_reasons", "lever_context", "objective",
+           "escalation_seeds", "rank_key", "risk_level", "risk_reasons", "search_candidates"]
 
 INFEASIBLE_PENALTY = 1e3
 AUTHOR = "autopilot-search"
+# Escalation orders replayed per family to see where a routing of its own could save
+# (cheapest orders first: single tiers, then pairs ...).
+SAVING_PROBES = 16
+# Caps that end more than this share of the window's tasks budget_exceeded (beyond the
+# active policy) make a candidate's saving one fitted on the tasks it cuts.
+CUT_SHARE = 0.001
+
+
+def _number(value: float) -> float | None:
+    """JSON has no infinity: an unbounded end is null."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _interval_numbers(interval) -> dict[str, float | None]:
+    return {k: _number(v) for k, v in interval.as_dict().items()}
 
 
 @dataclass
@@ -53,9 +74,36 @@ class Candidate:
     deltas: Deltas
     feasible: bool
     risk: str
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why not feasible
+    risk_reasons: list[str] = field(default_factory=list)  # why not risk "low"
+
+    def record(self) -> dict[str, Any]:
+        """The numbers form (``whatif --json``, ``whatif.json``): every figure a number,
+        each interval ``{point, low, high}`` (null: unbounded), deltas relative for Green
+        PRs and cost per Green PR, absolute for FPY. ``rank_by`` is the figure the ranking
+        uses: the high end of the relative change of cost per Green PR."""
+        e, d = self.estimate, self.deltas
+        return {
+            "lever": self.lever,
+            "hash": self.policy.content_hash[:12],
+            "cost_per_green_pr": _interval_numbers(e.cost_per_green_pr),
+            "green_prs": _interval_numbers(e.green_prs),
+            "fpy": _interval_numbers(e.fpy),
+            "deltas": {"cost_per_green_pr_rel": _interval_numbers(d.cost_per_green_pr),
+                       "green_prs_rel": _interval_numbers(d.green_prs),
+                       "fpy_abs": _interval_numbers(d.fpy)},
+            "rank_by": _number(d.cost_per_green_pr.high),
+            "support": float(e.support),
+            "level": float(e.level),
+            "budget_exceeded": float(e.budget_exceeded),
+            "feasible": self.feasible,
+            "risk": self.risk,
+            "reasons": list(self.reasons),
+            "risk_reasons": list(self.risk_reasons),
+        }
 
     def summary(self) -> dict[str, Any]:
+        """One human line (strings with intervals): the benchmarks print it."""
         e, d = self.estimate, self.deltas
         return {
             "lever": self.lever,
@@ -86,8 +134,56 @@ class SearchResult(list):
         self.executor = executor
 
 
-def lever_context(window: Window, fleet, *, sample: int = 2000, seed: int = 0):
-    """What the lever spaces may know of the window (see ``policies.levers.LeverContext``)."""
+def _family_spend_and_saving(window: Window, fleet, active, context: ReplayContext
+                             ) -> tuple[dict[str, float], dict[str, float]]:
+    """Per family: the active policy's spend on the window, and the most a routing of the
+    family's own (one escalation order, no cut points) saves on it by the point estimate:
+    its spend minus what the order would spend for the family's current Green PRs, among
+    orders that keep the family's Green PRs within the margin on supported states."""
+    from policies.levers.routing import escalation_options
+
+    n_fam, code = len(window.families), window.family_code
+
+    def by_family(values) -> tuple[np.ndarray, ...]:
+        return tuple(np.bincount(code, weights=getattr(values, k), minlength=n_fam)
+                     for k in ("cost", "green", "unsupported", "attempts"))
+
+    cost_a, green_a, _, _ = by_family(replay_policy(active, context))
+    margin = active.spec.gates.non_inferiority_margin
+    r = active.spec.routing
+    options = sorted(escalation_options(fleet.tier_names), key=lambda o: o.count(">"))
+    best = np.zeros(n_fam)
+    for option in options[:SAVING_PROBES]:
+        families = {}
+        for fam in window.families:
+            o = r.families.get(fam)
+            entry = o.model_dump(mode="json", exclude_none=True) if o is not None else {}
+            families[fam] = {**entry, "escalation": option.split(">"), "thresholds": []}
+        try:
+            probe = active.evolve(author=AUTHOR, routing={**r.model_dump(mode="json"),
+                                                          "families": families})
+            cost, green, unsup, attempts = by_family(replay_policy(probe, context))
+        except ValueError:
+            continue  # an order this fleet or policy cannot serve
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.where(green > 0, cost * green_a / np.maximum(green, 1e-12), np.inf)
+            support = np.where(attempts > 0, 1.0 - unsup / np.maximum(attempts, 1e-12), 1.0)
+        ok = (green >= (1.0 - margin) * green_a) & (support >= 0.99) & np.isfinite(need)
+        best = np.maximum(best, np.where(ok, cost_a - need, 0.0))
+    spend = {f: float(cost_a[i]) for i, f in enumerate(window.families)}
+    saving = {f: float(best[i]) for i, f in enumerate(window.families)}
+    return spend, saving
+
+
+def lever_context(window: Window, fleet, *, sample: int = 2000, seed: int = 0,
+                  active=None, context: ReplayContext | None = None):
+    """What the lever spaces may know of the window (see ``policies.levers.LeverContext``).
+
+    With ``active`` and ``context`` (the search passes both), per-family spend is the
+    active policy's as the estimator prices it, and ``family_saving`` comes from replays
+    of each family on its own orders (``_family_spend_and_saving``); without them,
+    per-family spend is the window's logged spend and no saving is known.
+    """
     from policies.levers import LeverContext
 
     rng = np.random.default_rng(seed)
@@ -100,17 +196,35 @@ def lever_context(window: Window, fleet, *, sample: int = 2000, seed: int = 0):
     cost = np.where(valid, np.take_along_axis(window.cost_nocache[rows],
                                               np.maximum(logged, 0), axis=1), 0.0).sum(axis=1)
     tokens = (window.input_tokens + window.output_tokens)[rows] * window.logged_len[rows]
+    if active is not None and context is not None:
+        family_usd, family_saving = _family_spend_and_saving(window, fleet, active, context)
+    else:
+        every = window.logged_combo >= 0
+        logged_usd = np.where(every, np.take_along_axis(
+            window.cost_nocache, np.maximum(window.logged_combo, 0), axis=1), 0.0).sum(axis=1)
+        spent = np.bincount(window.family_code, weights=logged_usd,
+                            minlength=len(window.families))
+        family_usd = {f: float(spent[i]) for i, f in enumerate(window.families)}
+        family_saving = {}
     return LeverContext(fleet=fleet, families=tuple(window.families),
                         feature_sample=feature_sample,
                         task_usd=tuple(float(c) for c in cost),
-                        task_tokens=tuple(float(t) for t in tokens))
+                        task_tokens=tuple(float(t) for t in tokens),
+                        family_usd=family_usd, family_saving=family_saving)
 
 
-def objective(summary: dict[str, float], active: dict[str, float], margin: float) -> float:
-    """Cost per Green PR, plus a large penalty per unit of non-inferiority violated."""
+def objective(summary: dict[str, float], active: dict[str, float], margin: float,
+              fpy_margin: float | None = None) -> float:
+    """Cost per Green PR, plus a large penalty per unit of non-inferiority violated.
+
+    ``margin``: the relative drop of Green PRs tolerated (``gates.non_inferiority_margin``).
+    ``fpy_margin``: the absolute drop of FPY tolerated (``gates.fpy_margin``); None, the
+    default, leaves FPY out of the objective (it is reported, never constrains).
+    """
     green_rel = summary["green_prs"] / max(active["green_prs"], 1e-12) - 1.0
-    fpy_abs = summary["fpy"] - active["fpy"]
-    violation = max(0.0, -margin - green_rel) + max(0.0, -margin - fpy_abs)
+    violation = max(0.0, -margin - green_rel)
+    if fpy_margin is not None:
+        violation += max(0.0, -fpy_margin - (summary["fpy"] - active["fpy"]))
     value = summary["cost_per_green_pr"]
     if not np.isfinite(value):
         return INFEASIBLE_PENALTY * 10
@@ -119,12 +233,56 @@ def objective(summary: dict[str, float], active: dict[str, float], margin: float
     return value * (1.0 + INFEASIBLE_PENALTY * violation) if violation > 0 else value
 
 
-def risk_level(est: Estimate, deltas: Deltas, feasible: bool) -> str:
+def feasibility_reasons(deltas: Deltas, margin: float, fpy_margin: float | None = None
+                        ) -> list[str]:
+    """Why a candidate is not feasible (empty: feasible), on the intervals' lower ends:
+    Green PRs within ``margin`` (relative), FPY within ``fpy_margin`` (absolute) only when
+    set."""
+    reasons = []
+    if deltas.green_prs.low < -margin:
+        reasons.append(f"Green PRs may fall {100 * -deltas.green_prs.low:.1f}% "
+                       f"(margin {100 * margin:.1f}%)")
+    if fpy_margin is not None and deltas.fpy.low < -fpy_margin:
+        reasons.append(f"FPY may fall {-deltas.fpy.low:.3f} (fpy_margin {fpy_margin:.3f})")
+    return reasons
+
+
+def risk_reasons(est: Estimate, deltas: Deltas, active: Estimate | None = None) -> list[str]:
+    """Why a feasible candidate is not risk "low" (empty: nothing against it)."""
+    out = []
+    if est.support < 0.99:
+        out.append(f"support {est.support:.3f} < 0.99: part of its mass is on states the "
+                   "window rarely showed")
+    if not deltas.cost_per_green_pr.high < 0:
+        out.append("the interval admits no saving (its high end is not below zero)")
+    if est.assumptions:
+        out.append("priced on assumptions: " + "; ".join(est.assumptions))
+    if active is not None:
+        cut = est.budget_exceeded - active.budget_exceeded
+        if cut > max(0.5, CUT_SHARE * est.n_tasks):
+            out.append(f"caps end {cut:.0f} more of the window's {est.n_tasks} tasks "
+                       "budget_exceeded: the saving comes from cutting observed tasks, with "
+                       "caps fitted on this same window, and is not shown to hold on new "
+                       "tasks")
+    return out
+
+
+def risk_level(est: Estimate, deltas: Deltas, feasible: bool,
+               active: Estimate | None = None) -> str:
+    """``high``: not feasible or support < 0.9; ``low``: nothing in ``risk_reasons``
+    (with ``active``, caps that cut the window's tasks count against it); else ``medium``."""
     if not feasible or est.support < 0.9:
         return "high"
-    if est.support >= 0.99 and deltas.cost_per_green_pr.high < 0 and not est.assumptions:
-        return "low"
-    return "medium"
+    return "medium" if risk_reasons(est, deltas, active) else "low"
+
+
+def rank_key(candidate: Candidate) -> tuple:
+    """Feasible first, then the pessimistic end of the interval (the high end of the
+    relative change of cost per Green PR: the least saving the interval admits), then the
+    point change, then the cost per Green PR."""
+    d = candidate.deltas.cost_per_green_pr
+    high = d.high if np.isfinite(d.high) else float("inf")
+    return (not candidate.feasible, high, d.point, candidate.estimate.cost_per_green_pr.point)
 
 
 def _levers(levers: str | Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
@@ -152,6 +310,7 @@ class _Evaluator:
     def __init__(self, ctx: ReplayContext, lever_ctx, active, names, active_summary, margin):
         self.ctx, self.lever_ctx, self.active = ctx, lever_ctx, active
         self.names, self.active_summary, self.margin = names, active_summary, margin
+        self.fpy_margin = active.spec.gates.fpy_margin  # None: FPY never constrains
         from policies.levers import joint_anchor, joint_space
 
         self.space = joint_space(names, active, lever_ctx)
@@ -172,7 +331,8 @@ class _Evaluator:
             return None  # a point the policy document refuses is simply not a candidate
         summary = point_summary(replay_policy(policy, self.ctx))
         return {"point": point, "hash": policy.content_hash, **summary,
-                "objective": objective(summary, self.active_summary, self.margin)}
+                "objective": objective(summary, self.active_summary, self.margin,
+                                       self.fpy_margin)}
 
     def neighbours(self, center: dict[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
         rng = random.Random(seed)
@@ -199,6 +359,35 @@ def _point_seed(point: dict[str, Any], seed: int) -> int:
     # the neighbours, and so the whole search, differ from one run to the next.
     text = json.dumps(point, sort_keys=True, default=str).encode()
     return int.from_bytes(hashlib.sha256(text).digest()[:4], "big") % (2**31) + seed
+
+
+SEEDED_STARTS = 2  # the best escalation seeds the optimiser also starts from
+
+
+def escalation_seeds(evaluator: _Evaluator) -> list[dict[str, Any]]:
+    """One point per escalation order of the routing space: the anchor with that order as
+    a fixed cascade (each tier ``attempts_per_tier`` times). A handful of trials around the
+    active policy rarely reaches a far order (from "top tier only", the cheap-first
+    cascade), so every order is replayed once before the optimiser runs (a replay is cheap)
+    and the best ones become its starting points too."""
+    key = "routing__escalation" if "routing__escalation" in evaluator.space else "escalation"
+    if key not in evaluator.space or evaluator.space[key].kind != "choice":
+        return []
+    prefix = key[: -len("escalation")]
+    per_tier = evaluator.anchor.get(f"{prefix}attempts_per_tier", 1)
+    attempts = evaluator.space.get(f"{prefix}max_attempts")
+    seeds = []
+    for order in evaluator.space[key].values:
+        point = dict(evaluator.anchor)
+        point[key] = order
+        if f"{prefix}router" in point:
+            point[f"{prefix}router"] = "fixed"
+        if attempts is not None:
+            wanted = len(str(order).split(">")) * int(per_tier)
+            point[f"{prefix}max_attempts"] = int(min(max(wanted, attempts.lo), attempts.hi))
+        if point != evaluator.anchor:
+            seeds.append(point)
+    return seeds
 
 
 def _tune_trainable(config: dict[str, Any], evaluator: _Evaluator, per_trial: int,
@@ -241,7 +430,8 @@ def _sampler(name: str, seed: int):
 
 
 def _run_tune(evaluator: _Evaluator, trials: int, per_trial: int, seed: int,
-              progress: bool, sampler: str = "tpe") -> list[dict[str, Any]]:
+              progress: bool, sampler: str = "tpe",
+              starts: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     import optuna
     import ray
     from ray import tune
@@ -260,7 +450,7 @@ def _run_tune(evaluator: _Evaluator, trials: int, per_trial: int, seed: int,
         space = {k: p.tune_domain() for k, p in evaluator.space.items()}
         algo = ConcurrencyLimiter(OptunaSearch(metric="objective", mode="min",
                                                sampler=_sampler(sampler, seed),
-                                               points_to_evaluate=[evaluator.anchor]),
+                                               points_to_evaluate=starts or [evaluator.anchor]),
                                   max_concurrent=2)
         trainable = tune.with_parameters(_tune_trainable, evaluator=evaluator,
                                          per_trial=per_trial, seed=seed)
@@ -285,15 +475,17 @@ def _run_tune(evaluator: _Evaluator, trials: int, per_trial: int, seed: int,
 
 
 def _run_inline(evaluator: _Evaluator, trials: int, per_trial: int, seed: int,
-                progress: bool, sampler: str = "tpe") -> list[dict[str, Any]]:
+                progress: bool, sampler: str = "tpe",
+                starts: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The same search without Ray: Optuna's ask/tell in this process (tests, tiny windows)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=_sampler(sampler, seed))
     labels = {k: p for k, p in evaluator.space.items()}
-    study.enqueue_trial({k: (repr(v) if labels[k].kind == "choice" else v)
-                         for k, v in evaluator.anchor.items()})
+    for start in starts or [evaluator.anchor]:
+        study.enqueue_trial({k: (repr(v) if labels[k].kind == "choice" else v)
+                             for k, v in start.items()})
     out = []
     for i in range(trials):
         trial = study.ask()
@@ -313,8 +505,12 @@ def search_candidates(window, fleet, active_policy, *,
                       trials: int = 8, per_trial: int = 32, seed: int = 0,
                       progress: bool = True, models=None, bootstrap: int = 200,
                       level: float = 0.9, executor: str = "tune", min_support: int = 20,
-                      sampler: str = "tpe") -> SearchResult:
+                      sampler: str = "tpe", widen: Mapping[str, float] | None = None
+                      ) -> SearchResult:
     """Search the levers on ``window`` and return candidates ranked best first.
+
+    ``widen``: per lever, the interval inflation from the calibration record; a candidate's
+    intervals are scaled by the largest factor of its label and the levers it changes.
 
     ``levers``: lever names searched one at a time, or "all" (each lever alone and all
     jointly). ``trials`` Tune trials per run, each evaluating ``per_trial`` candidates.
@@ -329,8 +525,9 @@ def search_candidates(window, fleet, active_policy, *,
     validate_against_fleet(active_policy, fleet)
     models = models if models is not None else fit_outcome_models(window, seed=seed)
     ctx = ReplayContext(window, models, min_support=min_support)
-    lever_ctx = lever_context(window, fleet, seed=seed)
+    lever_ctx = lever_context(window, fleet, seed=seed, active=active_policy, context=ctx)
     margin = active_policy.spec.gates.non_inferiority_margin
+    fpy_margin = active_policy.spec.gates.fpy_margin  # None: FPY reported, never constrains
     active_summary = point_summary(replay_policy(active_policy, ctx))
     runs = _levers(levers)
     _sampler(sampler, seed)  # refuse a bad name before any work
@@ -348,9 +545,15 @@ def search_candidates(window, fleet, active_policy, *,
             print(f"[{label}] searching {len(ev.space)} parameters: {trials} trials x "
                   f"{per_trial} candidates ({executor})", flush=True)
         run = _run_tune if executor == "tune" else _run_inline
-        if executor not in ("tune", "inline"):
-            raise ValueError(f"executor must be 'tune' or 'inline' (got {executor!r})")
-        found = run(ev, trials, per_trial, seed, progress, sampler)
+        seeded = [r for r in map(ev.evaluate, escalation_seeds(ev)) if r is not None]
+        evaluated.extend((label, names, r) for r in seeded)
+        seeded.sort(key=lambda r: r["objective"])
+        starts = [ev.anchor, *(r["point"] for r in seeded[:SEEDED_STARTS]
+                               if r["objective"] < INFEASIBLE_PENALTY)]
+        if progress and seeded:
+            print(f"[{label}] {len(seeded)} escalation orders replayed first; best "
+                  f"{seeded[0]['objective']:.5g}", flush=True)
+        found = run(ev, trials, per_trial, seed, progress, sampler, starts=starts)
         n_trials += trials
         evaluated.extend((label, names, r) for r in found)
 
@@ -383,19 +586,19 @@ def search_candidates(window, fleet, active_policy, *,
     for label, names, r in list(seen.values())[:3 * candidates]:
         ev = _Evaluator(ctx, lever_ctx, active_policy, names, active_summary, margin)
         policy = ev.policy(r["point"])
-        est = estimate(policy, window, context=ctx, weights=weights, level=level)
+        factor = max([1.0, *((widen or {}).get(n, 1.0) for n in (label, *names))])
+        est = estimate(policy, window, context=ctx, weights=weights, level=level,
+                       widen=factor)
         deltas = compare(est, active_est)
-        reasons = []
-        if deltas.green_prs.low < -margin:
-            reasons.append(f"Green PRs may fall {100 * -deltas.green_prs.low:.1f}% "
-                           f"(margin {100 * margin:.1f}%)")
-        if deltas.fpy.low < -margin:
-            reasons.append(f"FPY may fall {-deltas.fpy.low:.3f} (margin {margin:.3f})")
+        reasons = feasibility_reasons(deltas, margin, fpy_margin)
         feasible = not reasons
         result.append(Candidate(policy=policy, lever=label, point=r["point"], estimate=est,
                                 deltas=deltas, feasible=feasible,
-                                risk=risk_level(est, deltas, feasible), reasons=reasons))
-    result.sort(key=lambda c: (not c.feasible, c.estimate.cost_per_green_pr.point))
+                                risk=risk_level(est, deltas, feasible, active_est),
+                                reasons=reasons,
+                                risk_reasons=risk_reasons(est, deltas, active_est)))
+    # Ranked by the pessimistic end of the interval, not the point (see rank_key).
+    result.sort(key=rank_key)
     del result[candidates:]
     result.seconds = time.perf_counter() - t0
     return result

@@ -4,8 +4,9 @@
 its token usage per attempt, the serve trajectory the logging policy actually took (tiers,
 variants, adapters, verdicts, the first attempt's propensity) and its observed Green PR;
 per fleet combination (tier, variant, adapter) the price of one attempt of each task with
-and without prefix caching. Building it is the only pandas work; everything after is
-vectorised numpy.
+and without prefix caching; and the joint-outcome evidence of shadow attempts (a task's
+verdict on one tier after its failure on another, ``_joint_evidence``). Building it is the
+only pandas work; everything after is vectorised numpy.
 """
 
 from __future__ import annotations
@@ -83,10 +84,14 @@ class Window:
     green: np.ndarray  # [n] observed Green PR
     accept_rate: float  # P(Green | verifier passed) in the window
     combo_attempts: np.ndarray  # [C] attempts observed per combo (serve+shadow+gate)
-    state_attempts: dict[tuple[int, tuple[int, ...]], int]  # (combo, failures per tier) seen
+    # (combo, failures per tier) seen: attempt rows plus joint-evidence rows
+    state_attempts: dict[tuple[int, tuple[int, ...]], int]
     response_hit_rate: dict[str, float]  # family -> share of calls served by response cache
     attempts_frame: pd.DataFrame  # attempt rows for the outcome model (see _attempt_rows)
     notes: list[str] = field(default_factory=list)
+    # Joint-outcome evidence (``_joint_evidence``): verdicts of a task's attempts read after
+    # the failures of its attempts on other tiers (shadow beside serve). None: none built.
+    joint_frame: pd.DataFrame | None = None
 
     @property
     def n(self) -> int:
@@ -106,6 +111,10 @@ class Window:
         frame = self.attempts_frame[self.attempts_frame["task_id"].isin(keep)]
         remap = {tid: i for i, tid in enumerate(self.task_ids[rows].tolist())}
         frame = frame.assign(task=frame["task_id"].map(remap).astype(np.int64))
+        joint = self.joint_frame
+        if joint is not None:
+            joint = joint[joint["task_id"].isin(keep)]
+            joint = joint.assign(task=joint["task_id"].map(remap).astype(np.int64))
         return Window(
             task_ids=self.task_ids[rows], families=self.families,
             family_code=self.family_code[rows], feature_names=self.feature_names,
@@ -121,9 +130,9 @@ class Window:
             logged_len=self.logged_len[rows], propensity=self.propensity[rows],
             green=self.green[rows], accept_rate=self.accept_rate,
             combo_attempts=np.bincount(frame["combo"].to_numpy(), minlength=len(self.combos)),
-            state_attempts=_state_attempts(frame, len(self.tiers)),
+            state_attempts=_state_attempts(frame, len(self.tiers), joint),
             response_hit_rate=self.response_hit_rate, attempts_frame=frame,
-            notes=list(self.notes))
+            notes=list(self.notes), joint_frame=joint)
 
 
 def _parse_features(series: pd.Series) -> list[dict[str, Any]]:
@@ -177,7 +186,7 @@ def _feature_matrices(raw: list[dict[str, Any]], families: np.ndarray, n_familie
 def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFrame,
                  fleet: FleetManifest, *, default_verifier_cost_usd: float = 0.0) -> Window:
     """Compile the three telemetry tables of a window against the fleet manifest."""
-    from economics.costmodel import green_pr_mask, price_calls
+    from economics.costmodel import green_pr_mask
 
     notes: list[str] = []
     tasks = tasks.drop_duplicates("task_id").reset_index(drop=True)
@@ -262,49 +271,14 @@ def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFram
             running[t] = nxt
     frame = frame.assign(**{f"hist_{i}": hist[:, i] for i in range(len(tiers))})
     combo_attempts = np.bincount(f_combo, minlength=len(combos))
-    state_attempts = _state_attempts(frame, len(tiers))
+    joint = _joint_evidence(frame, tier_of_combo, len(tiers))
+    state_attempts = _state_attempts(frame, len(tiers), joint)
 
     # ------------------------------------------------------------------ tokens and prices
-    priced = price_calls(calls, fleet)
-    call_tid = calls["task_id"].astype(str)
-    c_task = index.get_indexer(call_tid)
-    ok = c_task >= 0
+    prices = _window_prices(index, fam_codes, families, attempts, calls, fleet, combos,
+                            lookup, default_variant, notes)
     attempts_per_task = np.maximum(
         np.bincount(f_task[serve_mask], minlength=n), 1).astype(float)
-    inp = np.bincount(c_task[ok], priced.input_tokens[ok], minlength=n) / attempts_per_task
-    out = np.bincount(c_task[ok], priced.output_tokens[ok], minlength=n) / attempts_per_task
-    has_calls = np.bincount(c_task[ok], minlength=n) > 0
-    if (~has_calls).any():
-        # Tasks whose calls are missing: price them at the window's typical usage.
-        inp[~has_calls] = np.median(inp[has_calls]) if has_calls.any() else 0.0
-        out[~has_calls] = np.median(out[has_calls]) if has_calls.any() else 0.0
-        notes.append(f"{int((~has_calls).sum())} task(s) without calls priced at median tokens")
-    cached_share: dict[str, float] = {}
-    call_tier = calls["tier"].astype(object).to_numpy()
-    for t in tiers:
-        m = (call_tier == t) & (priced.cached_input_tokens > 0)
-        if m.any():
-            allm = call_tier == t
-            cached_share[t] = float(priced.cached_input_tokens[m].sum() / max(
-                priced.input_tokens[m].sum(), 1.0))
-            del allm
-    pooled = (float(np.mean(list(cached_share.values()))) if cached_share else 0.0)
-    discount = fleet.spec.pricing.cached_input_discount
-    cost_nocache = np.zeros((n, len(combos)))
-    cost_prefix = np.zeros((n, len(combos)))
-    for k, c in enumerate(combos):
-        e = fleet.economics(c.tier, c.variant)
-        share = cached_share.get(c.tier, pooled)
-        cost_nocache[:, k] = inp * e.usd_per_input_token + out * e.usd_per_output_token
-        cost_prefix[:, k] = (inp * e.usd_per_input_token * (1 - share * discount)
-                             + out * e.usd_per_output_token)
-    response = (calls["cache"] == "response").to_numpy(dtype=bool, na_value=False)
-    fam_of_call = np.where(ok, fam_codes[np.maximum(c_task, 0)], -1)
-    response_hit_rate = {}
-    for i, f in enumerate(families):
-        m = fam_of_call == i
-        if m.any() and response[m].any():
-            response_hit_rate[f] = float(response[m].mean())
 
     verifier = tasks["verifier_cost_usd"].to_numpy(dtype=float, na_value=np.nan)
     verifier = np.where(np.isnan(verifier), default_verifier_cost_usd, verifier)
@@ -316,19 +290,279 @@ def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFram
         task_ids=task_ids, families=families, family_code=fam_codes.astype(np.int64),
         feature_names=feature_names, route_features=route, model_features=model,
         model_feature_names=model_names, raw_features=raw, tiers=tiers, combos=combos,
-        default_variant=default_variant, input_tokens=inp, output_tokens=out,
-        cached_share=cached_share, cost_nocache=cost_nocache, cost_prefix=cost_prefix,
+        default_variant=default_variant, input_tokens=prices.input_tokens,
+        output_tokens=prices.output_tokens, cached_share=prices.cached_share,
+        cost_nocache=prices.cost_nocache, cost_prefix=prices.cost_prefix,
         verifier_per_attempt=verifier / attempts_per_task, logged_combo=logged_combo,
         logged_passed=logged_passed, logged_len=logged_len, propensity=propensity,
         green=green, accept_rate=accept_rate, combo_attempts=combo_attempts,
         state_attempts=state_attempts,
-        response_hit_rate=response_hit_rate, attempts_frame=frame, notes=notes)
+        response_hit_rate=prices.response_hit_rate, attempts_frame=frame, notes=notes,
+        joint_frame=joint)
 
 
-def _state_attempts(frame: pd.DataFrame, n_tiers: int) -> dict[tuple[int, tuple[int, ...]], int]:
-    """Attempts seen per (combo, failures so far on each tier): what a plan step needs to be
-    supported. A cascade that never retries a tier says nothing of a retry's odds."""
+# ---------------------------------------------------------------------------- prices
+# An attempt assumed where the window shows no tokens at all (explicit costs only, no call
+# spans): the manifest price ratio between two combinations is read at this size.
+NOMINAL_ATTEMPT = {"input_tokens": 1000.0, "output_tokens": 250.0, "calls": 1.0}
+
+
+@dataclass
+class _Prices:
+    input_tokens: np.ndarray  # [n] mean input tokens per attempt
+    output_tokens: np.ndarray  # [n]
+    cached_share: dict[str, float]
+    cost_nocache: np.ndarray  # [n, C]
+    cost_prefix: np.ndarray  # [n, C]
+    response_hit_rate: dict[str, float]
+
+
+def _combo_codes(frame: pd.DataFrame, lookup: dict, default_variant: dict[str, str]
+                 ) -> np.ndarray:
+    """Combo code of every row of an attempts or calls frame (-1: not in the fleet)."""
+    tiers = frame["tier"].astype(object).where(frame["tier"].notna(), None).tolist()
+    variants = frame["variant"].astype(object).where(frame["variant"].notna(), None).tolist()
+    adapters = (frame["adapter"].astype(object).where(frame["adapter"].notna(), None).tolist()
+                if "adapter" in frame.columns else [None] * len(frame))
+    return np.array([lookup.get((str(t), v if v is not None else default_variant.get(str(t)),
+                                 a), -1)
+                     for t, v, a in zip(tiers, variants, adapters)], dtype=np.int64)
+
+
+def _paired_ratio(observed: np.ndarray, price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ratio[c, r]: what tasks observed on both c and r paid on c over what they paid on r
+    (a ratio of sums), and the number of such tasks."""
+    b = observed.astype(np.float64)
+    bp = np.where(observed, price, 0.0)
+    pairs = b.T @ b
+    num, den = bp.T @ b, b.T @ bp
+    ratio = np.full(num.shape, np.nan)
+    np.divide(num, den, out=ratio, where=(pairs > 0) & (den > 0))
+    return ratio, pairs
+
+
+def _window_prices(index: pd.Index, fam_codes: np.ndarray, families: list[str],
+                   attempts: pd.DataFrame, calls: pd.DataFrame, fleet: FleetManifest,
+                   combos: list[Combo], lookup: dict, default_variant: dict[str, str],
+                   notes: list[str]) -> _Prices:
+    """The price of one attempt of every task on every combination (see docs/experiments.md,
+    "Prices"). Spans are priced by ``economics.costmodel.price_attempts``, the function the
+    metrics read, so the logged trajectory of a task costs here what it cost there:
+
+    - a combination the task was observed on (an attempt on it that carries an explicit cost
+      or call spans, of any purpose) costs what those attempts were charged, per attempt;
+    - any other combination of a task whose charges are explicit (attempt or call costs) is
+      scaled from the task's own most observed combination by the ratio the window shows
+      between the two (tasks of its family observed on both, else any task, else the
+      manifest's prices of a typical attempt);
+    - any other combination of a task priced by tokens costs the manifest price of the
+      task's mean tokens, calls and cached share per attempt.
+
+    ``cost_nocache`` and ``cost_prefix`` differ where the prefix-cache lever can change a
+    price: an explicit charge is the same in both; an observed call-priced attempt costs its
+    tokens at the full input price without the prefix cache and, with it, what it was charged
+    where the window saw prefix hits on its tier (else its tokens at that tier's cached
+    share). Response-cache hits are valued at their tokens here: the replay applies the
+    family's response-hit rate itself.
+    """
+    from economics.costmodel import price_attempts
+
+    n, n_combos = len(index), len(combos)
+    spans = price_attempts(attempts, calls, fleet)
+    priced = spans.calls
+    a_task = index.get_indexer(attempts["task_id"].astype(str))
+    c_task = index.get_indexer(calls["task_id"].astype(str))
+    a_combo = _combo_codes(attempts, lookup, default_variant)
+    ok = c_task >= 0
+
+    # Cached share of input tokens per tier where prefix caching ran (cached tokens seen):
+    # over ALL the tier's calls, misses included, since caching on a tier caches only some of
+    # its calls' prefixes (the share over the hits alone over-stated the saving 3x).
+    cached_share: dict[str, float] = {}
+    call_tier = calls["tier"].astype(object).to_numpy()
+    for t in fleet.tier_names:
+        on_tier = call_tier == t
+        if (on_tier & (priced.cached_input_tokens > 0)).any():
+            cached_share[t] = float(priced.cached_input_tokens[on_tier].sum()
+                                    / max(priced.input_tokens[on_tier].sum(), 1.0))
+    pooled = float(np.mean(list(cached_share.values()))) if cached_share else 0.0
+    tier_codes, tier_uniques = pd.factorize(calls["tier"], use_na_sentinel=True)
+    names = [str(u) for u in tier_uniques]
+    share_of = np.array([cached_share.get(u, pooled) for u in names] + [pooled])[tier_codes]
+    saw_prefix = np.array([u in cached_share for u in names] + [False])[tier_codes]
+
+    # Each call without and with the prefix cache (explicit charges stand in both).
+    modelled_prefix = (priced.uncached_cost_usd - priced.input_tokens * share_of
+                       * (priced.input_price - priced.cached_input_price))
+    charged = priced.cost_usd
+    call_nocache = np.where(priced.explicit, charged, priced.uncached_cost_usd)
+    call_prefix = np.where(priced.explicit | (saw_prefix & ~priced.response_hit), charged,
+                           modelled_prefix)
+    linked = spans.call_attempt >= 0
+    n_att = len(attempts)
+    att_nocache = np.bincount(spans.call_attempt[linked], call_nocache[linked], minlength=n_att)
+    att_prefix = np.bincount(spans.call_attempt[linked], call_prefix[linked], minlength=n_att)
+    att_nocache = np.where(spans.explicit, spans.cost_usd, att_nocache)
+    att_prefix = np.where(spans.explicit, spans.cost_usd, att_prefix)
+
+    # Observed cells: (task, combo) with priced attempts.
+    use = (a_task >= 0) & (a_combo >= 0) & spans.priced
+    cell = a_task[use] * n_combos + a_combo[use]
+    size = n * n_combos
+    count = np.bincount(cell, minlength=size).reshape(n, n_combos)
+    observed = count > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        obs_nocache = np.bincount(cell, att_nocache[use], minlength=size).reshape(
+            n, n_combos) / np.maximum(count, 1)
+        obs_prefix = np.bincount(cell, att_prefix[use], minlength=size).reshape(
+            n, n_combos) / np.maximum(count, 1)
+
+    # Tokens and calls per priced attempt with calls, for the token model.
+    with_calls = use & (spans.n_calls > 0)
+    per_task_attempts = np.bincount(a_task[with_calls], minlength=n).astype(float)
+    inp = np.bincount(c_task[ok], priced.input_tokens[ok], minlength=n)
+    out = np.bincount(c_task[ok], priced.output_tokens[ok], minlength=n)
+    n_calls = np.bincount(c_task[ok], minlength=n).astype(float)
+    has_calls = n_calls > 0
+    denominator = np.maximum(per_task_attempts, 1.0)
+    inp, out, calls_per = inp / denominator, out / denominator, n_calls / denominator
+    explicit_task = np.zeros(n, dtype=bool)
+    explicit_task[a_task[use & spans.explicit]] = True
+    explicit_task[c_task[ok & priced.explicit]] = True
+    explicit_task &= observed.any(axis=1)
+    missing = ~has_calls & ~explicit_task
+    if missing.any():
+        # Tasks with no calls and no explicit cost: price them at the window's typical usage.
+        for arr in (inp, out, calls_per):
+            arr[missing] = np.median(arr[has_calls]) if has_calls.any() else 0.0
+        notes.append(f"{int(missing.sum())} task(s) without calls or explicit costs priced at "
+                     "median tokens")
+
+    discount = fleet.spec.pricing.cached_input_discount
+    econ = [fleet.economics(c.tier, c.variant) for c in combos]
+    cost_nocache = np.zeros((n, n_combos))
+    cost_prefix = np.zeros((n, n_combos))
+    for k, (c, e) in enumerate(zip(combos, econ, strict=True)):
+        share = cached_share.get(c.tier, pooled)
+        p_in, p_out = e.usd_per_input_token, e.usd_per_output_token
+        p_cached = e.usd_per_cached_input_token(discount)
+        per_call = calls_per * e.usd_per_call
+        cost_nocache[:, k] = inp * p_in + out * p_out + per_call
+        cost_prefix[:, k] = inp * (p_in - share * (p_in - p_cached)) + out * p_out + per_call
+
+    if explicit_task.any():
+        # Scale each explicit task's own charge to the combinations it was not seen on.
+        if has_calls.any():
+            ref = {"input_tokens": float(inp[has_calls].mean()),
+                   "output_tokens": float(out[has_calls].mean()),
+                   "calls": float(calls_per[has_calls].mean())}
+        else:
+            ref = NOMINAL_ATTEMPT
+        typical = np.array([e.call_usd(ref["input_tokens"], 0.0, ref["output_tokens"],
+                                       cached_input_discount=discount)
+                            + (ref["calls"] - 1.0) * e.usd_per_call for e in econ])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            manifest_ratio = np.where(typical[None, :] > 0,
+                                      typical[:, None] / typical[None, :], np.nan)
+        window_ratio, window_pairs = _paired_ratio(observed, obs_nocache)
+        reference = np.argmax(count, axis=1)
+        for f in range(len(families)):
+            rows = np.flatnonzero((fam_codes == f) & explicit_task)
+            if not len(rows):
+                continue
+            fam_rows = np.flatnonzero(fam_codes == f)
+            ratio, pairs = _paired_ratio(observed[fam_rows], obs_nocache[fam_rows])
+            ratio = np.where(pairs > 0, ratio, np.where(window_pairs > 0, window_ratio,
+                                                        manifest_ratio))
+            r = reference[rows]
+            scale = ratio[:, r].T  # [rows, C]: combo c relative to each row's reference
+            fill = ~observed[rows] & np.isfinite(scale)
+            for target, source in ((cost_nocache, obs_nocache), (cost_prefix, obs_prefix)):
+                base = source[rows, r][:, None] * scale
+                target[rows] = np.where(fill, base, target[rows])
+    cost_nocache = np.where(observed, obs_nocache, cost_nocache)
+    cost_prefix = np.where(observed, obs_prefix, cost_prefix)
+
+    response = (calls["cache"] == "response").to_numpy(dtype=bool, na_value=False)
+    fam_of_call = np.where(ok, fam_codes[np.maximum(c_task, 0)], -1)
+    response_hit_rate = {}
+    for i, f in enumerate(families):
+        m = fam_of_call == i
+        if m.any() and response[m].any():
+            response_hit_rate[f] = float(response[m].mean())
+    return _Prices(input_tokens=inp, output_tokens=out, cached_share=cached_share,
+                   cost_nocache=cost_nocache, cost_prefix=cost_prefix,
+                   response_hit_rate=response_hit_rate)
+
+
+JOINT_PURPOSE = "joint"  # purpose of a joint-evidence row (never a span's purpose)
+
+
+def _joint_evidence(frame: pd.DataFrame, tier_of_combo: np.ndarray, n_tiers: int
+                    ) -> pd.DataFrame:
+    """Joint-outcome evidence: what one task's attempts on different tiers say together.
+
+    A shadow runs beside a task's first serve attempt, on another tier, on the same task
+    (``serving.gateway_core``, ``workload.driver``). Each attempt row of ``frame`` carries
+    the failures before it along the serve trajectory (``hist_*``; a shadow: none); read
+    together, the shadow and the serve attempts also show one attempt's verdict *after* a
+    failure on another tier, which is what a cascade's later step needs:
+
+    - a serve attempt on a task whose shadow on tier Y failed: its verdict after its own
+      serve failures and Y's (served on L, shadow on S failed: the step S -> L, observed);
+    - a shadow on a task whose serve attempts 1..j failed: its verdict after those failures.
+
+    One row per (attempt, failed partner), with ``hist_*`` = the failures it is read after,
+    ``attempt`` = 1 + their number (the attempt a plan reaching that state makes) and
+    purpose ``joint``. Each row conditions on one partner chosen before any outcome (a
+    shadow is drawn at random, a serve attempt j exists once 1..j-1 failed), so the rows of
+    a state are a sample of the tasks that reach it. A shadow verdict has no feedback from
+    the attempt beside it, as a harness retry with the same prompt has none.
+    """
+    hist_cols = [f"hist_{i}" for i in range(n_tiers)]
+    purpose = frame["purpose"].to_numpy()
+    shadow = frame[purpose == "shadow"]
+    serve = frame[purpose == "serve"]
+    if shadow.empty or serve.empty:
+        return frame.iloc[0:0].copy()
+    parts = []
+    # Serve verdicts after a failed shadow's tier.
+    failed = shadow.loc[~shadow["passed"].to_numpy(dtype=bool), ["task", "combo"]]
+    m = serve.merge(failed.rename(columns={"combo": "given"}), on="task")
+    if len(m):
+        h = m[hist_cols].to_numpy(dtype=np.float64)
+        h[np.arange(len(m)), tier_of_combo[m["given"].to_numpy()]] += 1.0
+        parts.append((m, h))
+    # Shadow verdicts after the serve failures so far (through each failed serve attempt).
+    lost = serve[~serve["passed"].to_numpy(dtype=bool)]
+    after = lost[hist_cols].to_numpy(dtype=np.float64)
+    after[np.arange(len(lost)), tier_of_combo[lost["combo"].to_numpy()]] += 1.0
+    through = pd.DataFrame(after, columns=hist_cols).assign(task=lost["task"].to_numpy())
+    m = shadow.drop(columns=hist_cols).merge(through, on="task")
+    if len(m):
+        parts.append((m, m[hist_cols].to_numpy(dtype=np.float64)))
+    if not parts:
+        return frame.iloc[0:0].copy()
+    rows = []
+    for m, h in parts:
+        rows.append(pd.DataFrame({
+            "task": m["task"].to_numpy(), "task_id": m["task_id"].to_numpy(),
+            "attempt": (1 + h.sum(axis=1)).astype(np.int64), "combo": m["combo"].to_numpy(),
+            "passed": m["passed"].to_numpy(dtype=bool),
+            "purpose": np.full(len(m), JOINT_PURPOSE, dtype=object),
+            "propensity": np.full(len(m), np.nan),
+            **{c: h[:, i] for i, c in enumerate(hist_cols)}}))
+    return pd.concat(rows, ignore_index=True)[list(frame.columns)]
+
+
+def _state_attempts(frame: pd.DataFrame, n_tiers: int, joint: pd.DataFrame | None = None
+                    ) -> dict[tuple[int, tuple[int, ...]], int]:
+    """Observations per (combo, failures so far on each tier): what a plan step needs to be
+    supported. A cascade that never retries a tier says nothing of a retry's odds; a shadow
+    read beside a failed serve attempt (``_joint_evidence``) says what the next step did."""
     cols = ["combo", *[f"hist_{i}" for i in range(n_tiers)]]
+    if joint is not None and len(joint):
+        frame = pd.concat([frame[cols], joint[cols]], ignore_index=True)
     if frame.empty:
         return {}
     counts = frame[cols].astype(np.int64).value_counts()

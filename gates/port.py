@@ -9,14 +9,25 @@ records it as an ERROR for that case).
 ``GatewayServingPath`` adapts ``serving.client.GatewayClient`` (docs: the gateway contract).
 It imports the client lazily, so ``import gates`` needs neither the client nor httpx.
 Unit tests use ``gates.fakes.FakeServingPath``.
+
+Time is bounded when the gateway cannot be reached: connecting gives up after
+``connect_timeout_s``, a call's retries stop at ``retry_budget_s``, and once one call has
+failed all its retries the path counts the gateway as down for ``down_for_s``: later calls
+fail at once, naming the first failure, instead of each waiting out its own retries. One
+failed case already makes the run partial (every gate that reads it is ERROR), so a gate
+against a gateway that is not there ends ERROR in seconds, not minutes.
 """
 
 from __future__ import annotations
 
+import random
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from contracts.errors import retry_transient
+from contracts.errors import TransientError
 from contracts.guardrails import GuardrailRefusal
 from gates.suite import SuiteCase
 
@@ -24,6 +35,7 @@ __all__ = [
     "GATE_REPO",
     "GATE_TEAM",
     "CaseOutput",
+    "GatewayDown",
     "GatewayServingPath",
     "GuardrailRefusal",
     "ServingPath",
@@ -62,20 +74,62 @@ class ServingPath(Protocol):
         ...
 
 
+class GatewayDown(TransientError):
+    """The gateway failed a call's every retry a moment ago: this call was not attempted."""
+
+
 class GatewayServingPath:
     """``ServingPath`` over HTTP: the real gateway (Ray Serve + vLLM tiers)."""
 
     def __init__(self, base_url: str, *, timeout_s: float = 120.0, team: str = GATE_TEAM,
-                 repo: str = GATE_REPO, client: Any = None, retries: int = 3):
+                 repo: str = GATE_REPO, client: Any = None, retries: int = 3,
+                 connect_timeout_s: float = 10.0, retry_budget_s: float = 20.0,
+                 down_for_s: float = 60.0, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         if client is None:
             from serving.client import GatewayClient
 
-            client = GatewayClient(base_url, timeout_s=timeout_s)
+            client = GatewayClient(base_url, timeout_s=timeout_s,
+                                   connect_timeout_s=connect_timeout_s)
         self.client = client
         self.base_url = base_url
         self.team = team
         self.repo = repo
         self.retries = retries
+        self.retry_budget_s = retry_budget_s
+        self.down_for_s = down_for_s
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until = float("-inf")
+        self._down_reason = ""
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """``fn`` with jittered exponential backoff on TransientError (connection failures,
+        5xx) within ``retries`` tries and ``retry_budget_s``; a guardrail refusal or any
+        other permanent error goes up as raised, untried again."""
+        with self._lock:
+            if self._clock() < self._down_until:
+                raise GatewayDown(f"{self.base_url}: gateway unreachable, not retried "
+                                  f"(first failure: {self._down_reason})")
+        start = self._clock()
+        for i in range(max(1, self.retries)):
+            try:
+                result = fn()
+            except TransientError as exc:
+                delay = min(5.0, 0.2 * 2**i) * (0.5 + random.random() / 2)
+                if i >= self.retries - 1 or self._clock() - start + delay > self.retry_budget_s:
+                    with self._lock:
+                        if self._clock() >= self._down_until:
+                            self._down_reason = str(exc)[:200]
+                        self._down_until = self._clock() + self.down_for_s
+                    raise
+                self._sleep(delay)
+            else:
+                with self._lock:
+                    self._down_until = float("-inf")
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def complete(self, case: SuiteCase, *, policy_version: int, attempt: int = 1,
                  response_cache: ResponseCache = "use", task_id: str | None = None
@@ -89,10 +143,9 @@ class GatewayServingPath:
         )
         # Only connection-level failures (TransientError) are retried; a guardrail refusal
         # (GuardrailRefusal, permanent) goes up as the client raised it.
-        done = retry_transient(
+        done = self._call(
             lambda: self.client.complete(case.prompt, task=task, max_tokens=case.max_tokens,
-                                         stop=("\n",)),
-            attempts=self.retries)
+                                         stop=("\n",)))
         return CaseOutput(
             text=done.text, tier=done.tier, variant=done.variant, adapter=done.adapter,
             input_tokens=int(done.input_tokens), output_tokens=int(done.output_tokens),
@@ -103,4 +156,4 @@ class GatewayServingPath:
 
     def active_policy(self) -> dict[str, Any]:
         """The gateway's ``GET /autopilot/policy``: ``{version, content_hash}``."""
-        return self.client.policy()
+        return self._call(self.client.policy)

@@ -52,6 +52,7 @@ from gates.verifiers import check_output
 from policies.policy import Policy
 
 __all__ = [
+    "API_PRICED_NO_PINS",
     "GateOptions",
     "GateReport",
     "caps_set",
@@ -124,8 +125,15 @@ def pinned_targets(policy: Policy, fleet) -> list[tuple[str, str, tuple[str, ...
     return out
 
 
+# The path a check of an API-priced variant carries: it has no weights to pin (not a failure).
+API_PRICED_NO_PINS = "api-priced, no weights to pin"
+
+
 def check_pinned_files(policy: Policy, fleet, manifest_dir: str | Path) -> list[FileCheck]:
-    """Hash every weight and adapter file the policy names; compare with the manifest."""
+    """Hash every weight and adapter file the policy names; compare with the manifest.
+
+    An API-priced variant has no weights (nor adapters): it gets one passing check whose
+    path says so (``API_PRICED_NO_PINS``), never a mismatch."""
     from contracts.manifest import resolve_path, sha256_file
 
     checks: list[FileCheck] = []
@@ -150,6 +158,9 @@ def check_pinned_files(policy: Policy, fleet, manifest_dir: str | Path) -> list[
 
     for tier, variant_name, adapters in pinned_targets(policy, fleet):
         variant = fleet.tier(tier).variant(variant_name)
+        if variant.api_priced:
+            checks.append(FileCheck(tier, variant.name, None, API_PRICED_NO_PINS, None, None))
+            continue
         check(tier, variant.name, None, resolve_path(variant.weights, manifest_dir),
               dict(variant.files))
         for name in adapters:

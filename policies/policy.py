@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from contracts.documents import (
     DocumentError,
@@ -161,12 +161,32 @@ class GuardrailSpec(Strict):
 
 
 class GateLimits(Strict):
-    """Limits the cost-and-latency and non-inferiority gates hold a candidate to."""
+    """Limits the cost-and-latency and non-inferiority gates hold a candidate to.
+
+    ``non_inferiority_margin`` is the relative drop of Green PRs (and of the gates' pass
+    rate) a candidate may show. First-pass yield has its own ``fpy_margin`` (an absolute
+    drop): None, the default, means FPY is reported and never constrains, since a
+    cheap-first cascade lowers FPY by construction while raising Green PRs and cutting
+    cost per Green PR. Left unset it is not written into the spec, so the content hash of
+    every policy that does not set it is what it was before the field existed.
+    """
 
     p95_latency_ms: float | None = Field(default=None, gt=0)
     max_tokens_per_case: float | None = Field(default=None, gt=0)
-    non_inferiority_margin: float = Field(default=0.02, ge=0, le=0.5)
+    non_inferiority_margin: float = Field(
+        default=0.02, ge=0, le=0.5, description="tolerated relative drop of Green PRs")
+    fpy_margin: float | None = Field(
+        default=None, ge=0, le=1,
+        description="tolerated absolute drop of first-pass yield; None: reported, never "
+        "constrains")
     max_cache_false_hit_rate: float = Field(default=0.01, ge=0, le=1)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_fpy_margin(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("fpy_margin") is None:
+            data.pop("fpy_margin", None)
+        return data
 
 
 class PolicySpec(Strict):
@@ -182,9 +202,14 @@ class PolicySpec(Strict):
     gates: GateLimits = GateLimits()
 
 
+#: The largest policy version the store can hold (its version columns are SQL INTEGER, whose
+#: range on PostgreSQL ends here); a larger one is refused when the document is validated.
+MAX_POLICY_VERSION = 2**31 - 1
+
+
 class PolicyMetadata(Strict):
-    version: int = Field(ge=1)
-    parent_version: int | None = Field(default=None, ge=1)
+    version: int = Field(ge=1, le=MAX_POLICY_VERSION)
+    parent_version: int | None = Field(default=None, ge=1, le=MAX_POLICY_VERSION)
     author: str = Field(min_length=1)
     created: datetime
     description: str | None = None

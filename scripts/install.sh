@@ -24,4 +24,24 @@ if [ "$ENGINE" = "cpu" ]; then
   "$VENV/bin/python" -m pip uninstall --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 "$VENV/bin/python" -c "import contracts, policies, store, telemetry, economics, serving, workload, training, experiments, gates, controlplane" 
+# Gate suites' program checks run under bubblewrap (docs/security.md). Install it from the
+# OS packages when it is missing and we can (root with apt-get); never fail the install.
+if command -v bwrap >/dev/null 2>&1; then
+  echo "[install] bubblewrap found: $(command -v bwrap)"
+elif [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[install] installing bubblewrap (Debian package) for the program-check sandbox"
+  export DEBIAN_FRONTEND=noninteractive
+  if apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; then
+    echo "[install] bubblewrap installed: $(command -v bwrap)"
+  else
+    echo "[install] WARNING: could not install bubblewrap; program checks in gate suites will be"
+    echo "[install]   refused until it is installed (or AUTOPILOT_UNSANDBOXED_CHECKS=1 is set)"
+  fi
+else
+  echo "[install] NOTE: bubblewrap (bwrap) is not installed and this is not a root shell with"
+  echo "[install]   apt-get: install the OS package 'bubblewrap' to run program checks in gate"
+  echo "[install]   suites sandboxed; without it they are refused unless"
+  echo "[install]   AUTOPILOT_UNSANDBOXED_CHECKS=1 is set (docs/security.md)"
+fi
 echo "[install] done: $("$VENV/bin/python" --version) in $VENV"

@@ -104,12 +104,37 @@ class Completion:
         )
 
 
-class GatewayClient:
-    """Thread-safe: each thread keeps its own keep-alive connection to the gateway."""
+class _ReadTimeoutAfterConnect:
+    """Connect (and the TLS handshake) under ``timeout``, then wait for answers up to
+    ``read_timeout``: an address that never answers costs seconds, not the generation
+    timeout. Reconnects of a kept-alive connection get the same two timeouts."""
 
-    def __init__(self, base_url: str, timeout_s: float = 120.0):
+    read_timeout: float | None = None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self.sock.settimeout(self.read_timeout)  # type: ignore[attr-defined]
+
+
+class _HTTPConnection(_ReadTimeoutAfterConnect, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_ReadTimeoutAfterConnect, http.client.HTTPSConnection):
+    pass
+
+
+class GatewayClient:
+    """Thread-safe: each thread keeps its own keep-alive connection to the gateway.
+
+    ``timeout_s`` bounds the wait for an answer (a generation); ``connect_timeout_s`` bounds
+    reaching the gateway at all (TCP connect and TLS handshake)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 120.0, *,
+                 connect_timeout_s: float = 10.0):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.connect_timeout_s = min(connect_timeout_s, timeout_s)
         parsed = urllib.parse.urlsplit(self.base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"base_url must be http(s)://host[:port] (got {base_url!r})")
@@ -123,9 +148,9 @@ class GatewayClient:
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
-            cls = (http.client.HTTPSConnection if self._scheme == "https"
-                   else http.client.HTTPConnection)
-            conn = cls(self._host, self._port, timeout=self.timeout_s)
+            cls = _HTTPSConnection if self._scheme == "https" else _HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.connect_timeout_s)
+            conn.read_timeout = self.timeout_s
             self._local.conn = conn
         return conn
 

@@ -146,6 +146,10 @@ def start_fleet(manifest_path: str | Path, *, store_url: str, policy_version: in
     from policies.policy import validate_against_fleet
 
     validate_against_fleet(policy, fleet)
+    try:  # refuses a policy that needs an API-priced tier before Ray or any engine starts
+        keys = required_deployments(policy, fleet)
+    except TierStartFailed as exc:
+        raise FleetStartError(str(exc)) from exc
 
     started_ray = False
     if not ray.is_initialized():
@@ -161,7 +165,6 @@ def start_fleet(manifest_path: str | Path, *, store_url: str, policy_version: in
                          store_url=store_url, engine_options=engine_options,
                          started_ray=started_ray, start_s=0.0)
     try:
-        keys = required_deployments(policy, fleet)
         _log.info("starting %d tier deployment(s): %s", len(keys),
                   ", ".join(k.app_name for k in keys))
         try:

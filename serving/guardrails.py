@@ -1,7 +1,9 @@
 """Budget guardrails of the gateway (pure decisions plus a small in-memory ledger).
 
 Semantics (docs/serving.md, "Guardrails"); every check runs *before* the model call and
-fails closed:
+fails closed. The per-task rule and the team budget's comparison are ``policies.caps``
+(the one statement of them, which the replay calls too); this module words the refusals
+and keeps the ledger. The rule:
 
 - ``max_attempts_per_task``: attempt ``j`` is refused when ``j`` exceeds the task's attempt
   cap, which is the policy's resolved ``max_attempts`` for the family (routing already
@@ -29,6 +31,7 @@ from typing import Any
 
 from contracts.guardrails import CAPS, TEAM_BUDGETS, Cap, GuardrailRefusal
 from contracts.spans import CacheStatus
+from policies.caps import max_tokens_left, task_refusal, team_budget_reached
 
 __all__ = [
     "CODES",
@@ -58,25 +61,24 @@ def check_call(spec: Any, *, attempt: int, max_attempts: int, usage: TaskUsage,
     """The refusal for this call, or None when every cap allows it (``spec``: GuardrailSpec).
 
     The refusal is returned, not raised: the gateway raises it (``GatewayCore.complete``)."""
-    if attempt > max_attempts:
-        cap = spec.max_attempts_per_task
-        detail = (f"guardrails.{Cap.MAX_ATTEMPTS_PER_TASK}={cap}" if cap is not None
-                  and cap <= max_attempts else "the policy's routing max_attempts")
+    cap = task_refusal(spec, attempt=attempt, spent_usd=usage.usd, spent_tokens=usage.tokens,
+                       max_attempts=max_attempts)
+    if cap is Cap.MAX_ATTEMPTS_PER_TASK:
+        limit = spec.max_attempts_per_task
+        detail = (f"guardrails.{Cap.MAX_ATTEMPTS_PER_TASK}={limit}" if limit is not None
+                  and limit <= max_attempts else "the policy's routing max_attempts")
         return GuardrailRefusal(
-            Cap.MAX_ATTEMPTS_PER_TASK,
-            f"attempt {attempt} exceeds the task's cap of {max_attempts} attempts ({detail})")
-    if spec.max_tokens_per_task is not None and usage.tokens >= spec.max_tokens_per_task:
+            cap, f"attempt {attempt} exceeds the task's cap of {max_attempts} attempts ({detail})")
+    if cap is Cap.MAX_TOKENS_PER_TASK:
         return GuardrailRefusal(
-            Cap.MAX_TOKENS_PER_TASK,
-            f"the task used {usage.tokens} tokens; its cap is {spec.max_tokens_per_task} "
-            f"(guardrails.{Cap.MAX_TOKENS_PER_TASK})")
-    if spec.max_usd_per_task is not None and usage.usd >= spec.max_usd_per_task:
+            cap, f"the task used {usage.tokens} tokens; its cap is {spec.max_tokens_per_task} "
+                 f"(guardrails.{Cap.MAX_TOKENS_PER_TASK})")
+    if cap is Cap.MAX_USD_PER_TASK:
         return GuardrailRefusal(
-            Cap.MAX_USD_PER_TASK,
-            f"the task spent ${usage.usd:.6f}; its cap is ${spec.max_usd_per_task:.6f} "
-            f"(guardrails.{Cap.MAX_USD_PER_TASK})")
+            cap, f"the task spent ${usage.usd:.6f}; its cap is ${spec.max_usd_per_task:.6f} "
+                 f"(guardrails.{Cap.MAX_USD_PER_TASK})")
     budget = spec.team_budgets.get(team) if team is not None else None
-    if budget is not None and budget.hard_stop and team_spent_usd >= budget.usd_per_day:
+    if team_budget_reached(budget, team_spent_usd):
         return GuardrailRefusal(
             Cap.TEAM_BUDGET_EXHAUSTED,
             f"team {team} spent ${team_spent_usd:.6f} today (UTC), "
@@ -87,9 +89,7 @@ def check_call(spec: Any, *, attempt: int, max_attempts: int, usage: TaskUsage,
 
 def clip_max_tokens(spec: Any, usage: TaskUsage, max_tokens: int) -> int:
     """``max_tokens`` clipped to the task's remaining token budget (at least 1)."""
-    if spec.max_tokens_per_task is None:
-        return max_tokens
-    return max(1, min(max_tokens, spec.max_tokens_per_task - usage.tokens))
+    return max_tokens_left(spec, usage.tokens, max_tokens)
 
 
 def budget_alert_level(budget: Any, spent_usd: float) -> float | None:

@@ -7,7 +7,10 @@ weight and adapter file against the manifest before the engine starts
 (``serving.engine.verify_variant``); on a mismatch the constructor raises, Serve gives up
 after one try, and ``deploy_tiers`` raises ``TierStartFailed`` naming the file.
 
-``required_deployments`` (pure) says which deployments a policy needs.
+``required_deployments`` (pure) says which deployments a policy needs, and refuses a policy
+that would need an API-priced variant (no weights: the local engine cannot serve it) with
+``ApiTierNotServable`` naming the tier, before anything starts; ``deploy_tiers`` refuses
+such a key too, so no engine ever tries to load one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from policies.policy import Policy
 from serving.engine import EngineOptions
 
 __all__ = [
+    "ApiTierNotServable",
     "DeploymentKey",
     "TierStartFailed",
     "deploy_tiers",
@@ -39,6 +43,25 @@ _log = logging.getLogger(__name__)
 
 class TierStartFailed(PermanentError):
     """A tier deployment did not start (for example a pinned file does not match)."""
+
+
+class ApiTierNotServable(TierStartFailed):
+    """A policy needs an API-priced tier variant through the local engine (vLLM), which
+    cannot serve it: it has no weights. Raised before anything is deployed."""
+
+    def __init__(self, tier: str, variant: str):
+        self.tier, self.variant = tier, variant
+        super().__init__(
+            f"tier {tier!r} (variant {variant!r}) is API-priced: it has no weights, so the "
+            "local engine (vLLM) cannot serve it; remove it from the policy's escalation "
+            "orders and distillation, or give the variant self-hosted economics and weights")
+
+
+def refuse_api_priced(fleet: FleetManifest, keys: Iterable[DeploymentKey]) -> None:
+    """Raise ``ApiTierNotServable`` for the first key whose variant is API-priced."""
+    for key in keys:
+        if fleet.tier(key.tier).variant(key.variant).api_priced:
+            raise ApiTierNotServable(key.tier, key.variant)
 
 
 @dataclass(frozen=True, order=True)
@@ -77,8 +100,12 @@ def deployment_key(policy: Policy, fleet: FleetManifest, tier: str) -> Deploymen
 
 
 def required_deployments(policy: Policy, fleet: FleetManifest) -> list[DeploymentKey]:
-    """The deployments serving ``policy`` needs (one per tier it can route to)."""
-    return sorted({deployment_key(policy, fleet, t) for t in policy_tiers(policy)})
+    """The deployments serving ``policy`` needs (one per tier it can route to).
+
+    Raises ``ApiTierNotServable`` when one of them is an API-priced variant."""
+    keys = sorted({deployment_key(policy, fleet, t) for t in policy_tiers(policy)})
+    refuse_api_priced(fleet, keys)
+    return keys
 
 
 class TierReplica:
@@ -167,10 +194,14 @@ def deploy_tiers(manifest_path: str | Path, keys: Iterable[DeploymentKey],
 
     A deployment whose replica cannot start (a pinned file mismatch, a bad model) is
     deleted again and raises ``TierStartFailed`` with the replica's error in the message.
+    A key naming an API-priced variant raises ``ApiTierNotServable`` before Serve is called.
     """
-    from ray import serve
+    from contracts.manifest import load_fleet
 
     keys = list(dict.fromkeys(keys))
+    refuse_api_priced(load_fleet(manifest_path), keys)
+    from ray import serve
+
     running = running_apps()
     missing = [k for k in keys if running.get(k.app_name) != "RUNNING"]
     if missing:

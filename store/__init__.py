@@ -1,5 +1,6 @@
 """The autopilot's record: policy versions and the active pointer, proposals and their
-lifecycle, gate evidence, approvals, leases, and the hash-chained audit log.
+lifecycle, gate evidence, approvals, leases, the calibration record (predicted against
+realised per verify look), and the hash-chained audit log.
 
 SQLite under the state directory by default (``Store.for_state_dir``), PostgreSQL by URL
 (``Store.open``). Rule violations raise ``StoreError`` subclasses (permanent); a busy or
@@ -24,6 +25,7 @@ from store.records import (
     ApprovalRecord,
     AuditEntry,
     AuditVerification,
+    CalibrationRecord,
     Decision,
     EvidenceRecord,
     GateVerdict,
@@ -43,6 +45,7 @@ __all__ = [
     "ApprovalRecord",
     "AuditEntry",
     "AuditVerification",
+    "CalibrationRecord",
     "Decision",
     "DecisionAlreadyRecorded",
     "EvidenceRecord",

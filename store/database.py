@@ -1,5 +1,6 @@
 """The store: policy versions and the active pointer, proposals, evidence, approvals,
-leases and the audit log, in one SQL database (SQLite file by default, PostgreSQL by URL).
+leases, the calibration record and the audit log, in one SQL database (SQLite file by
+default, PostgreSQL by URL).
 
 Every write runs in one transaction that first takes the store's write lock (BEGIN
 IMMEDIATE on SQLite; a row lock on the audit chain head elsewhere), does its work, and
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -41,6 +43,7 @@ from store.records import (
     ApprovalRecord,
     AuditEntry,
     AuditVerification,
+    CalibrationRecord,
     Decision,
     EvidenceRecord,
     GateVerdict,
@@ -56,6 +59,7 @@ from store.schema import (
     approvals,
     audit_entries,
     audit_head,
+    calibration,
     evidence,
     leases,
     policies,
@@ -179,6 +183,37 @@ def _evidence_record(row: Row[Any]) -> EvidenceRecord:
         json_text=row.json_text,
         stored_at=row.stored_at,
     )
+
+
+def _calibration_record(row: Row[Any]) -> CalibrationRecord:
+    return CalibrationRecord(
+        record_id=row.record_id,
+        proposal_id=row.proposal_id,
+        lever=row.lever,
+        look=row.look,
+        window=row.time_window,
+        realised_window=row.realised_window,
+        level=row.level,
+        predicted=row.predicted,
+        predicted_low=row.predicted_low,
+        predicted_high=row.predicted_high,
+        realised=row.realised,
+        realised_low=row.realised_low,
+        realised_high=row.realised_high,
+        inside=None if row.inside is None else bool(row.inside),
+        widen=row.widen,
+        outcome=row.outcome,
+        baseline_tasks=row.baseline_tasks,
+        candidate_tasks=row.candidate_tasks,
+        recorded_at=row.recorded_at,
+    )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _approval_record(row: Row[Any]) -> ApprovalRecord:
@@ -877,6 +912,96 @@ class Store:
                 .order_by(evidence.c.stored_at, evidence.c.sha256)
             ).all()
             return [_evidence_record(row) for row in rows]
+
+    # --------------------------------------------------------------------- calibration
+    def record_calibration(
+        self,
+        proposal_id: str,
+        *,
+        look: int,
+        realised: float,
+        realised_ci: tuple[float, float] | None,
+        realised_window: str,
+        outcome: str,
+        baseline_tasks: int,
+        candidate_tasks: int,
+        widen: float = 1.0,
+        actor: str,
+    ) -> CalibrationRecord:
+        """Record one verify look of a proposal against its prediction (and audit it).
+
+        The predicted point, interval and level are read from the proposal itself (its
+        relative change of cost per Green PR), so the record can never disagree with what
+        was proposed. ``inside`` is computed here. Idempotent per (proposal, look): a second
+        call for the same look returns the first row unchanged.
+        """
+        _require_text("actor", actor)
+        _require_text("realised_window", realised_window)
+        _require_text("outcome", outcome)
+        if not isinstance(look, int) or look < 1:
+            raise StoreError(f"look must be a positive integer (got {look!r})")
+        realised_value = _finite_or_none(realised)
+        if realised_value is None:
+            raise StoreError(f"realised must be a finite number (got {realised!r})")
+        if not (isinstance(widen, (int, float)) and math.isfinite(widen) and widen > 0):
+            raise StoreError(f"widen must be a positive finite number (got {widen!r})")
+        r_low = r_high = None
+        if realised_ci is not None:
+            r_low, r_high = (_finite_or_none(v) for v in realised_ci)
+
+        def work(conn: Connection, now: datetime) -> CalibrationRecord:
+            proposal = _proposal_record(self._proposal_row(conn, proposal_id))
+            existing = conn.execute(
+                sa.select(calibration).where(calibration.c.proposal_id == proposal_id,
+                                             calibration.c.look == look)
+            ).one_or_none()
+            if existing is not None:
+                return _calibration_record(existing)
+            predicted = proposal.predicted
+            point = predicted.cost_per_green_pr_rel_delta
+            if point is None:
+                raise StoreError(f"proposal {proposal_id} predicted no change of cost per Green "
+                                 "PR: nothing to calibrate")
+            low = high = None
+            if predicted.cost_per_green_pr_rel_delta_ci is not None:
+                low, high = predicted.cost_per_green_pr_rel_delta_ci
+            inside = None if low is None or high is None else bool(
+                low <= realised_value <= high)
+            values = {
+                "proposal_id": proposal_id, "lever": proposal.lever, "look": look,
+                "time_window": proposal.window, "realised_window": realised_window,
+                "level": predicted.level, "predicted": float(point),
+                "predicted_low": low, "predicted_high": high, "realised": realised_value,
+                "realised_low": r_low, "realised_high": r_high, "inside": inside,
+                "widen": float(widen), "outcome": outcome,
+                "baseline_tasks": int(baseline_tasks), "candidate_tasks": int(candidate_tasks),
+                "recorded_at": now,
+            }
+            record_id = conn.execute(sa.insert(calibration).values(**values)
+                                     ).inserted_primary_key[0]
+            payload = {k: v for k, v in values.items() if k != "recorded_at"}
+            self._audit(conn, now, actor=actor, action="calibration.record",
+                        subject=proposal_id, payload={**payload, "record_id": record_id})
+            return _calibration_record(conn.execute(
+                sa.select(calibration).where(calibration.c.record_id == record_id)).one())
+
+        return self._write(f"recording calibration of proposal {proposal_id}", work)
+
+    def calibration_records(
+        self,
+        *,
+        lever: str | None = None,
+        proposal_id: str | None = None,
+    ) -> list[CalibrationRecord]:
+        """The calibration record, oldest first; only one lever's or proposal's if given."""
+        query = sa.select(calibration).order_by(calibration.c.recorded_at,
+                                                calibration.c.record_id)
+        if lever is not None:
+            query = query.where(calibration.c.lever == lever)
+        if proposal_id is not None:
+            query = query.where(calibration.c.proposal_id == proposal_id)
+        with self._reading("reading the calibration record") as conn:
+            return [_calibration_record(row) for row in conn.execute(query).all()]
 
     # -------------------------------------------------------------------------- leases
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:

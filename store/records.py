@@ -19,6 +19,7 @@ __all__ = [
     "ApprovalRecord",
     "AuditEntry",
     "AuditVerification",
+    "CalibrationRecord",
     "Decision",
     "EvidenceRecord",
     "GateVerdict",
@@ -163,3 +164,62 @@ class AuditVerification:
     entries_checked: int
     first_bad_seq: int | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """One verify look at a promoted change: predicted against realised.
+
+    Figures are relative changes of cost per Green PR (-0.19 is 19% cheaper). ``predicted``
+    and its interval are what the proposal recorded (at ``level``, already widened by
+    ``widen``); ``realised`` and its interval come from the verify look's delta-method
+    statistics. ``inside`` says whether the realised point fell inside the predicted
+    interval (None when the proposal recorded no interval).
+    """
+
+    record_id: int
+    proposal_id: str
+    lever: str
+    look: int
+    window: str
+    realised_window: str
+    level: float | None
+    predicted: float
+    predicted_low: float | None
+    predicted_high: float | None
+    realised: float
+    realised_low: float | None
+    realised_high: float | None
+    inside: bool | None
+    widen: float
+    outcome: str
+    baseline_tasks: int
+    candidate_tasks: int
+    recorded_at: datetime
+
+    @property
+    def miss(self) -> float | None:
+        """How far outside the predicted interval the realised point fell, in units of the
+        interval's half-width on that side (0.0 inside; None without an interval)."""
+        if self.predicted_low is None or self.predicted_high is None:
+            return None
+        if self.predicted_low <= self.realised <= self.predicted_high:
+            return 0.0
+        if self.realised > self.predicted_high:
+            gap, half = self.realised - self.predicted_high, self.predicted_high - self.predicted
+        else:
+            gap, half = self.predicted_low - self.realised, self.predicted - self.predicted_low
+        return gap / half if half > 0 else float("inf")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "record_id": self.record_id, "proposal_id": self.proposal_id, "lever": self.lever,
+            "look": self.look, "window": self.window, "realised_window": self.realised_window,
+            "level": self.level, "predicted": self.predicted,
+            "predicted_low": self.predicted_low, "predicted_high": self.predicted_high,
+            "realised": self.realised, "realised_low": self.realised_low,
+            "realised_high": self.realised_high, "inside": self.inside, "miss": self.miss,
+            "widen": self.widen, "outcome": self.outcome,
+            "baseline_tasks": self.baseline_tasks, "candidate_tasks": self.candidate_tasks,
+            "recorded_at": self.recorded_at.isoformat(),
+        }

@@ -28,7 +28,7 @@ __all__ = [
     "register_migration",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: the calibration table
 GENESIS_HASH = "0" * 64  # prev_hash of audit entry 1
 
 # A migration takes a connection inside the upgrade transaction and moves the schema from
@@ -199,6 +199,37 @@ audit_head = sa.Table(
     sa.CheckConstraint("slot = 1", name="audit_head_single_row"),
 )
 
+# The calibration record: one row per verify look at a promoted change, predicted against
+# realised (relative change of cost per Green PR), and whether the realised point fell
+# inside the predicted interval. ``widen`` is the interval inflation the nightly applied to
+# the prediction (``controlplane.loop.calibration``), so the record can be read back on the
+# estimator's own scale. Unique per (proposal, look): a verify rerun never duplicates a row.
+calibration = sa.Table(
+    "calibration",
+    metadata,
+    sa.Column("record_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("proposal_id", sa.ForeignKey("proposals.proposal_id"), nullable=False,
+              index=True),
+    sa.Column("lever", sa.String(64), nullable=False, index=True),
+    sa.Column("look", sa.Integer, nullable=False),
+    sa.Column("time_window", sa.String(200), nullable=False),
+    sa.Column("realised_window", sa.String(200), nullable=False),
+    sa.Column("level", sa.Float, nullable=True),
+    sa.Column("predicted", sa.Float, nullable=False),
+    sa.Column("predicted_low", sa.Float, nullable=True),
+    sa.Column("predicted_high", sa.Float, nullable=True),
+    sa.Column("realised", sa.Float, nullable=False),
+    sa.Column("realised_low", sa.Float, nullable=True),
+    sa.Column("realised_high", sa.Float, nullable=True),
+    sa.Column("inside", sa.Boolean, nullable=True),
+    sa.Column("widen", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("baseline_tasks", sa.Integer, nullable=False),
+    sa.Column("candidate_tasks", sa.Integer, nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("proposal_id", "look", name="calibration_one_row_per_look"),
+)
+
 STORE_TABLES = frozenset(metadata.tables)
 _SCHEMA_VERSION_KEY = "schema_version"
 
@@ -254,3 +285,9 @@ def prepare_schema(conn: Connection, *, code_version: int = SCHEMA_VERSION) -> i
             migrate(conn)
             _write_schema_version(conn, step + 1)
     return found
+
+
+@register_migration(1)
+def _v1_to_v2(conn: Connection) -> None:
+    """v2 adds the calibration record (a new table; no existing row changes)."""
+    calibration.create(conn, checkfirst=True)

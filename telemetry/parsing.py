@@ -13,6 +13,21 @@ re-parses, never the good lines around it. OTLP/JSON goes through the line-by-li
 Both paths feed the same column rules, so a span is judged the same way whichever path it
 took. A span the rules refuse becomes a quarantine record with a stable ``Reason`` code;
 ``check_span`` applies the same rules to one span dict.
+
+Hostile input: what a span may carry is bounded (``contracts.spans.SpanLimits``: line size,
+nesting depth, attribute count, string length) before any parser builds columns from it.
+A cheap count over each chunk's lines (length, ``[`` and ``{`` characters, and ``:``
+characters of a long line: they bound depth and attribute count from above) picks the few
+lines that might break a bound; only those are parsed singly and measured, and a line
+beyond a bound is quarantined and replaced by ``{}`` before Arrow parses the chunk. Arrow reads known fields only (unknown
+attributes are skipped, never inferred: inference crashed on deep values and took time
+quadratic in the number of distinct keys); features are read from the task lines with
+orjson. Format detection is per line: a line holding an OTLP export request is read as
+OTLP wherever it sits, so a flat file is never mistaken for OTLP as a whole.
+
+Accounting: every non-blank line (or the one document of a pretty-printed file) ends as
+spans stored, duplicates, ignored (``Ignored`` says why) or quarantined (``Reason``); the
+counts add up to ``Normalised.seen``.
 """
 
 from __future__ import annotations
@@ -22,11 +37,12 @@ import gzip
 import itertools
 import math
 import re
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -47,6 +63,7 @@ from contracts.spans import (
     CacheStatus,
     Outcome,
     Purpose,
+    SpanLimits,
 )
 from contracts.tables import TABLES
 from telemetry.warehouse import arrow_schema
@@ -54,6 +71,8 @@ from telemetry.warehouse import arrow_schema
 __all__ = [
     "BISECT_LEAF_LINES",
     "CHUNK_BYTES",
+    "Bounds",
+    "Ignored",
     "Normalised",
     "OtlpShapeError",
     "Reason",
@@ -100,12 +119,40 @@ class Reason(StrEnum):
     BAD_COST = "bad_cost"
     BAD_STRING = "bad_string"
     BAD_FEATURE = "bad_feature"
+    # beyond a bound of SpanLimits: what a span may carry
+    TOO_LARGE = "too_large"
+    TOO_DEEP = "too_deep"
+    TOO_MANY_ATTRIBUTES = "too_many_attributes"
+    STRING_TOO_LONG = "string_too_long"
+    # beyond a bound of SpanLimits: what a span may claim
+    IMPLAUSIBLE_COST = "implausible_cost"
+    IMPLAUSIBLE_TOKENS = "implausible_tokens"
+    IMPLAUSIBLE_TIME = "implausible_time"
+
+
+class Ignored(StrEnum):
+    """Why input was read and not stored, without being at fault (stable codes too)."""
+
+    OTHER_SPAN_NAME = "other_span_name"  # the SDK's own spans, a framework's
+    EMPTY_OTLP_REQUEST = "empty_otlp_request"  # an export request that holds no span
 
 
 @dataclass(frozen=True)
 class Rejection:
     reason: Reason
     message: str
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The limits one ingest judges by, and its clock (for ``max_future_s``)."""
+
+    limits: SpanLimits = field(default_factory=SpanLimits)
+    now_ns: int = field(default_factory=time.time_ns)
+
+    @property
+    def latest_start_ns(self) -> int:
+        return self.now_ns + self.limits.max_future_s * 10**9
 
 
 # ------------------------------------------------------------------------------ schemas
@@ -239,11 +286,12 @@ class _RawBatch:
 
     n: int
     top: dict[str, Any]  # field -> pa.Array (Arrow path) or list (line path)
-    attrs: dict[str, Any]  # attribute key -> same
-    features: dict[str, Any]  # feature name (prefix removed) -> same
+    attrs: dict[str, Any]  # known attribute key -> same
     from_arrow: bool
     # row indices -> [(line number, original line text or object)] for the quarantine
     origin: Callable[[Sequence[int]], list[tuple[int, Any]]]
+    # row indices -> each row's span as a dict (its features are read from it)
+    spans: Callable[[Sequence[int]], list[Any]]
 
     def col(self, key: str, kind: str, *, top: bool = False) -> _Col:
         source = self.top if top else self.attrs
@@ -255,19 +303,23 @@ class _RawBatch:
         return _col_from_values(values, kind)
 
     def take(self, rows: np.ndarray) -> _RawBatch:
+        """The batch of ``rows`` only (known columns: scalars, never a nested value)."""
+        rows = np.asarray(rows, np.int64)
+        index = pa.array(rows, pa.int64())
+
         def pick(values: Any) -> Any:
             if self.from_arrow:
-                return values.take(pa.array(rows, pa.int64()))
+                return values.take(index)
             return [values[i] for i in rows]
 
-        outer_origin = self.origin
+        outer_origin, outer_spans = self.origin, self.spans
         return _RawBatch(
             n=len(rows),
             top={k: pick(v) for k, v in self.top.items()},
             attrs={k: pick(v) for k, v in self.attrs.items()},
-            features={k: pick(v) for k, v in self.features.items()},
             from_arrow=self.from_arrow,
             origin=lambda idx: outer_origin([int(rows[i]) for i in idx]),
+            spans=lambda idx: outer_spans([int(rows[i]) for i in idx]),
         )
 
 
@@ -275,8 +327,9 @@ class _RawBatch:
 class _Cols:
     """The coerced fields of one span kind over a batch, as the rules read them."""
 
-    def __init__(self, batch: _RawBatch, keys: Iterable[str]):
+    def __init__(self, batch: _RawBatch, keys: Iterable[str], bounds: Bounds):
         self.n = batch.n
+        self.bounds = bounds
         self.c: dict[str, _Col] = {k: batch.col(k, kind, top=True) for k, kind in
                                    _TOP_KINDS.items()}
         self.c.update({k: batch.col(k, ATTRIBUTE_KINDS[k]) for k in keys})
@@ -341,6 +394,38 @@ def rule_bad_timestamps(c: _Cols) -> np.ndarray:
     return start.null | end.null | (s <= 0) | (e < s)
 
 
+def _start_end(c: _Cols) -> tuple[np.ndarray, np.ndarray]:
+    return _num(c["start_time_unix_nano"], 0), _num(c["end_time_unix_nano"], 0)
+
+
+def rule_implausible_time(c: _Cols) -> np.ndarray:
+    s, e = _start_end(c)
+    limits = c.bounds.limits
+    with np.errstate(over="ignore"):
+        long = (e - s) > limits.max_duration_s * 10**9
+    return (s < limits.earliest_start_ns) | (s > c.bounds.latest_start_ns) | long
+
+
+def _time_msg(c: _Cols, i: int) -> str:
+    s, e = (int(x[i]) for x in _start_end(c))
+    limits = c.bounds.limits
+    when = _iso(s)
+    if s < limits.earliest_start_ns:
+        return f"start {when} is before earliest_start={limits.earliest_start}"
+    if s > c.bounds.latest_start_ns:
+        return (f"start {when} is more than max_future_s={limits.max_future_s} past the "
+                f"ingest's clock ({_iso(c.bounds.now_ns)})")
+    return (f"the span lasts {(e - s) / 1e9:,.0f} s, more than "
+            f"max_duration_s={limits.max_duration_s}")
+
+
+def _iso(ns: int) -> str:
+    try:
+        return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ns} ns"
+
+
 def rule_missing_task_id(c: _Cols) -> np.ndarray:
     col = c[Attr.TASK_ID]
     return _absent_str(col) | col.wrong_type
@@ -388,6 +473,13 @@ def rule_bad_tokens(c: _Cols) -> np.ndarray:
             | (_num(cached, 0) > _num(inp, INT64_MAX)))
 
 
+def rule_implausible_tokens(c: _Cols) -> np.ndarray:
+    bad = np.zeros(c.n, bool)
+    for key in _TOKEN_KEYS:
+        bad |= _num(c[key], 0) > c.bounds.limits.max_tokens
+    return bad
+
+
 def rule_bad_propensity(c: _Cols) -> np.ndarray:
     col = c[Attr.PROPENSITY]
     p = _num(col, 1.0)
@@ -414,6 +506,14 @@ def _cost_rule(key: str) -> Callable[[_Cols], np.ndarray]:
     return rule_bad_cost
 
 
+def _implausible_cost_rule(key: str) -> Callable[[_Cols], np.ndarray]:
+    def rule_implausible_cost(c: _Cols) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return _num(c[key], 0.0) > c.bounds.limits.max_cost_usd
+
+    return rule_implausible_cost
+
+
 def _string_rule(*keys: str) -> Callable[[_Cols], np.ndarray]:
     def rule_bad_string(c: _Cols) -> np.ndarray:
         bad = np.zeros(c.n, bool)
@@ -438,6 +538,7 @@ _COMMON_RULES = [
     Rule(Reason.BAD_TIMESTAMPS, rule_bad_timestamps, lambda c, i: (
         "start/end_time_unix_nano must be integers with 0 < start <= end "
         f"(start={c.show('start_time_unix_nano', i)}, end={c.show('end_time_unix_nano', i)})")),
+    Rule(Reason.IMPLAUSIBLE_TIME, rule_implausible_time, _time_msg),
     Rule(Reason.MISSING_TASK_ID, rule_missing_task_id, lambda c, i: (
         f"{Attr.TASK_ID} must be a non-empty string (got {c.show(Attr.TASK_ID, i)})")),
 ]
@@ -445,6 +546,16 @@ _COMMON_RULES = [
 
 def _cost_msg(key: str) -> Callable[[_Cols, int], str]:
     return lambda c, i: f"{key} must be a finite number >= 0 (got {c.show(key, i)})"
+
+
+def _implausible_cost_msg(key: str) -> Callable[[_Cols, int], str]:
+    return lambda c, i: (f"{key}={c.show(key, i)} is more than "
+                         f"max_cost_usd={c.bounds.limits.max_cost_usd:g}")
+
+
+def _implausible_tokens_msg(c: _Cols, i: int) -> str:
+    return (", ".join(f"{k}={c.show(k, i)}" for k in _TOKEN_KEYS)
+            + f": a count above max_tokens={c.bounds.limits.max_tokens:,}")
 
 
 def _bool_msg(*keys: str) -> Callable[[_Cols, int], str]:
@@ -473,6 +584,8 @@ KIND_RULES: dict[str, list[Rule]] = {
              _bool_msg(Attr.VERIFIER_PASSED, Attr.REVIEW_ACCEPTED)),
         Rule(Reason.BAD_COST, _cost_rule(Attr.VERIFIER_COST_USD),
              _cost_msg(Attr.VERIFIER_COST_USD)),
+        Rule(Reason.IMPLAUSIBLE_COST, _implausible_cost_rule(Attr.VERIFIER_COST_USD),
+             _implausible_cost_msg(Attr.VERIFIER_COST_USD)),
         Rule(Reason.BAD_STRING, _string_rule(*_TASK_STRINGS), _string_msg(*_TASK_STRINGS)),
     ],
     SPAN_ATTEMPT: [
@@ -485,6 +598,8 @@ KIND_RULES: dict[str, list[Rule]] = {
         Rule(Reason.BAD_PROPENSITY, rule_bad_propensity, lambda c, i: (
             f"{Attr.PROPENSITY} must be a number in (0, 1] (got {c.show(Attr.PROPENSITY, i)})")),
         Rule(Reason.BAD_COST, _cost_rule(Attr.COST_USD), _cost_msg(Attr.COST_USD)),
+        Rule(Reason.IMPLAUSIBLE_COST, _implausible_cost_rule(Attr.COST_USD),
+             _implausible_cost_msg(Attr.COST_USD)),
         Rule(Reason.BAD_STRING, _string_rule(*_ATTEMPT_STRINGS), _string_msg(*_ATTEMPT_STRINGS)),
     ],
     SPAN_CALL: [
@@ -499,9 +614,12 @@ KIND_RULES: dict[str, list[Rule]] = {
             f"{Attr.INPUT_TOKENS} and {Attr.OUTPUT_TOKENS} must be integers and "
             f"{Attr.CACHED_INPUT_TOKENS} an integer <= input tokens (" + ", ".join(
                 f"{k}={c.show(k, i)}" for k in _TOKEN_KEYS) + ")")),
+        Rule(Reason.IMPLAUSIBLE_TOKENS, rule_implausible_tokens, _implausible_tokens_msg),
         Rule(Reason.UNKNOWN_CACHE_STATUS, rule_unknown_cache_status,
              _enum_msg(Attr.CACHE, CacheStatus)),
         Rule(Reason.BAD_COST, _cost_rule(Attr.COST_USD), _cost_msg(Attr.COST_USD)),
+        Rule(Reason.IMPLAUSIBLE_COST, _implausible_cost_rule(Attr.COST_USD),
+             _implausible_cost_msg(Attr.COST_USD)),
         Rule(Reason.BAD_STRING, _string_rule(*_CALL_STRINGS), _string_msg(*_CALL_STRINGS)),
     ],
 }
@@ -524,73 +642,75 @@ def _apply_rules(rules: Sequence[Rule], cols: _Cols, rows: np.ndarray,
 
 
 # --------------------------------------------------------------------------- features
-_EASY_STRING = r'^[^\x00-\x1f"\\]*$'  # needs no JSON escaping
+_PLAIN_FEATURE = frozenset({str, int, bool})  # written as they are
+_KNOWN_KEYS = frozenset(ATTRIBUTE_KINDS)
 
 
-def _feature_fragments(name: str, values: Any, from_arrow: bool
-                       ) -> tuple[pa.Array, np.ndarray]:
-    """``"name":value`` per row (null where the row has no such feature) and the mask of
-    rows whose value is not a finite number, a string or a bool."""
-    key = orjson.dumps(name).decode() + ":"
-    n = len(values)
-    if from_arrow:
-        t = values.type
-        if pa.types.is_integer(t):
-            return pc.binary_join_element_wise(key, values.cast(pa.string()), ""), np.zeros(n, bool)
-        if pa.types.is_boolean(t):
-            text = pc.if_else(values, "true", "false")
-            return pc.binary_join_element_wise(key, text, ""), np.zeros(n, bool)
-        if pa.types.is_string(t) and pc.all(pc.match_substring_regex(
-                values, _EASY_STRING)).as_py() is not False:
-            return pc.binary_join_element_wise(key + '"', values, '"', ""), np.zeros(n, bool)
-        if not (pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_null(t)):
-            # an object or array feature: every value present is bad
-            return pa.nulls(n, pa.string()), ~_np(values.is_null())
-        values = values.to_pylist()
-    bad = np.zeros(n, bool)
-    out: list[str | None] = []
-    for i, v in enumerate(values):
-        c = BAD if v is None else coerce_feature(v)
-        if c is BAD:
-            bad[i] = v is not None
-            out.append(None)
-        else:
-            out.append(key + orjson.dumps(c).decode())
-    return pa.array(out, pa.string()), bad
-
-
-def _features_json(features: Mapping[str, Any], n: int, from_arrow: bool
-                   ) -> tuple[pa.Array, np.ndarray, list[str]]:
-    """Each row's features as a JSON object string (keys sorted, as ``orjson`` with sorted
-    keys writes it), the mask of rows with a bad feature, and the offending key per row."""
+def _features_json(spans: Sequence[Any]) -> tuple[pa.Array, np.ndarray, list[str]]:
+    """Each span's features (its ``autopilot.feature.*`` attributes, the prefix removed) as
+    a JSON object string (keys sorted, integral floats written as integers, null values
+    left out), the mask of spans with a feature that is not a finite number, a string or
+    a bool, and the first such feature (in key order) per span."""
+    n = len(spans)
     bad = np.zeros(n, bool)
     bad_key = [""] * n
-    if not features:
-        return pa.array(["{}"] * n, pa.string()), bad, bad_key
-    fragments = []
-    for name in sorted(features):
-        text, bad_here = _feature_fragments(name, features[name], from_arrow)
-        for i in np.flatnonzero(bad_here & ~bad):
-            bad_key[i] = name
-        bad |= bad_here
-        fragments.append(text)
-    joined = pc.binary_join_element_wise(*fragments, ",", null_handling="skip")
-    return pc.binary_join_element_wise("{", joined, "}", ""), bad, bad_key
+    texts: list[str] = []
+    cut = len(FEATURE_PREFIX)
+    for i, span in enumerate(spans):
+        attrs = span.get("attributes") if isinstance(span, dict) else None
+        features = ({k[cut:]: attrs[k] for k in attrs.keys() - _KNOWN_KEYS
+                     if k.startswith(FEATURE_PREFIX)} if isinstance(attrs, dict) else None)
+        if not features:
+            texts.append("{}")
+            continue
+        if all(type(v) in _PLAIN_FEATURE for v in features.values()):
+            texts.append(orjson.dumps(features, option=orjson.OPT_SORT_KEYS).decode())
+            continue
+        clean: dict[str, Any] = {}
+        wrong: list[str] = []
+        for name, value in features.items():
+            if value is None:
+                continue
+            c = coerce_feature(value)
+            if c is BAD:
+                wrong.append(name)
+            else:
+                clean[name] = c
+        if wrong:
+            bad[i] = True
+            bad_key[i] = min(wrong)
+            texts.append("{}")
+        else:
+            texts.append(orjson.dumps(clean, option=orjson.OPT_SORT_KEYS).decode())
+    return pa.array(texts, pa.string()), bad, bad_key
 
 
 # ----------------------------------------------------------------------- normalising
 @dataclass
 class Normalised:
-    """The outcome of judging raw batches."""
+    """The outcome of judging raw batches, and the bounds they are judged by."""
 
+    bounds: Bounds = field(default_factory=Bounds)
     tables: dict[str, list[pa.Table]] = field(default_factory=lambda: {t: [] for t in TABLES})
     quarantine: list[dict[str, Any]] = field(default_factory=list)
-    ignored: int = 0
+    ignored_by: Counter[str] = field(default_factory=Counter)
     seen: int = 0
+
+    @property
+    def ignored(self) -> int:
+        return sum(self.ignored_by.values())
+
+    def ignore(self, reason: Ignored, count: int = 1) -> None:
+        if count:
+            self.ignored_by[str(reason)] += count
 
     def reject(self, reason: Reason, message: str, source: str, line: int, original: Any):
         self.quarantine.append({"reason": str(reason), "message": message, "source": source,
                                 "line": line, "original": original})
+
+    def part(self) -> Normalised:
+        """An empty outcome judged by the same bounds (merged into this one later)."""
+        return Normalised(bounds=self.bounds)
 
 
 def _days(start_ns: np.ndarray) -> pa.Array:
@@ -662,13 +782,14 @@ def _to_table(kind: str, cols: _Cols, day: pa.Array, features: pa.Array | None,
     return pa.Table.from_arrays([data[name] for name in schema.names], schema=schema)
 
 
+
 def _judge(batch: _RawBatch, source: str, out: Normalised) -> None:
     """Apply the rules to a raw batch: common rules once over every span of a known name,
     then each kind's rules over its rows; collect stored rows and quarantined spans."""
     out.seen += batch.n
     if batch.n == 0:
         return
-    cols = _Cols(batch, _ALL_KEYS)
+    cols = _Cols(batch, _ALL_KEYS, out.bounds)
     name = cols["name"]
     missing = name.null | _np(pc.equal(name.values, ""))
     rejections: list[tuple[int, Rejection]] = [
@@ -676,7 +797,7 @@ def _judge(batch: _RawBatch, source: str, out: Normalised) -> None:
         for i in np.flatnonzero(missing)]
     kind_rows = {kind: _np(pc.equal(name.values, kind)) for kind in SPAN_NAMES}
     known = np.logical_or.reduce(list(kind_rows.values()))
-    out.ignored += int((~known & ~missing).sum())
+    out.ignore(Ignored.OTHER_SPAN_NAME, int((~known & ~missing).sum()))
     rejected = ~known  # ignored and nameless spans are not judged further
     rejections += _apply_rules(COMMON_RULES, cols, known, rejected)
     day = _days(_num(cols["start_time_unix_nano"], 0))
@@ -687,8 +808,7 @@ def _judge(batch: _RawBatch, source: str, out: Normalised) -> None:
         features = None
         if kind == SPAN_TASK:
             task_rows = np.flatnonzero(rows & ~rejected)
-            features, bad, bad_key = _features_json(
-                batch.take(task_rows).features, len(task_rows), batch.from_arrow)
+            features, bad, bad_key = _features_json(batch.spans(task_rows.tolist()))
             for j in np.flatnonzero(bad):
                 i = int(task_rows[j])
                 rejections.append((i, Rejection(Reason.BAD_FEATURE, (
@@ -706,16 +826,190 @@ def _judge(batch: _RawBatch, source: str, out: Normalised) -> None:
             out.reject(rej.reason, rej.message, source, line, original)
 
 
-def check_span(span: Mapping[str, Any]) -> Rejection | None:
-    """Judge one flat span dict with the ingester's rules (None: it would be stored or
-    ignored). The same rules the ingester applies to whole columns, on a batch of one."""
-    out = Normalised()
-    batch = _batch_from_records([span], [(1, span)])
-    _judge(batch, "<check_span>", out)
+def check_span(span: Mapping[str, Any], limits: SpanLimits | None = None,
+               now_ns: int | None = None) -> Rejection | None:
+    """Judge one flat span dict with the ingester's rules and bounds (None: it would be
+    stored or ignored). The same rules the ingester applies to whole columns, on a batch of
+    one; ``now_ns`` is the clock ``max_future_s`` counts from (default: now)."""
+    bounds = Bounds(limits or SpanLimits(), time.time_ns() if now_ns is None else now_ns)
+    if not isinstance(span, Mapping):
+        return Rejection(Reason.INVALID_JSON, "a span must be a JSON object")
+    shape = _shape_rejection(span, bounds.limits)
+    if shape is None:
+        with contextlib.suppress(TypeError, orjson.JSONEncodeError):  # not JSON's numbers
+            size = len(orjson.dumps(span, default=str))
+            if size > bounds.limits.max_line_bytes:
+                shape = _too_large(size, bounds.limits.max_line_bytes, "max_line_bytes")
+    if shape is not None:
+        return shape
+    if not isinstance(span.get("attributes", {}), (dict, type(None))):
+        return Rejection(Reason.BAD_ATTRIBUTES, "attributes must be a JSON object")
+    out = Normalised(bounds=bounds)
+    _judge(_batch_from_records([span], [(1, span)]), "<check_span>", out)
     if out.quarantine:
         q = out.quarantine[0]
         return Rejection(Reason(q["reason"]), q["message"])
     return None
+
+
+# -------------------------------------------------------------------- what a span carries
+# A line needs no measuring when it cannot break a shape limit: its strings are no longer
+# than the line, its nesting depth is at most its count of "[" and "{", and its attribute
+# count at most its count of ":" (and at most (length + 1) / 5: '"":0' and a comma each).
+_OTLP_KEY = b'"resourceSpans"'
+_KEEP_BYTES = 4096  # of a line too large to keep whole in the quarantine
+
+
+def _plain_length(limits: SpanLimits) -> int:
+    return min(limits.max_string_chars, limits.max_line_bytes)
+
+
+def _needs_measuring(raw: bytes, limits: SpanLimits) -> bool:
+    return (len(raw) > _plain_length(limits)
+            or raw.count(b"{") + raw.count(b"[") > limits.max_depth
+            or raw.count(b":") > limits.max_attributes)
+
+
+def _too_large(size: int, limit: int, name: str) -> Rejection:
+    return Rejection(Reason.TOO_LARGE, f"{size:,} bytes is more than {name}={limit:,}")
+
+
+def _too_deep(limits: SpanLimits) -> Rejection:
+    return Rejection(Reason.TOO_DEEP, f"nested deeper than max_depth={limits.max_depth}")
+
+
+def _shape_rejection(span: Mapping[str, Any], limits: SpanLimits) -> Rejection | None:
+    """A span's attribute count, nesting depth and string lengths against the limits
+    (iteratively: a deep value cannot exhaust the stack). The span object is depth 1."""
+    attrs = span.get("attributes")
+    if isinstance(attrs, (dict, list)) and len(attrs) > limits.max_attributes:
+        return Rejection(Reason.TOO_MANY_ATTRIBUTES, (
+            f"{len(attrs):,} attributes is more than max_attributes={limits.max_attributes}"))
+    longest = limits.max_string_chars
+
+    def long_string(what: str, length: int) -> Rejection:
+        return Rejection(Reason.STRING_TOO_LONG, (
+            f"{what} of {length:,} characters is longer than max_string_chars={longest:,}"))
+
+    stack: list[tuple[Any, int]] = [(span, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limits.max_depth:
+            return _too_deep(limits)
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and len(key) > longest:
+                return long_string("a key", len(key))
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+            elif isinstance(item, str) and len(item) > longest:
+                return long_string("a string", len(item))
+    return None
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (
+                value.values() if isinstance(value, dict) else value))
+    return False
+
+
+def _kept(value: Any, limits: SpanLimits) -> Any:
+    """What the quarantine keeps of an object: itself, or a bounded description of it."""
+    if _depth_exceeds(value, limits.max_depth):
+        return f"<not kept: nested deeper than max_depth={limits.max_depth}>"
+    try:
+        text = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return f"<not kept: {type(value).__name__}>"
+    if len(text) > limits.max_line_bytes:
+        return _kept_text(text, limits)
+    return value
+
+
+def _kept_text(raw: bytes, limits: SpanLimits) -> str:
+    """A line as the quarantine keeps it: whole, or its first bytes when it is too large."""
+    raw = raw.rstrip(b"\r\n")
+    if len(raw) > limits.max_line_bytes:
+        return raw[:_KEEP_BYTES].decode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What one line (or one document) is before its spans meet the rules."""
+
+    kind: str  # "span" (a flat span), "otlp" (an export request) or "reject"
+    value: Any = None  # the parsed object
+    rejection: Rejection | None = None
+
+
+_UNPARSED = object()
+
+
+def _screen(raw: bytes, limits: SpanLimits, *, parsed: Any = _UNPARSED) -> _Verdict:
+    """One line (or document): parse it once with orjson and measure what it carries."""
+    size = len(raw.rstrip(b"\r\n"))
+    maybe_otlp = _OTLP_KEY in raw
+    if size > (max(limits.max_request_bytes, limits.max_line_bytes) if maybe_otlp
+               else limits.max_line_bytes):
+        name = "max_request_bytes" if maybe_otlp else "max_line_bytes"
+        return _Verdict("reject", rejection=_too_large(size, getattr(limits, name), name))
+    if parsed is _UNPARSED:
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if "depth" in str(exc) or "recursion" in str(exc).lower():
+                return _Verdict("reject", rejection=_too_deep(limits))
+            return _Verdict("reject", rejection=Rejection(Reason.INVALID_JSON,
+                                                          f"not valid JSON: {exc}"))
+    if isinstance(parsed, dict) and "resourceSpans" in parsed:
+        return _Verdict("otlp", parsed)
+    if not isinstance(parsed, dict):
+        return _Verdict("reject", rejection=Rejection(Reason.INVALID_JSON,
+                                                      "a line must hold one JSON object"))
+    if size > limits.max_line_bytes:
+        return _Verdict("reject", rejection=_too_large(size, limits.max_line_bytes,
+                                                       "max_line_bytes"))
+    if _needs_measuring(raw, limits):
+        shape = _shape_rejection(parsed, limits)
+        if shape is not None:
+            return _Verdict("reject", rejection=shape)
+    if not isinstance(parsed.get("attributes", {}), (dict, type(None))):
+        return _Verdict("reject", rejection=Rejection(Reason.BAD_ATTRIBUTES,
+                                                      "attributes must be a JSON object"))
+    return _Verdict("span", parsed)
+
+
+class _Collect:
+    """Spans read one by one (flat lines, OTLP spans) waiting to be judged as one batch."""
+
+    def __init__(self, source: str, out: Normalised):
+        self.source, self.out = source, out
+        self.records: list[Mapping[str, Any]] = []
+        self.origins: list[tuple[int, Any]] = []
+
+    def take(self, verdict: _Verdict, raw: bytes, line: int) -> None:
+        limits = self.out.bounds.limits
+        if verdict.kind == "reject":
+            assert verdict.rejection is not None
+            self.out.seen += 1
+            self.out.reject(verdict.rejection.reason, verdict.rejection.message, self.source,
+                            line, _kept_text(raw, limits))
+        elif verdict.kind == "otlp":
+            _otlp_request(verdict.value, raw, line, self)
+        else:
+            self.records.append(verdict.value)
+            self.origins.append((line, _kept_text(raw, limits)))
+
+    def judge(self) -> None:
+        _judge(_batch_from_records(self.records, self.origins), self.source, self.out)
+        self.records, self.origins = [], []
 
 
 # --------------------------------------------------------------------- line-by-line path
@@ -725,45 +1019,27 @@ def _batch_from_records(records: Sequence[Mapping[str, Any]],
     n = len(records)
     top = {k: [r.get(k) for r in records] for k in _TOP_KINDS}
     attrs: dict[str, list[Any]] = {}
-    features: dict[str, list[Any]] = {}
     for i, r in enumerate(records):
         for key, value in (r.get("attributes") or {}).items():
-            if key.startswith(FEATURE_PREFIX):
-                features.setdefault(key[len(FEATURE_PREFIX):], [None] * n)[i] = value
-            elif key in ATTRIBUTE_KINDS:
+            if key in ATTRIBUTE_KINDS:
                 attrs.setdefault(key, [None] * n)[i] = value
-    return _RawBatch(n=n, top=top, attrs=attrs, features=features, from_arrow=False,
-                     origin=lambda idx: [origins[i] for i in idx])
+    return _RawBatch(n=n, top=top, attrs=attrs, from_arrow=False,
+                     origin=lambda idx: [origins[i] for i in idx],
+                     spans=lambda idx: [records[i] for i in idx])
 
 
-def _judge_lines(lines: list[bytes], first_line: int, source: str, out: Normalised) -> None:
-    """The slow path: each line parsed singly, so a bad line only costs itself."""
-    records: list[dict[str, Any]] = []
-    origins: list[tuple[int, Any]] = []
+def _judge_lines(lines: Sequence[bytes], first_line: int, source: str, out: Normalised,
+                 skip: frozenset[int] | set[int] = frozenset()) -> None:
+    """The slow path: each line parsed singly, so a bad line only costs itself. Lines in
+    ``skip`` (absolute numbers) were judged before the chunk was parsed."""
+    batch = _Collect(source, out)
+    limits = out.bounds.limits
     for offset, raw in enumerate(lines):
         line_no = first_line + offset
-        if not raw.strip():
+        if line_no in skip or not raw.strip():
             continue
-        try:
-            span = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            out.seen += 1
-            out.reject(Reason.INVALID_JSON, f"not valid JSON: {exc}", source, line_no,
-                       _text(raw))
-            continue
-        if not isinstance(span, dict):
-            out.seen += 1
-            out.reject(Reason.INVALID_JSON, "a line must hold one JSON object",
-                       source, line_no, span)
-            continue
-        if not isinstance(span.get("attributes", {}), (dict, type(None))):
-            out.seen += 1
-            out.reject(Reason.BAD_ATTRIBUTES, "attributes must be a JSON object",
-                       source, line_no, span)
-            continue
-        records.append(span)
-        origins.append((line_no, _text(raw)))
-    _judge(_batch_from_records(records, origins), source, out)
+        batch.take(_screen(raw, limits), raw, line_no)
+    batch.judge()
 
 
 def _text(raw: bytes) -> str:
@@ -771,47 +1047,62 @@ def _text(raw: bytes) -> str:
 
 
 # ----------------------------------------------------------------------- Arrow path
-def _arrow_batch(table: pa.Table, chunk: bytes, first_line: int) -> _RawBatch:
+def _line_starts(chunk: bytes) -> np.ndarray:
+    """Where each line of a chunk starts, and where the last one ends (len(chunk))."""
+    nl = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)
+    starts = np.concatenate(([0], nl + 1)).astype(np.int64)
+    if starts[-1] != len(chunk):
+        starts = np.append(starts, len(chunk))
+    return starts
+
+
+def _arrow_batch(table: pa.Table, chunk: bytes, first_line: int,
+                 starts: np.ndarray | None = None) -> _RawBatch:
     table = table.combine_chunks()
     top = {k: table.column(k).chunk(0) if table.column(k).num_chunks else pa.nulls(0)
            for k in _TOP_KINDS if k in table.column_names}
     attrs: dict[str, pa.Array] = {}
-    features: dict[str, pa.Array] = {}
     if "attributes" in table.column_names and table.column("attributes").num_chunks:
         struct = table.column("attributes").chunk(0)
         if not pa.types.is_struct(struct.type):
             raise _NeedsLinePath("attributes is not an object")
-        # flatten() folds the struct's own nulls (no attributes) into every field
+        # flatten() folds the struct's own nulls (no attributes) into every field; Arrow
+        # reads the known attributes only (the schema's), so nothing else is carried
         for f, values in zip(struct.type, struct.flatten()):
-            if f.name.startswith(FEATURE_PREFIX):
-                features[f.name[len(FEATURE_PREFIX):]] = values
-            else:
+            if f.name in ATTRIBUTE_KINDS:
                 attrs[f.name] = values
-    line_starts: list[np.ndarray] = []
+    line_starts: list[np.ndarray] = [] if starts is None else [starts]
+
+    def raw_lines(rows: Sequence[int]) -> list[bytes]:
+        # Arrow rows are the chunk's lines one to one (checked by the caller), so a line
+        # is only located when its row is quarantined or its features are read.
+        if not line_starts:
+            line_starts.append(_line_starts(chunk))
+        starts = line_starts[0]
+        index = np.asarray(rows, np.int64)
+        return [chunk[a:b] for a, b in zip(starts[index].tolist(), starts[index + 1].tolist())]
 
     def origin(rows: Sequence[int]) -> list[tuple[int, Any]]:
-        # Arrow rows are the chunk's lines one to one (checked by the caller), so the
-        # original text is only located when a row is quarantined.
-        if not line_starts:
-            nl = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)
-            line_starts.append(np.concatenate(([0], nl + 1)))
-        starts = line_starts[0]
-        result = []
-        for r in rows:
-            a = int(starts[r])
-            b = int(starts[r + 1]) if r + 1 < len(starts) else len(chunk)
-            result.append((first_line + r, _text(chunk[a:b])))
-        return result
+        return [(first_line + r, _text(raw)) for r, raw in zip(rows, raw_lines(rows))]
 
-    return _RawBatch(n=table.num_rows, top=top, attrs=attrs, features=features,
-                     from_arrow=True, origin=origin)
+    def spans(rows: Sequence[int]) -> list[Any]:
+        # the rows' lines as one JSON array: one call into orjson
+        try:
+            return orjson.loads(b"[" + b",".join(raw_lines(rows)) + b"]")
+        except orjson.JSONDecodeError as exc:  # a line Arrow read and orjson refuses
+            raise _NeedsLinePath(str(exc)) from None
+
+    return _RawBatch(n=table.num_rows, top=top, attrs=attrs, from_arrow=True, origin=origin,
+                     spans=spans)
 
 
 # One block per chunk (block_size above the chunk size), so a row in Arrow's error message
-# is a row of this chunk.
+# is a row of this chunk. Unknown fields (unknown attributes, features) are skipped, never
+# inferred: inference crashed on a value nested a few thousand deep and took time
+# quadratic in the number of distinct keys of a chunk.
 _READ_OPTIONS = pa_json.ReadOptions(block_size=2 * CHUNK_BYTES + (1 << 20), use_threads=False)
 _PARSE_OPTIONS = pa_json.ParseOptions(explicit_schema=_FLAT_SCHEMA,
-                                      unexpected_field_behavior="infer")
+                                      unexpected_field_behavior="ignore")
 
 
 def _line_count(chunk: bytes) -> int:
@@ -819,7 +1110,7 @@ def _line_count(chunk: bytes) -> int:
 
 
 def _parse(chunk: bytes) -> pa.Table | Exception:
-    """Arrow's parse of a chunk, or the reason it refused (run a chunk ahead, off-thread)."""
+    """Arrow's parse of a chunk, or the reason it refused."""
     try:
         return pa_json.read_json(pa.BufferReader(chunk), read_options=_READ_OPTIONS,
                                  parse_options=_PARSE_OPTIONS)
@@ -827,12 +1118,86 @@ def _parse(chunk: bytes) -> pa.Table | Exception:
         return exc
 
 
+@dataclass
+class _Prepared:
+    """A chunk made safe for Arrow, and parsed (run a chunk ahead, off-thread): the lines
+    that might break a bound were measured, and those judged already (beyond a bound,
+    not JSON, an OTLP request) replaced by ``{}``; ``judged`` holds their outcome."""
+
+    chunk: bytes
+    lines: int
+    first_line: int
+    skip: frozenset[int]
+    judged: Normalised
+    parsed: pa.Table | Exception | None
+    starts: np.ndarray | None  # of the chunk's lines, when no line was replaced
+
+
+def _scan(chunk: bytes, limits: SpanLimits) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk's line starts (as ``_line_starts``) and the rows of the lines that might
+    break a shape limit (see ``_needs_measuring``; a length counts the newline too, so at
+    worst a line is measured needlessly) or hold an OTLP request. One pass finds the
+    newlines and the "{" and "[" characters together."""
+    data = np.frombuffer(chunk, np.uint8)
+    mask = (data == 10) | (data == ord("{"))
+    if b"[" in chunk:  # (memchr: far cheaper than one more comparison of every byte)
+        mask |= data == ord("[")
+    marks = np.flatnonzero(mask)
+    newline = data[marks] == 10
+    starts = np.concatenate(([0], marks[newline] + 1)).astype(np.int64)
+    if starts[-1] != len(chunk):
+        starts = np.append(starts, len(chunk))
+    lengths = np.diff(starts)
+    flagged = lengths > _plain_length(limits)
+    opens = marks[~newline]
+    flagged |= np.diff(np.searchsorted(opens, starts)) > limits.max_depth
+    for r in np.flatnonzero(~flagged & (lengths > 5 * limits.max_attributes)).tolist():
+        flagged[r] = chunk.count(b":", int(starts[r]), int(starts[r + 1])) > limits.max_attributes
+    at = chunk.find(_OTLP_KEY) if b"S" in chunk else -1  # memchr first: "S" is rare
+    while at >= 0:
+        flagged[np.searchsorted(starts, at, side="right") - 1] = True
+        at = chunk.find(_OTLP_KEY, at + len(_OTLP_KEY))
+    return starts, np.flatnonzero(flagged)
+
+
+def _prepare(chunk: bytes, lines: int, first_line: int, source: str,
+             bounds: Bounds) -> _Prepared:
+    judged = Normalised(bounds=bounds)
+    starts: np.ndarray | None
+    starts, flagged = _scan(chunk, bounds.limits)
+    skip: set[int] = set()
+    if len(flagged):
+        batch = _Collect(source, judged)
+        pieces: list[bytes] = []
+        last = 0
+        for r in flagged.tolist():
+            a, b = int(starts[r]), int(starts[r + 1])
+            raw = chunk[a:b]
+            if not raw.strip():
+                continue
+            verdict = _screen(raw, bounds.limits)
+            if verdict.kind == "span":
+                continue  # measured and within every bound: Arrow may read it
+            batch.take(verdict, raw, first_line + r)
+            skip.add(first_line + r)
+            pieces += [chunk[last:a], b"{}\n" if raw.endswith(b"\n") else b"{}"]
+            last = b
+        batch.judge()
+        if skip:
+            chunk = b"".join([*pieces, chunk[last:]])
+            starts = None
+    parsed = _parse(chunk) if lines > BISECT_LEAF_LINES else None
+    return _Prepared(chunk, lines, first_line, frozenset(skip), judged, parsed, starts)
+
+
 def _judge_chunk(chunk: bytes, lines: int, first_line: int, source: str, out: Normalised,
-                 parsed: pa.Table | Exception | None = None) -> None:
+                 parsed: pa.Table | Exception | None = None,
+                 skip: frozenset[int] = frozenset(), starts: np.ndarray | None = None) -> None:
     """Judge a chunk of whole lines parsed by Arrow. A chunk Arrow refuses is split around
-    the row its error names (else in halves) and the pieces judged the same way."""
+    the row its error names (else in halves) and the pieces judged the same way. Lines in
+    ``skip`` (absolute numbers) were judged already: they are ``{}`` here."""
     if lines <= BISECT_LEAF_LINES:
-        _judge_lines(chunk.split(b"\n")[:lines], first_line, source, out)
+        _judge_lines(chunk.split(b"\n")[:lines], first_line, source, out, skip)
         return
     if parsed is None:
         parsed = _parse(chunk)
@@ -843,11 +1208,15 @@ def _judge_chunk(chunk: bytes, lines: int, first_line: int, source: str, out: No
         # row-to-line mapping, so such a chunk is split like a refused one.
         if parsed.num_rows != lines:
             raise _NeedsLinePath("rows do not match lines")
-        partial = Normalised()
-        _judge(_arrow_batch(parsed, chunk, first_line), source, partial)
+        partial = out.part()
+        batch = _arrow_batch(parsed, chunk, first_line, starts)
+        if skip:
+            rows = np.arange(lines)
+            batch = batch.take(rows[~np.isin(rows + first_line, list(skip))])
+        _judge(batch, source, partial)
     except _NeedsLinePath as refusal:
         for piece, piece_lines, piece_first in _split(chunk, lines, first_line, str(refusal)):
-            _judge_chunk(piece, piece_lines, piece_first, source, out)
+            _judge_chunk(piece, piece_lines, piece_first, source, out, skip=skip)
         return
     _merge(out, partial)
 
@@ -880,7 +1249,7 @@ def _merge(into: Normalised, part: Normalised) -> None:
     for table, parts in part.tables.items():
         into.tables[table].extend(parts)
     into.quarantine.extend(part.quarantine)
-    into.ignored += part.ignored
+    into.ignored_by.update(part.ignored_by)
     into.seen += part.seen
 
 
@@ -891,67 +1260,153 @@ def _open(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
 
 
-def _chunks(fh, head: bytes = b"", size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Blocks of whole lines (the last may lack its newline); ``head`` comes first."""
+class _Prefixed:
+    """A binary stream read so far (``head``) followed by the rest of it (``fh``)."""
+
+    def __init__(self, head: bytes, fh: Any):
+        self.head, self.pos, self.fh = head, 0, fh
+
+    def read(self, size: int) -> bytes:
+        if self.pos >= len(self.head):
+            return self.fh.read(size)
+        out = self.head[self.pos:self.pos + size]
+        self.pos += len(out)
+        return out + self.fh.read(size - len(out)) if len(out) < size else out
+
+    def readline(self, size: int) -> bytes:
+        if self.pos >= len(self.head):
+            return self.fh.readline(size)
+        end = self.head.find(b"\n", self.pos, self.pos + size)
+        stop = end + 1 if end >= 0 else min(len(self.head), self.pos + size)
+        out = self.head[self.pos:stop]
+        self.pos = stop
+        if end < 0 and len(out) < size:
+            out += self.fh.readline(size - len(out))
+        return out
+
+
+def _chunks(stream: Any, size: int, line_cap: int) -> Iterator[bytes]:
+    """Blocks of whole lines (the last may lack its newline). A line longer than
+    ``line_cap`` keeps its first ``line_cap + 1`` bytes (enough to be judged too large);
+    the rest of it is read and dropped, so no single line is ever held whole."""
     while True:
-        block = fh.read(size - len(head))
-        if head:
-            block, head = head + block, b""
+        block = stream.read(size)
         if not block:
             return
         if not block.endswith(b"\n"):
-            block += fh.readline()  # complete the last line
+            partial = len(block) - (block.rfind(b"\n") + 1)  # of the last line, read so far
+            room = line_cap + 1 - partial
+            rest = stream.readline(room) if room > 0 else b""
+            block += rest
+            if not block.endswith(b"\n") and (room <= 0 or len(rest) == room):
+                while True:  # beyond the cap: drop the remainder of the line
+                    dropped = stream.readline(1 << 20)
+                    if not dropped or dropped.endswith(b"\n"):
+                        break
+                block += b"\n"
         yield block
 
 
-def _sniff(head: bytes) -> str:
-    """'otlp' when the first JSON value is an OTLP export request, else 'flat'."""
+def _maybe_document(head: bytes, whole: bool) -> bool:
+    """Whether a file may be one pretty-printed JSON document rather than JSON lines: it
+    starts with "{", its first line is not a JSON value (nor one too deep to read), and no
+    other line in the head is a span or an export request (a flat file with a broken
+    first line has those). ``whole``: the head is the whole file."""
     stripped = head.lstrip()
-    first_line = stripped.split(b"\n", 1)[0]
+    if not stripped.startswith(b"{") or b"\n" not in stripped.rstrip():
+        return False  # one line, or a first line longer than the head: JSON lines
+    lines = stripped.split(b"\n")
     try:
-        obj = orjson.loads(first_line)
-        return "otlp" if isinstance(obj, dict) and "resourceSpans" in obj else "flat"
-    except orjson.JSONDecodeError:
-        # a pretty-printed object spans lines; look for its key near the top
-        return "otlp" if stripped.startswith(b"{") and b'"resourceSpans"' in head else "flat"
+        orjson.loads(lines[0])
+        return False
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            return False
+    for line in lines[1:] if whole else lines[1:-1]:  # the head may cut the last one
+        line = line.strip()
+        if line.startswith(b"{") and line.endswith(b"}"):
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(value, dict) and (
+                    "resourceSpans" in value or "span_id" in value or "trace_id" in value):
+                return False
+    return True
 
 
 def read_span_file(path: Path, out: Normalised) -> None:
-    """Judge every span of one file into ``out``: gzip and the format (flat JSON lines or
-    OTLP/JSON) are detected from the file's first bytes."""
+    """Judge every span of one file into ``out``: gzip from the file's first bytes; each
+    line is a flat span or an OTLP export request (or the whole file one pretty-printed
+    document)."""
     source = str(path)
+    limits = out.bounds.limits
     with _open(path) as fh:
         head = fh.read(1 << 16)
-        if _sniff(head) == "otlp":
-            _read_otlp(head + fh.read(), source, out)
-            return
-        # Arrow parses the next chunks on worker threads (the GIL released) while this
-        # thread judges the oldest one, so every core stays busy.
-        workers = max(1, pa.cpu_count())
-        pending: deque[tuple[bytes, int, int, Future | None]] = deque()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="span-parse") as pool:
-            line = 1
-            for chunk in _chunks(fh, head):
-                lines = _line_count(chunk)
-                future = pool.submit(_parse, chunk) if lines > BISECT_LEAF_LINES else None
-                pending.append((chunk, lines, line, future))
-                line += lines
-                while len(pending) > workers:
-                    _judge_pending(pending.popleft(), source, out)
-            while pending:
+        if _maybe_document(head, whole=len(head) < 1 << 16):
+            data = head + fh.read(max(limits.max_request_bytes + 1 - len(head), 0))
+            verdict = _document(data, limits)
+            if verdict is not None:
+                batch = _Collect(source, out)
+                batch.take(verdict, data, 1)
+                batch.judge()
+                return
+            head = data  # not one document: JSON lines whose first line is broken
+        _read_lines(_Prefixed(head, fh), source, out)
+
+
+def _document(data: bytes, limits: SpanLimits) -> _Verdict | None:
+    """The verdict on a file read whole as one JSON document, or None when it is not one
+    (too large to be one, or not a single JSON value: then its lines are judged one by one,
+    so no good line is lost to a document that does not parse)."""
+    if len(data) > limits.max_request_bytes:
+        return None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return _screen(data, limits, parsed=document)
+
+
+def _read_lines(stream: Any, source: str, out: Normalised) -> None:
+    # Each chunk is measured and parsed by Arrow on a worker thread (the GIL released)
+    # while this thread judges the oldest one, so every core stays busy.
+    limits = out.bounds.limits
+    line_cap = max(limits.max_line_bytes, limits.max_request_bytes)
+    workers = max(1, pa.cpu_count())
+    pending: deque[tuple[bytes, int, int, Future | None]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="span-parse") as pool:
+        line = 1
+        for chunk in _chunks(stream, CHUNK_BYTES, line_cap):
+            lines = _line_count(chunk)
+            future = pool.submit(_prepare, chunk, lines, line, source, out.bounds) \
+                if lines > BISECT_LEAF_LINES else None
+            pending.append((chunk, lines, line, future))
+            line += lines
+            while len(pending) > workers:
                 _judge_pending(pending.popleft(), source, out)
+        while pending:
+            _judge_pending(pending.popleft(), source, out)
 
 
 def _judge_pending(pending: tuple[bytes, int, int, Future | None], source: str,
                    out: Normalised) -> None:
     chunk, lines, first_line, future = pending
-    _judge_chunk(chunk, lines, first_line, source, out,
-                 future.result() if future is not None else None)
+    if future is None:
+        _judge_chunk(chunk, lines, first_line, source, out)
+        return
+    prepared: _Prepared = future.result()
+    _merge(out, prepared.judged)
+    _judge_chunk(prepared.chunk, lines, first_line, source, out, prepared.parsed,
+                 prepared.skip, prepared.starts)
 
 
 # --------------------------------------------------------------------------------- OTLP
 class OtlpShapeError(ValueError):
     """An OTLP/JSON document or span that does not have OTLP's structure."""
+
+
+_INT64_TEXT = re.compile(r"-?[0-9]{1,19}")  # proto3 JSON writes int64 as text
 
 
 def _otlp_value(value: Any) -> Any:
@@ -962,7 +1417,7 @@ def _otlp_value(value: Any) -> Any:
         return value["stringValue"]
     if "intValue" in value:
         v = value["intValue"]
-        if isinstance(v, str) and re.fullmatch(r"-?\d+", v):
+        if isinstance(v, str) and _INT64_TEXT.fullmatch(v):
             return int(v)
         return v if isinstance(v, int) else {"intValue": v}
     if "doubleValue" in value:
@@ -977,7 +1432,7 @@ def _otlp_value(value: Any) -> Any:
 
 
 def _otlp_int(value: Any) -> Any:
-    if isinstance(value, str) and re.fullmatch(r"\d+", value):
+    if isinstance(value, str) and _INT64_TEXT.fullmatch(value) and not value.startswith("-"):
         return int(value)
     return value
 
@@ -1003,57 +1458,69 @@ def otlp_span_to_flat(span: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _otlp_spans(request: Any) -> Iterator[Any]:
-    """Every span object of an export request; OtlpShapeError when the nesting is not OTLP's."""
-    if not isinstance(request, dict) or not isinstance(request.get("resourceSpans", []), list):
-        raise OtlpShapeError("resourceSpans must be a list")
-    for resource_spans in request.get("resourceSpans", []):
-        if not isinstance(resource_spans, dict):
-            raise OtlpShapeError("each resourceSpans entry must be an object")
-        scopes = resource_spans.get("scopeSpans", resource_spans.get(
-            "instrumentationLibrarySpans", []))
+def _otlp_request(request: dict[str, Any], raw: bytes, line: int, batch: _Collect) -> None:
+    """The spans of one export request into ``batch``. Each malformed part (a resource
+    entry, a scope, a span) is quarantined alone, so the good spans beside it are kept; a
+    request that holds no span at all is counted as ignored."""
+    out, limits = batch.out, batch.out.bounds.limits
+    units = 0
+
+    def bad(message: str, original: Any, reason: Reason = Reason.BAD_OTLP) -> None:
+        nonlocal units
+        units += 1
+        out.seen += 1
+        out.reject(reason, message, batch.source, line, original)
+
+    resources = request.get("resourceSpans")
+    if not isinstance(resources, list):
+        bad("not an OTLP export request: resourceSpans must be a list", _kept_text(raw, limits))
+        return
+    # A span can only be larger than max_line_bytes when its request is.
+    measure_size = len(raw) > limits.max_line_bytes
+    for resource in resources:
+        if not isinstance(resource, dict):
+            bad("each resourceSpans entry must be an object", _kept(resource, limits))
+            continue
+        scopes = resource.get("scopeSpans", resource.get("instrumentationLibrarySpans", []))
         if not isinstance(scopes, list):
-            raise OtlpShapeError("scopeSpans must be a list")
+            bad("scopeSpans must be a list", _kept(resource, limits))
+            continue
         for scope in scopes:
             spans = scope.get("spans", []) if isinstance(scope, dict) else None
             if not isinstance(spans, list):
-                raise OtlpShapeError("spans must be a list")
-            yield from spans
-
-
-def _read_otlp(data: bytes, source: str, out: Normalised) -> None:
-    try:
-        documents = [(1, orjson.loads(data))]
-    except orjson.JSONDecodeError:
-        documents = None
-    records: list[dict[str, Any]] = []
-    origins: list[tuple[int, Any]] = []
-    if documents is None:  # the file exporter's form: one request a line
-        documents = []
-        for number, raw in enumerate(data.split(b"\n"), start=1):
-            if not raw.strip():
+                bad("each scopeSpans entry must be an object with a list of spans",
+                    _kept(scope, limits))
                 continue
-            try:
-                documents.append((number, orjson.loads(raw)))
-            except orjson.JSONDecodeError as exc:
-                out.seen += 1
-                out.reject(Reason.INVALID_JSON, f"not valid JSON: {exc}", source, number,
-                           _text(raw))
-    for number, request in documents:
-        try:
-            spans = list(_otlp_spans(request))
-        except OtlpShapeError as exc:
-            out.seen += 1
-            out.reject(Reason.BAD_OTLP, f"not an OTLP export request: {exc}", source, number,
-                       request)
-            continue
-        for span in spans:
-            try:
-                if not isinstance(span, dict):
-                    raise OtlpShapeError("a span must be an object")
-                records.append(otlp_span_to_flat(span))
-                origins.append((number, span))
-            except OtlpShapeError as exc:
-                out.seen += 1
-                out.reject(Reason.BAD_OTLP, str(exc), source, number, span)
-    _judge(_batch_from_records(records, origins), source, out)
+            for span in spans:
+                units += 1
+                rejection = _otlp_span_rejection(span, limits, measure_size)
+                if rejection is not None:
+                    out.seen += 1
+                    out.reject(rejection.reason, rejection.message, batch.source, line,
+                               _kept(span, limits))
+                    continue
+                try:
+                    flat = otlp_span_to_flat(span)
+                except OtlpShapeError as exc:
+                    out.seen += 1
+                    out.reject(Reason.BAD_OTLP, str(exc), batch.source, line, span)
+                    continue
+                batch.records.append(flat)
+                batch.origins.append((line, span))
+    if units == 0:
+        out.seen += 1
+        out.ignore(Ignored.EMPTY_OTLP_REQUEST)
+
+
+def _otlp_span_rejection(span: Any, limits: SpanLimits, measure_size: bool
+                         ) -> Rejection | None:
+    if not isinstance(span, dict):
+        return Rejection(Reason.BAD_OTLP, "a span must be an object")
+    shape = _shape_rejection(span, limits)
+    if shape is not None:
+        return shape
+    if measure_size:
+        size = len(orjson.dumps(span))
+        if size > limits.max_line_bytes:
+            return _too_large(size, limits.max_line_bytes, "max_line_bytes")
+    return None

@@ -4,6 +4,16 @@ It applies a real policy through ``policies.routing`` (the same code the gateway
 simulated tasks whose pass probability rises with tier rank and falls with difficulty, and
 writes the spans of the telemetry contract as flat JSON lines. It is a stand-in for
 ``autopilot drive`` against the reference fleet, never a source of measured figures.
+
+Attempt ``j`` of a task on a tier of rank ``r`` passes with probability
+``sigmoid(skill * (r + 1) - difficulty - 1 + retry_bonus * (j - 1) + adapter - latent)``.
+``latent`` is the task's own hidden difficulty (``N(0, latent_sd)``, drawn once per task,
+0 by default): what the features do not say, shared by every tier and every attempt of the
+task, so failures are correlated within a task as on real work (a task that failed on a
+cheap tier is harder for the next one too). As the gateway does, a task whose draw falls
+under ``routing.shadow_rate`` runs a shadow copy of its first attempt on another tier of
+the order (``policies.routing.shadow_tier``): an attempt span with purpose ``shadow``,
+attempt 1, no propensity, its own calls and its own verdict on the same task.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from contracts.manifest import FleetManifest
     from policies.policy import Policy
 
-__all__ = ["WorkloadShape", "simulate_spans", "write_spans"]
+__all__ = ["WorkloadShape", "pass_probability", "simulate_spans", "write_spans"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +53,25 @@ class WorkloadShape:
     repos: Sequence[str] = ("api", "web", "infra", "sdk")
     day: str = "2026-11-20"
     seed: int = 7
-    # Pass probability of one attempt: sigmoid(skill * (rank + 1) - difficulty + 0.5 * retry).
+    # Pass probability of one attempt (module docstring): sigmoid(skill * (rank + 1)
+    # - difficulty - 1 + retry_bonus * (attempt - 1) + adapter - latent).
     skill: float = 1.6
+    retry_bonus: float = 0.5
+    latent_sd: float = 0.0  # per-task hidden difficulty: failures correlated within a task
     verifier_cost_usd: float = 0.002
     review_share: float = 0.3
     review_reject_rate: float = 0.05
     prefix_hit_rate: float = 0.4
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pass_probability(shape: WorkloadShape, rank: int, difficulty: float, attempt: int, *,
+                     adapter: bool = False, latent: float = 0.0) -> float:
+    """The simulator's own P(pass) of attempt ``attempt`` on a tier of rank position
+    ``rank`` (0 = cheapest): the truth a test or benchmark can integrate over tasks."""
+    return 1 / (1 + math.exp(-(shape.skill * (rank + 1) - difficulty - 1
+                               + shape.retry_bonus * (attempt - 1)
+                               + (1.0 if adapter else 0.0) - latent)))
 
 
 def _hex(rng: random.Random, nbytes: int) -> str:
@@ -60,7 +82,7 @@ def simulate_spans(
     policy: Policy, fleet: FleetManifest, shape: WorkloadShape = WorkloadShape()
 ) -> Iterator[dict[str, Any]]:
     """Yield flat JSON-lines span dicts (task, attempts, calls) for ``shape.tasks`` tasks."""
-    from policies.routing import attempt_tiers, choose_start, resolve_routing
+    from policies.routing import attempt_tiers, choose_start, resolve_routing, shadow_tier
 
     rng = random.Random(shape.seed)
     rank = {t.name: i for i, t in enumerate(fleet.tiers)}
@@ -81,51 +103,25 @@ def simulate_spans(
         start, _ = choose_start(policy, family, features, rng.random(), rng.random())
         tiers = attempt_tiers(routing, start)
         probs = _attempt_probabilities(policy, family, features)
+        # Draws only a shape or policy that uses them takes: other windows stay as they were.
+        latent = rng.gauss(0.0, shape.latent_sd) if shape.latent_sd > 0 else 0.0
+        shadow = (shadow_tier(policy, family, tiers[0], rng.random(), rng.random())
+                  if routing.shadow_rate > 0 else None)
+
+        task = _Task(policy, fleet, shape, rank, version, task_id, trace_id, task_span,
+                     difficulty, size, latent)
         clock = t0
         passed = False
-        spans: list[dict[str, Any]] = []
+        spans = task.spans
         for j, tier in enumerate(tiers, start=1):
-            variant = policy.spec.quantization.get(tier) or fleet.tier(tier).variant().name
             adapter = routing.adapter if tier == routing.adapter_tier else None
-            p_pass = 1 / (1 + math.exp(-(shape.skill * (rank[tier] + 1) - difficulty - 1
-                                         + 0.5 * (j - 1) + (1.0 if adapter else 0.0))))
-            passed = rng.random() < p_pass
-            attempt_span = _hex(rng, 8)
-            calls = rng.randint(1, 3)
             a_start = clock
-            for c in range(calls):
-                input_tokens = rng.randint(400, 1500) * (1 + size // 6)
-                output_tokens = rng.randint(60, 400)
-                cached = int(input_tokens * rng.uniform(0.3, 0.9)) if (
-                    policy.spec.cache.prefix.get(tier) and rng.random() < shape.prefix_hit_rate
-                ) else 0
-                dur = int((0.05 + output_tokens / 200) * 1e9)
-                spans.append(_span(SPAN_CALL, trace_id, _hex(rng, 8), attempt_span, clock,
-                                   clock + dur, {
-                    Attr.REQUEST_MODEL: fleet.tier(tier).model,
-                    Attr.INPUT_TOKENS: input_tokens,
-                    Attr.OUTPUT_TOKENS: output_tokens,
-                    Attr.TIER: tier,
-                    Attr.VARIANT: variant,
-                    Attr.ADAPTER: adapter,
-                    Attr.CACHE: str(CacheStatus.PREFIX if cached else CacheStatus.MISS),
-                    Attr.CACHED_INPUT_TOKENS: cached,
-                    Attr.TASK_ID: task_id,
-                    Attr.ATTEMPT: j,
-                    Attr.POLICY_VERSION: version,
-                }))
-                clock += dur
-            spans.append(_span(SPAN_ATTEMPT, trace_id, attempt_span, task_span, a_start, clock, {
-                Attr.TASK_ID: task_id,
-                Attr.ATTEMPT: j,
-                Attr.TIER: tier,
-                Attr.VARIANT: variant,
-                Attr.ADAPTER: adapter,
-                Attr.PASSED: passed,
-                Attr.PURPOSE: str(Purpose.SERVE),
-                Attr.PROPENSITY: round(probs[j - 1].get(tier, 1.0), 6),
-                Attr.POLICY_VERSION: version,
-            }))
+            passed, clock, calls = _attempt(rng, task, tier, j, adapter, Purpose.SERVE,
+                                            round(probs[j - 1].get(tier, 1.0), 6), a_start)
+            if j == 1 and shadow is not None:
+                # Beside the first attempt, call for call (the gateway shadows each call of
+                # attempt 1 and never with the adapter); evaluation spend, its own verdict.
+                _attempt(rng, task, shadow, 1, None, Purpose.SHADOW, None, a_start, calls)
             if passed:
                 break
         reviewed = rng.random() < shape.review_share
@@ -147,6 +143,77 @@ def simulate_spans(
         attrs.update({FEATURE_PREFIX + k: v for k, v in features.items()})
         spans.append(_span(SPAN_TASK, trace_id, task_span, None, t0, clock, attrs))
         yield from spans
+
+
+@dataclass
+class _Task:
+    """What every attempt of one simulated task shares."""
+
+    policy: Any
+    fleet: Any
+    shape: WorkloadShape
+    rank: dict[str, int]
+    version: str
+    task_id: str
+    trace_id: str
+    task_span: str
+    difficulty: int
+    size: int
+    latent: float
+    spans: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _attempt(rng: random.Random, task: _Task, tier: str, j: int, adapter: str | None,
+             purpose: Purpose, propensity: float | None, start: int,
+             calls: int | None = None) -> tuple[bool, int, int]:
+    """Spans of one attempt (its calls, then the attempt) into ``task.spans``; its verdict,
+    its end and its number of calls (drawn unless given)."""
+    policy, fleet, shape = task.policy, task.fleet, task.shape
+    variant = policy.spec.quantization.get(tier) or fleet.tier(tier).variant().name
+    ok = rng.random() < pass_probability(shape, task.rank[tier], task.difficulty, j,
+                                         adapter=adapter is not None, latent=task.latent)
+    attempt_span = _hex(rng, 8)
+    if calls is None:
+        calls = rng.randint(1, 3)
+    now = start
+    for _ in range(calls):
+        input_tokens = rng.randint(400, 1500) * (1 + task.size // 6)
+        output_tokens = rng.randint(60, 400)
+        cached = int(input_tokens * rng.uniform(0.3, 0.9)) if (
+            policy.spec.cache.prefix.get(tier) and rng.random() < shape.prefix_hit_rate
+        ) else 0
+        dur = int((0.05 + output_tokens / 200) * 1e9)
+        call = {
+            Attr.REQUEST_MODEL: fleet.tier(tier).model,
+            Attr.INPUT_TOKENS: input_tokens,
+            Attr.OUTPUT_TOKENS: output_tokens,
+            Attr.TIER: tier,
+            Attr.VARIANT: variant,
+            Attr.ADAPTER: adapter,
+            Attr.CACHE: str(CacheStatus.PREFIX if cached else CacheStatus.MISS),
+            Attr.CACHED_INPUT_TOKENS: cached,
+            Attr.TASK_ID: task.task_id,
+            Attr.ATTEMPT: j,
+            Attr.POLICY_VERSION: task.version,
+        }
+        if purpose is not Purpose.SERVE:
+            call[Attr.PURPOSE] = str(purpose)
+        task.spans.append(_span(SPAN_CALL, task.trace_id, _hex(rng, 8), attempt_span, now,
+                                now + dur, call))
+        now += dur
+    task.spans.append(_span(SPAN_ATTEMPT, task.trace_id, attempt_span, task.task_span, start,
+                            now, {
+        Attr.TASK_ID: task.task_id,
+        Attr.ATTEMPT: j,
+        Attr.TIER: tier,
+        Attr.VARIANT: variant,
+        Attr.ADAPTER: adapter,
+        Attr.PASSED: ok,
+        Attr.PURPOSE: str(purpose),
+        Attr.PROPENSITY: propensity,
+        Attr.POLICY_VERSION: task.version,
+    }))
+    return ok, now, calls
 
 
 def _attempt_probabilities(policy, family, features):

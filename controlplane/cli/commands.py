@@ -109,12 +109,41 @@ def policy() -> None:
     """Policy versions: show, diff, history, validate."""
 
 
-def _resolve_policy(obj: Context, ref: str | None):
-    """A version number, a YAML file, or (None) the active policy."""
+def _load_policy_file(path: Path):
+    """A policy file, refused unless it says ``kind: Policy``: any other document (say
+    ``autopilot.yaml`` with the store's password) is refused without quoting its content,
+    which a policy's field-by-field refusal would do."""
+    from pydantic import BaseModel, ConfigDict
+
+    from contracts.documents import DocumentError, load_yaml_document
     from policies.policy import load_policy
 
+    class Head(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+        kind: object = None
+
+    try:
+        kind = load_yaml_document(Head, path).kind
+    except DocumentError as err:  # say why, without the lines of the file it may quote
+        field, message = err.problems[0]
+        reason = ("it is not a YAML mapping" if field == "<document>"
+                  else message.splitlines()[0][:160])
+        raise DocumentError(str(path), [(field, (
+            f"refused before reading it as a policy: {reason} (policy show, diff and "
+            "validate read only files with kind: Policy)"))]) from None
+    if kind != "Policy":
+        found = (repr(kind) if isinstance(kind, str) and len(kind) <= 40 and kind.isprintable()
+                 else "missing" if kind is None else f"a {type(kind).__name__}")
+        raise DocumentError(str(path), [("kind", (
+            f"not a policy document (kind: {found}); policy show, diff and validate read "
+            "only files with kind: Policy"))])
+    return load_policy(path)
+
+
+def _resolve_policy(obj: Context, ref: str | None):
+    """A version number, a policy file, or (None) the active policy."""
     if ref and Path(ref).is_file():
-        return load_policy(Path(ref))
+        return _load_policy_file(Path(ref))
     store = obj.store()
     if ref is None:
         active = store.active_policy()
@@ -173,9 +202,9 @@ def policy_history(obj: Context) -> None:
 @click.pass_obj
 def policy_validate(obj: Context, path: str) -> None:
     """Validate a policy file (fields, and tiers/variants against the fleet)."""
-    from policies.policy import load_policy, validate_against_fleet
+    from policies.policy import validate_against_fleet
 
-    p = load_policy(Path(path))
+    p = _load_policy_file(Path(path))
     if obj.state.exists():
         validate_against_fleet(p, obj.fleet())
     obj.emit({"file": path, "valid": True, "version": p.metadata.version,
@@ -380,15 +409,15 @@ def whatif(obj: Context, telemetry: tuple[str, ...], fleet_file: str, policy_ref
                         per_trial=per_trial, seed=seed, executor=executor,
                         progress=not obj.as_json)
     if obj.as_json:
-        obj.emit({"active": report.active, "candidates": report.rows,
-                  "evaluated": report.evaluated, "notes": report.notes})
+        obj.emit(report.as_dict())  # numbers: every interval {point, low, high}
         return
-    obj.emit(report.active, title="active policy on this window")
+    obj.emit(report.active_row(), title="active policy on this window")
     for note in report.notes:
         click.echo(f"note: {note}")
     if report.rows:
         obj.emit([{k: v for k, v in r.items() if k != "file"} for r in report.rows],
-                 title=f"candidates ({report.evaluated} evaluated, {report.seconds:.1f} s)")
+                 title=f"candidates ({report.evaluated} evaluated, {report.seconds:.1f} s; "
+                       "ranked by the high end of d_cost_ci)")
         if out_dir:
             click.echo(f"wrote {len(report.files)} candidate policies and whatif.json to {out_dir}")
     else:

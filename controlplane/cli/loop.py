@@ -6,6 +6,7 @@ Registered on the main ``autopilot`` group by ``controlplane.cli``; thin shells 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -85,7 +86,7 @@ def _decide(obj: Context, proposal_id: str, approver: str, reason: str, decision
     store = obj.store()
     proposal = store.get_proposal(proposal_id)
     settings = obj.state.settings()
-    authorise(approver, author=proposal.created_by, owners=settings.platform_owners)
+    approver = authorise(approver, author=proposal.created_by, owners=settings.platform_owners)
     record = store.record_decision(proposal_id, approver=approver, decision=decision,
                                    reason=reason)
     resumed = resume_waiting_flow(obj.state, store, proposal_id, approver=approver,
@@ -125,7 +126,7 @@ def policy_rollback(obj: Context, actor: str, reason: str) -> None:
     from controlplane.loop.promotion import rollback_active
 
     settings = obj.state.settings()
-    authorise(actor, author="", owners=settings.platform_owners)
+    actor = authorise(actor, author="", owners=settings.platform_owners)
     record = rollback_active(obj.store(), actor=actor, reason=reason)
     obj.emit({"active_version": record.version, "previous_version": record.previous_version,
               "proposal_id": record.proposal_id, "reason": record.reason})
@@ -133,7 +134,8 @@ def policy_rollback(obj: Context, actor: str, reason: str) -> None:
 
 @click.group()
 def report() -> None:
-    """Change reports and the quarterly review (Markdown and standalone HTML)."""
+    """Change reports, the quarterly review (Markdown and standalone HTML) and the
+    calibration record."""
 
 
 @report.command("change")
@@ -160,6 +162,69 @@ def report_quarterly(obj: Context, quarter: str) -> None:
         raise click.BadParameter(str(err), param_hint="QUARTER") from None
     obj.emit(write_quarterly_report(obj.state, obj.store(), obj.fleet(), quarter),
              title=f"quarterly report {quarter.upper()}")
+
+
+def _json_numbers(value: Any) -> Any:
+    """Numbers stay numbers in ``--json``; an infinite one (no bound) becomes null."""
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return "+inf" if value > 0 else "-inf"
+    return f"{100 * value:+.1f}"
+
+
+def _pct_interval(point: float | None, low: float | None, high: float | None) -> str:
+    if point is None:
+        return "-"
+    if low is None or high is None:
+        return _pct(point)
+    return f"{_pct(point)} [{_pct(low)},{_pct(high)}]"
+
+
+@report.command("calibration")
+@click.option("--lever", default=None, help="Only this lever's record.")
+@click.pass_obj
+def report_calibration(obj: Context, lever: str | None) -> None:
+    """Predicted against realised for every verify look, and per lever: coverage, misses
+    and the interval inflation the nightly applies (``controlplane.loop.calibration``)."""
+    from controlplane.loop.calibration import LEVEL, calibration_summary
+
+    records = obj.store().calibration_records(lever=lever)
+    summary = calibration_summary(records)
+    if obj.as_json:
+        obj.emit(_json_numbers({"level": LEVEL, "records": [r.as_dict() for r in records],
+                          "levers": [s.as_dict() for s in summary]}))
+        return
+    if not records:
+        click.echo("no calibration record yet (verify writes one row per look at a promoted "
+                   "change)")
+        return
+    obj.emit([{"proposal": r.proposal_id, "lever": r.lever, "look": r.look,
+               "predicted %": _pct_interval(r.predicted, r.predicted_low, r.predicted_high),
+               "realised %": _pct_interval(r.realised, r.realised_low, r.realised_high),
+               "inside": "-" if r.inside is None else ("yes" if r.inside else "NO"),
+               "widen": f"{r.widen:.2f}x", "outcome": r.outcome, "window": r.window}
+              for r in records],
+             title="calibration: predicted vs realised change of cost per Green PR (%)")
+    obj.emit([{"lever": s.lever, "changes": s.changes, "inside": s.inside,
+               "misses": s.misses,
+               "coverage": "-" if s.coverage is None else f"{s.coverage:.2f}",
+               "median width (pts)": ("-" if s.median_width is None
+                                      else f"{100 * s.median_width:.1f}"),
+               "worst miss (half-widths)": ("-" if s.worst_miss is None
+                                            else f"{s.worst_miss:.2f}"),
+               "next factor": f"{s.factor:.2f}x"} for s in summary],
+             title=f"per lever (aim: coverage near {LEVEL:.2f}; latest look of each change)")
 
 
 @click.command()

@@ -9,6 +9,7 @@ bound.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +29,7 @@ __all__ = [
     "authorise",
     "auto_decision",
     "decide_proposal",
+    "normalise_identity",
     "plan_approval",
 ]
 
@@ -45,17 +47,28 @@ class AutoDecision:
     reason: str
 
 
-def authorise(approver: str, *, author: str, owners: Sequence[str]) -> None:
-    """Raise ``NotAuthorised`` unless ``approver`` is a platform owner other than the author."""
-    who = (approver or "").strip()
+def normalise_identity(name: str | None) -> str:
+    """One spelling per person: Unicode NFKC, surrounding whitespace removed, case folded.
+    ``" Alice"``, ``"ALICE"`` and ``"ａｌｉｃｅ"`` (full width) are all ``"alice"``, so a
+    spelling can neither slip past the four-eyes check nor be recorded as someone else."""
+    return unicodedata.normalize("NFKC", name or "").strip().casefold()
+
+
+def authorise(approver: str, *, author: str, owners: Sequence[str]) -> str:
+    """Raise ``NotAuthorised`` unless ``approver`` is a platform owner other than the author.
+
+    Identities are compared normalised (``normalise_identity``) and the normalised one is
+    returned: record that, never the raw input, so the check and the record agree."""
+    who = normalise_identity(approver)
     if not who:
         raise NotAuthorised("an approver identity is required (--as NAME)")
-    if who not in owners:
+    if who not in {normalise_identity(o) for o in owners}:
         listed = ", ".join(owners) if owners else "none configured"
         raise NotAuthorised(
             f"{who!r} is not a platform owner (platform_owners in autopilot.yaml: {listed})")
-    if who == author:
+    if who == normalise_identity(author):
         raise NotAuthorised(f"{who!r} authored this proposal and cannot approve it (four eyes)")
+    return who
 
 
 def auto_decision(*, lever: str, gate_verdict: str | None, predicted: Prediction,
@@ -123,9 +136,9 @@ def plan_approval(proposal: Any, earlier: Any, *, approver: str | None,
         return ApprovalPlan(Approval(approve=True, by=auto.rule or "auto", via="auto-approval",
                                      reason=auto.reason), record=True)
     if approver:
-        authorise(approver, author=proposal.created_by, owners=owners)
-        return ApprovalPlan(Approval(approve=True, by=approver, via="named approver",
-                                     reason=f"approved by {approver} (non-interactive run)"),
+        who = authorise(approver, author=proposal.created_by, owners=owners)
+        return ApprovalPlan(Approval(approve=True, by=who, via="named approver",
+                                     reason=f"approved by {who} (non-interactive run)"),
                             record=True)
     return ApprovalPlan(None)
 

@@ -75,8 +75,8 @@ def choose_for_gating(candidates: Sequence[Any], *, proposed_hashes: Iterable[st
                       max_gated: int = 2, min_saving: float = 0.02) -> GatingChoice:
     """The best few candidates worth the gates' time, best first.
 
-    A candidate is gated when it is feasible (FPY and Green PRs non-inferior within the
-    margin), its predicted relative change of cost per Green PR is a saving of at least
+    A candidate is gated when it is feasible (Green PRs, and FPY where a margin is set,
+    non-inferior), its predicted relative change of cost per Green PR is a saving of at least
     ``min_saving`` with the interval's upper end below zero (never confidently-better on
     thin data), its risk is not high, and no proposal already exists for the same spec
     (a rerun over the same window never duplicates a proposal).
@@ -91,7 +91,7 @@ def choose_for_gating(candidates: Sequence[Any], *, proposed_hashes: Iterable[st
         if h in seen:
             reason = "already proposed"
         elif not c.feasible:
-            reason = "not non-inferior on FPY or Green PRs"
+            reason = "not non-inferior: " + ("; ".join(getattr(c, "reasons", ())) or "infeasible")
         elif point > -min_saving:
             reason = f"predicted change {point:+.1%} is not a saving of {min_saving:.0%}"
         elif high >= 0:

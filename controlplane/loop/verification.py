@@ -109,10 +109,19 @@ def verify_decision(*, baseline_spend: np.ndarray, baseline_green: np.ndarray,
     fpy_delta = p_cand - p_base
     fpy_se = math.sqrt(v_base + v_cand)
     fpy_lo, fpy_hi = fpy_delta - z * fpy_se, fpy_delta + z * fpy_se
+    g_base, gv_base = _proportion(baseline_green)
+    g_cand, gv_cand = _proportion(candidate_green)
+    # Relative change of the Green PR rate (delta method), judged against green_margin.
+    green_rel = g_cand / g_base - 1.0 if g_base > 0 else 0.0
+    green_se = (math.sqrt(gv_cand / g_base**2 + gv_base * g_cand**2 / g_base**4)
+                if g_base > 0 else 0.0)
+    green_lo, green_hi = green_rel - z * green_se, green_rel + z * green_se
     stats.update({
         "baseline_cost_per_green_pr": base.value, "candidate_cost_per_green_pr": cand.value,
         "rel_delta": rel, "rel_delta_ci": [lo, hi], "baseline_fpy": p_base,
         "candidate_fpy": p_cand, "fpy_delta": fpy_delta, "fpy_delta_ci": [fpy_lo, fpy_hi],
+        "baseline_green_rate": g_base, "candidate_green_rate": g_cand,
+        "green_rel_delta": green_rel, "green_rel_delta_ci": [green_lo, green_hi],
     })
     predicted = ("" if predicted_rel_delta is None
                  else f"; predicted {predicted_rel_delta:+.1%}")
@@ -123,12 +132,18 @@ def verify_decision(*, baseline_spend: np.ndarray, baseline_green: np.ndarray,
         return VerifyDecision(VerifyOutcome.ROLL_BACK,
                               f"regression: cost per Green PR CI lower bound {lo:+.1%} > margin "
                               f"+{settings.margin:.0%}. {summary}", stats)
-    if fpy_hi < -settings.fpy_margin:
+    if green_hi < -settings.green_margin:
         return VerifyDecision(VerifyOutcome.ROLL_BACK,
-                              f"regression: FPY CI upper bound {fpy_hi:+.3f} < -{settings.fpy_margin:.3f}. "
-                              f"{summary}", stats)
+                              f"regression: Green PR rate CI upper bound {green_hi:+.1%} < "
+                              f"-{settings.green_margin:.0%}. {summary}", stats)
+    fpy_margin = settings.fpy_margin
+    if fpy_margin is not None and fpy_hi < -fpy_margin:
+        return VerifyDecision(VerifyOutcome.ROLL_BACK,
+                              f"regression: FPY CI upper bound {fpy_hi:+.3f} < "
+                              f"-{fpy_margin:.3f}. {summary}", stats)
     enough = min(base.tasks, cand.tasks) >= settings.min_tasks
-    if enough and hi <= settings.margin and fpy_lo >= -settings.fpy_margin:
+    fpy_ok = fpy_margin is None or fpy_lo >= -fpy_margin
+    if enough and hi <= settings.margin and green_lo >= -settings.green_margin and fpy_ok:
         return VerifyDecision(VerifyOutcome.VERIFIED, f"non-inferior confirmed. {summary}", stats)
     if look >= settings.max_looks:
         return VerifyDecision(VerifyOutcome.VERIFIED,

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["task_outcomes", "verify_promoted"]
+__all__ = ["record_calibration", "task_outcomes", "verify_promoted"]
 
 
 def task_outcomes(tasks, attempts, calls, fleet, *, default_verifier_cost_usd: float = 0.0
@@ -84,6 +84,10 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
                                         "candidate_window": [since, until]}))
     result = {"proposal_id": proposal.proposal_id, "outcome": decision.outcome.value,
               "message": decision.message, "stats": decision.stats}
+    calibration = record_calibration(store, proposal, decision, look=look, since=since,
+                                     until=until, actor=actor)
+    if calibration is not None:
+        result["calibration"] = calibration
     if decision.outcome == VerifyOutcome.ROLL_BACK:
         record = store.rollback(proposal.proposal_id, actor=actor, reason=decision.message)
         result["active_version"] = record.version
@@ -91,6 +95,34 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
         store.transition_proposal(proposal.proposal_id, ProposalState.VERIFIED, actor=actor,
                                   reason=decision.message)
     return result
+
+
+def record_calibration(store: Any, proposal: Any, decision: Any, *, look: int, since: str,
+                       until: str | None, actor: str) -> dict[str, Any] | None:
+    """Write this look to the calibration record: the proposal's predicted change of cost per
+    Green PR against the realised one. Nothing when either side has no figure yet.
+
+    The row carries the interval inflation the nightly applied to the proposal's lever when
+    it proposed (the factor the record gave then), so the record reads on the estimator's
+    own scale (``controlplane.loop.calibration``)."""
+    from controlplane.loop.calibration import factor_for, inflation_factors
+
+    stats = decision.stats
+    realised = stats.get("rel_delta")
+    if realised is None or proposal.predicted.cost_per_green_pr_rel_delta is None:
+        return None
+    if not np.isfinite(realised):
+        return None
+    widen = factor_for(inflation_factors(store.calibration_records(),
+                                         as_of=proposal.created_at), proposal.lever)
+    ci = stats.get("rel_delta_ci")
+    record = store.record_calibration(
+        proposal.proposal_id, look=look, realised=float(realised),
+        realised_ci=None if ci is None else (float(ci[0]), float(ci[1])),
+        realised_window=f"{since}..{until or ''}", outcome=decision.outcome.value,
+        baseline_tasks=int(stats.get("baseline_tasks", 0)),
+        candidate_tasks=int(stats.get("candidate_tasks", 0)), widen=widen, actor=actor)
+    return _finite(record.as_dict())
 
 
 def _finite(value: Any) -> Any:

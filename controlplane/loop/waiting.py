@@ -99,16 +99,16 @@ def wait_for_owner(store: Any, proposal: Any, *, owners: list[str], timeout_s: i
                               reason=reason)
         return OwnerDecision(False, TIMEOUT_ACTOR, reason, "timeout")
     try:
-        authorise(answer.approver, author=proposal.created_by, owners=owners)
+        who = authorise(answer.approver, author=proposal.created_by, owners=owners)
     except NotAuthorised as refused:
         reason = f"refused input from the Prefect UI ({refused}): counted as a rejection"
         store.record_decision(proposal.proposal_id, approver=TIMEOUT_ACTOR, decision="reject",
                               reason=reason)
         return OwnerDecision(False, TIMEOUT_ACTOR, reason, "prefect-ui")
     decision = "approve" if answer.approve else "reject"
-    store.record_decision(proposal.proposal_id, approver=answer.approver, decision=decision,
+    store.record_decision(proposal.proposal_id, approver=who, decision=decision,
                           reason=answer.reason or f"{decision} from the Prefect UI")
-    return OwnerDecision(answer.approve, answer.approver, answer.reason, "prefect-ui")
+    return OwnerDecision(answer.approve, who, answer.reason, "prefect-ui")
 
 
 def resume_waiting_flow(state: StateDir, store: Any, proposal_id: str, *, approver: str,

@@ -73,6 +73,12 @@ class LeverContext:
     ``feature_sample`` maps each numeric task feature to a sample of its values (aligned
     rows, so a weighted score can be computed per sampled task); ``task_usd`` and
     ``task_tokens`` are samples of the per-task spend and tokens of the window.
+    ``family_usd`` is each family's spend in the window (all its logged attempts, priced
+    as the estimator prices them); ``family_saving`` is what the estimate says a routing
+    of the family's own could save on it (US$ at its current Green PRs, point estimate,
+    Green PRs non-inferior). The routing lever spends its per-family parameters on the
+    families these rank first (``policies.levers.routing.override_families``); both are
+    empty when unknown (then families are taken in name order).
     """
 
     fleet: Any
@@ -80,6 +86,8 @@ class LeverContext:
     feature_sample: dict[str, tuple[float, ...]] = field(default_factory=dict)
     task_usd: tuple[float, ...] = ()
     task_tokens: tuple[float, ...] = ()
+    family_usd: dict[str, float] = field(default_factory=dict)
+    family_saving: dict[str, float] = field(default_factory=dict)
 
     def quantile(self, values: tuple[float, ...], q: float) -> float:
         if not values:

@@ -17,18 +17,33 @@ __all__ = ["LEVER", "NAME", "anchor", "apply", "space"]
 NAME = "cache"
 
 
+TTL_HOURS = (1, 6, 24, 72)
+
+
+def _response(active) -> str:
+    r = active.spec.cache.response
+    return r.mode if r.enabled else "off"
+
+
+def _ttl_hours(active) -> float:
+    """The active TTL as one of the searched values, or exactly in hours."""
+    ttl_s = active.spec.cache.response.ttl_s
+    return next((h for h in TTL_HOURS if h * 3600 == ttl_s), ttl_s / 3600)
+
+
 def space(active, ctx: LeverContext) -> dict[str, Param]:
     out = {f"prefix_{t.name}": Param.choice(True, False) for t in ctx.fleet.tiers}
-    out["response"] = Param.choice("off", "exact")
-    out["ttl_hours"] = Param.choice(1, 6, 24, 72)
+    # Searched: off or exact. An active similarity cache stays an option (the anchor),
+    # never one the search moves to.
+    out["response"] = Param.choice(*dict.fromkeys(("off", "exact", _response(active))))
+    out["ttl_hours"] = Param.choice(*dict.fromkeys((*TTL_HOURS, _ttl_hours(active))))
     return out
 
 
 def anchor(active, ctx: LeverContext) -> dict[str, Any]:
     c = active.spec.cache
-    ttl_h = min((1, 6, 24, 72), key=lambda h: abs(h * 3600 - c.response.ttl_s))
     return {**{f"prefix_{t.name}": bool(c.prefix.get(t.name)) for t in ctx.fleet.tiers},
-            "response": "exact" if c.response.enabled else "off", "ttl_hours": ttl_h}
+            "response": _response(active), "ttl_hours": _ttl_hours(active)}
 
 
 def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "autopilot-search"):
@@ -37,18 +52,20 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
     for key, value in point.items():
         if key.startswith("prefix_"):
             tier = key[len("prefix_"):]
+            if bool(value) == bool(prefix.get(tier)):
+                continue  # unchanged (an explicit ``false`` stays)
             if value:
                 prefix[tier] = True
             else:
                 prefix.pop(tier, None)
     cache["prefix"] = prefix
     mode = point.get("response")
-    if mode is not None:
+    if mode is not None and mode != _response(active):
         cache["response"]["enabled"] = mode != "off"
         if mode != "off":
             cache["response"]["mode"] = mode
-    if "ttl_hours" in point:
-        cache["response"]["ttl_s"] = int(point["ttl_hours"]) * 3600
+    if "ttl_hours" in point and point["ttl_hours"] != _ttl_hours(active):
+        cache["response"]["ttl_s"] = max(1, round(float(point["ttl_hours"]) * 3600))
     return active.evolve(author=author, description="cache search", cache=cache)
 
 

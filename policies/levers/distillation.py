@@ -24,26 +24,28 @@ def adapter_options(fleet, family: str) -> list[str]:
     return out
 
 
+def _active_option(active, ctx: LeverContext, family: str) -> str:
+    target = active.spec.distillation.get(family)
+    if target is None:
+        return OFF
+    variant = ctx.fleet.tier(target.tier).variant(active.spec.quantization.get(target.tier)).name
+    return f"{target.tier}/{variant}/{target.adapter}"
+
+
 def space(active, ctx: LeverContext) -> dict[str, Param]:
     out = {}
     for fam in ctx.families:
         options = adapter_options(ctx.fleet, fam)
         if options:
-            out[f"family_{fam}"] = Param.choice(OFF, *options)
+            # The active target is always an option, so the anchor reproduces it.
+            out[f"family_{fam}"] = Param.choice(
+                *dict.fromkeys((OFF, *options, _active_option(active, ctx, fam))))
     return out
 
 
 def anchor(active, ctx: LeverContext) -> dict[str, Any]:
-    out = {}
-    for key, param in space(active, ctx).items():
-        target = active.spec.distillation.get(key[len("family_"):])
-        value = OFF
-        if target is not None:
-            variant = ctx.fleet.tier(target.tier).variant(
-                active.spec.quantization.get(target.tier)).name
-            value = f"{target.tier}/{variant}/{target.adapter}"
-        out[key] = value if value in param.values else OFF
-    return out
+    return {key: _active_option(active, ctx, key[len("family_"):])
+            for key in space(active, ctx)}
 
 
 def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "autopilot-search"):

@@ -20,18 +20,29 @@ USD = Cap.MAX_USD_PER_TASK.value
 TOKENS = Cap.MAX_TOKENS_PER_TASK.value
 
 
+KEEP = "keep"
+
+
+def _cap_choices(active, key: str) -> tuple[str, ...]:
+    """``keep`` (the active cap, when one is set: the anchor) and the searched quantiles."""
+    keep = (KEEP,) if getattr(active.spec.guardrails, key) is not None else ()
+    return (*keep, *QUANTILES)
+
+
 def space(active, ctx: LeverContext) -> dict[str, Param]:
+    attempts = active.spec.guardrails.max_attempts_per_task or 0
     return {
-        ATTEMPTS: Param.choice(0, 1, 2, 3, 4, 5, 6),
-        USD: Param.choice(*QUANTILES),
-        TOKENS: Param.choice(*QUANTILES),
+        ATTEMPTS: Param.choice(*sorted({0, 1, 2, 3, 4, 5, 6, attempts})),
+        USD: Param.choice(*_cap_choices(active, USD)),
+        TOKENS: Param.choice(*_cap_choices(active, TOKENS)),
     }
 
 
 def anchor(active, ctx: LeverContext) -> dict[str, Any]:
     g = active.spec.guardrails
-    attempts = g.max_attempts_per_task or 0
-    return {ATTEMPTS: min(attempts, 6), USD: "none", TOKENS: "none"}
+    return {ATTEMPTS: g.max_attempts_per_task or 0,
+            USD: KEEP if g.max_usd_per_task is not None else "none",
+            TOKENS: KEEP if g.max_tokens_per_task is not None else "none"}
 
 
 def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "autopilot-search"):
@@ -39,7 +50,7 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
     if ATTEMPTS in point:
         g[ATTEMPTS] = int(point[ATTEMPTS]) or None
     for key, sample, cast in ((USD, ctx.task_usd, float), (TOKENS, ctx.task_tokens, int)):
-        if key in point:
+        if key in point and point[key] != KEEP:
             q = QUANTILES[point[key]]
             value = cast(ctx.quantile(sample, q)) if q is not None and sample else None
             g[key] = value if value else None

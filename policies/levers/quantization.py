@@ -26,7 +26,10 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
     quant = dict(active.spec.quantization)
     for key, value in point.items():
         tier = key[len("variant_"):]
-        if ctx.fleet.tier(tier).variant().name == value:
+        default = ctx.fleet.tier(tier).variant().name
+        if quant.get(tier, default) == value:
+            continue  # unchanged: an explicit default entry stays as the active wrote it
+        if default == value:
             quant.pop(tier, None)  # the default needs no entry
         else:
             quant[tier] = value

@@ -85,3 +85,40 @@ def test_report_change_writes_files(state):
     assert out["markdown"].endswith(f"{pid}.md")
     bad = run(root, "report", "quarterly", "Q4-2026")
     assert bad.exit_code != 0
+
+
+def test_report_calibration_table_and_json(state):
+    root, store, pid = state
+    empty = run(root, "report", "calibration")
+    assert empty.exit_code == 0 and json.loads(empty.output)["records"] == []
+    plain = CliRunner().invoke(cli, ["--state-dir", str(root), "report", "calibration"])
+    assert plain.exit_code == 0 and "no calibration record yet" in plain.output
+    # the proposal predicted -10% with no interval; give it one look without and one with
+    store.record_calibration(pid, look=1, realised=-0.04, realised_ci=(-0.09, 0.01),
+                             realised_window="2026-11-21..2026-11-21", outcome="keep_watching",
+                             baseline_tasks=300, candidate_tasks=280, actor="autopilot-verify")
+    v2 = store.get_policy(2).policy
+    v3 = v2.evolve(author="alice", routing=v2.spec.routing.model_copy(update={"max_attempts": 1}))
+    store.put_policy(v3)
+    q = store.create_proposal(candidate_version=3, baseline_version=1, lever="routing",
+                              window="2026-11-22", actor="alice",
+                              predicted={"cost_per_green_pr_rel_delta": -0.2,
+                                         "cost_per_green_pr_rel_delta_ci": [-0.25, -0.15],
+                                         "level": 0.9})
+    store.record_calibration(q.proposal_id, look=1, realised=-0.02, realised_ci=(-0.06, 0.02),
+                             realised_window="2026-11-23..", outcome="verified",
+                             baseline_tasks=300, candidate_tasks=300, actor="autopilot-verify")
+    out = json.loads(run(root, "report", "calibration").output)
+    assert [r["proposal_id"] for r in out["records"]] == [pid, q.proposal_id]
+    miss = out["records"][1]
+    assert miss["inside"] is False and miss["predicted_low"] == -0.25
+    assert miss["miss"] == pytest.approx((-0.02 - -0.15) / 0.05)
+    [lever] = out["levers"]
+    assert lever["lever"] == "routing" and lever["changes"] == 1 and lever["misses"] == 1
+    assert lever["coverage"] == 0.0 and lever["factor"] == pytest.approx(0.18 / 0.05)
+    table = CliRunner().invoke(cli, ["--state-dir", str(root), "report", "calibration"])
+    assert table.exit_code == 0, table.output
+    assert "-20.0 [-25.0,-15.0]" in table.output and "NO" in table.output
+    assert "3.60x" in table.output
+    only = json.loads(run(root, "report", "calibration", "--lever", "cache").output)
+    assert only["records"] == [] and only["levers"] == []

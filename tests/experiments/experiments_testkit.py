@@ -27,14 +27,17 @@ spec:
 
 
 
-def simulate_window(policy, fleet, tmp: Path, *, tasks: int, seed: int, day: str = "2026-11-20"):
-    """Spans from the project's seeded simulator, ingested, compiled into a Window."""
+def simulate_window(policy, fleet, tmp: Path, *, tasks: int, seed: int, day: str = "2026-11-20",
+                    **shape):
+    """Spans from the project's seeded simulator, ingested, compiled into a Window
+    (``shape``: further ``WorkloadShape`` fields, e.g. ``latent_sd``)."""
     from experiments.window import load_estimator_window
     from telemetry.ingest import ingest_paths
     from telemetry.synthetic import WorkloadShape, simulate_spans, write_spans
 
     spans = tmp / f"spans-{seed}.jsonl"
-    write_spans(simulate_spans(policy, fleet, WorkloadShape(tasks=tasks, seed=seed, day=day)),
+    write_spans(simulate_spans(policy, fleet, WorkloadShape(tasks=tasks, seed=seed, day=day,
+                                                            **shape)),
                 spans)
     ingest_paths([spans], tmp / f"tel-{seed}")
     return spans, load_estimator_window(tmp / f"tel-{seed}", fleet=fleet)

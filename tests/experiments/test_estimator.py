@@ -55,7 +55,9 @@ def test_two_tier_cascade_matches_hand_computation():
     # $1 per GPU-second and 1 token/s: S costs 4 * 1 = $4 an attempt, L costs 4 * 10 = $40.
     c_s, c_l = 4.0 * 1 * 3.6 / 3600, 4.0 * 10 * 3.6 / 3600
     p_s, p_l = 0.7, 0.9
-    ctx = ReplayContext(window, _known_model([p_s, p_l], 2), min_support=0)
+    # The model alone (no per-state corrections from the window's verdicts): exact p's.
+    ctx = ReplayContext(window, _known_model([p_s, p_l], 2), min_support=0,
+                        evidence_prior=math.inf)
     cascade = load_policy("""
 apiVersion: autopilot/v1
 kind: Policy
@@ -75,11 +77,16 @@ spec: {routing: {router: fixed, escalation: [S, L], max_attempts: 2}}
     v1 = replay_policy(capped, ctx, doubly_robust=False)
     assert v1.cost == pytest.approx(np.full(10, c_s))
     assert v1.green == pytest.approx(np.full(10, p_s))
-    # A spend cap below S + L sends the failures to triage instead of L.
-    usd_cap = cascade.evolve(author="t", guardrails={"max_usd_per_task": c_s * 1.5})
+    # A spend cap that S's attempt reaches refuses L: the failures end budget_exceeded.
+    usd_cap = cascade.evolve(author="t", guardrails={"max_usd_per_task": c_s * 0.5})
     v2 = replay_policy(usd_cap, ctx, doubly_robust=False)
     assert v2.cost == pytest.approx(np.full(10, c_s))
     assert v2.budget_exceeded == pytest.approx(np.full(10, q))
+    # One S has not reached a cap of 1.5 S: as at the gateway, L runs (and crosses it).
+    loose = cascade.evolve(author="t", guardrails={"max_usd_per_task": c_s * 1.5})
+    v3 = replay_policy(loose, ctx, doubly_robust=False)
+    assert v3.cost == pytest.approx(np.full(10, c_s + q * c_l))
+    assert v3.budget_exceeded == pytest.approx(np.zeros(10))
 
 
 def _truth(policy, fleet, tmp_path, seed):

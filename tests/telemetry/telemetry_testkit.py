@@ -116,8 +116,9 @@ def to_otlp(spans: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def quarantined(root: Path) -> list[dict[str, Any]]:
+    # split on "\n" only: a kept line may hold U+0085 or U+2028, which splitlines() splits on
     return [json.loads(line) for f in sorted((root / "quarantine").glob("*.jsonl"))
-            for line in f.read_text().splitlines()]
+            for line in f.read_text(encoding="utf-8").split("\n") if line]
 
 
 def frames(root: Path) -> dict[str, pd.DataFrame]:

@@ -5,8 +5,8 @@ from controlplane.loop.approvals import AutoApprovalRule, NotAuthorised, authori
 
 
 def test_owner_other_than_author_may_decide():
-    assert authorise("alice", author="autopilot-nightly", owners=["alice", "bob"]) is None
-    assert authorise(" bob ", author="alice", owners=["alice", "bob"]) is None
+    assert authorise("alice", author="autopilot-nightly", owners=["alice", "bob"]) == "alice"
+    assert authorise(" bob ", author="alice", owners=["alice", "bob"]) == "bob"
     with pytest.raises(NotAuthorised):  # the same owner, as author, is refused
         authorise("bob", author="bob", owners=["alice", "bob"])
 

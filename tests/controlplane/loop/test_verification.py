@@ -48,11 +48,28 @@ def test_significant_cost_regression_rolls_back():
     assert d.outcome == VerifyOutcome.ROLL_BACK and "cost per Green PR" in d.message
 
 
-def test_fpy_regression_rolls_back_even_when_cheaper():
+def test_fpy_regression_rolls_back_when_an_owner_set_an_fpy_margin():
     base = window(3000, 0.010, 0.8, 0.7, 1)
     cand = window(3000, 0.010, 0.8, 0.5, 2)
-    d = decide(base, cand)
+    d = decide(base, cand, fpy_margin=0.03)
     assert d.outcome == VerifyOutcome.ROLL_BACK and "FPY" in d.message
+
+
+def test_fpy_alone_is_reported_not_judged_by_default():
+    # A cheap-first cascade: fewer first attempts pass, as many tasks end green, cheaper.
+    base = window(8000, 0.010, 0.8, 0.7, 1)
+    cand = window(8000, 0.006, 0.8, 0.4, 2)
+    d = decide(base, cand)
+    assert d.outcome == VerifyOutcome.VERIFIED, d.message
+    assert d.stats["fpy_delta"] < -0.25
+
+
+def test_a_green_pr_rate_regression_rolls_back_even_when_cheaper():
+    base = window(4000, 0.010, 0.8, 0.6, 1)
+    cand = window(4000, 0.006, 0.6, 0.5, 2)
+    d = decide(base, cand)
+    assert d.outcome == VerifyOutcome.ROLL_BACK and "Green PR rate" in d.message
+    assert d.stats["green_rel_delta"] < -0.2
 
 
 def test_small_windows_keep_watching_then_settle_at_max_looks():
