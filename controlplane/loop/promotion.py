@@ -12,7 +12,8 @@ from typing import Any
 from contracts.errors import PermanentError
 from store import ActivationRecord, ProposalState
 
-__all__ = ["NothingToRollBack", "active_proposal", "promote_approved", "rollback_active"]
+__all__ = ["NothingToRollBack", "active_proposal", "last_good_version", "promote_approved",
+           "rollback_active"]
 
 
 class NothingToRollBack(PermanentError):
@@ -39,12 +40,29 @@ def promote_approved(store: Any, proposal_id: str, *, actor: str, reason: str) -
     return store.promote(proposal_id, actor=actor, reason=reason)
 
 
+def last_good_version(history: Any, *, current: int, rolled_back: set[int]) -> int | None:
+    """The rollback target (pure): the most recently active version before ``current`` that
+    was never rolled back. ``history`` is the activation history, newest first."""
+    for record in history:
+        for version in (record.version, record.previous_version):
+            if version is not None and version != current and version not in rolled_back:
+                return version
+    return None
+
+
 def rollback_active(store: Any, *, actor: str, reason: str) -> ActivationRecord:
-    """Restore the policy that was active before the current one."""
+    """Restore the last good policy: the active proposal's baseline when the active policy
+    came from one, else the most recently active version that was never rolled back (a
+    second rollback never brings back the policy the first one removed)."""
     proposal = active_proposal(store)
     if proposal is not None:
         return store.rollback(proposal.proposal_id, actor=actor, reason=reason)
-    previous = store.previous_active()
-    if previous is None:
-        raise NothingToRollBack("no earlier active policy to roll back to")
-    return store.activate(previous.version, actor=actor, reason=reason)
+    active = store.active_policy()
+    rolled_back = {p.candidate_version for p in store.list_proposals(ProposalState.ROLLED_BACK)}
+    target = last_good_version(store.activation_history(),
+                               current=active.version if active else -1,
+                               rolled_back=rolled_back)
+    if target is None:
+        raise NothingToRollBack("no earlier good policy to roll back to (every earlier "
+                                "active version was rolled back)")
+    return store.activate(target, actor=actor, reason=reason)

@@ -70,6 +70,32 @@ def test_approve_promote_then_rollback(state):
     assert store.verify_audit().ok
 
 
+def test_a_second_rollback_never_brings_back_the_rolled_back_policy(state):
+    root, store, pid = state
+    assert run(root, "proposals", "approve", pid, "--as", "bob").exit_code == 0
+    store.promote(pid, actor="nightly", reason="approved")
+    assert run(root, "policy", "rollback", "--as", "bob", "--reason", "regression").exit_code == 0
+    assert store.active_policy().version == 1
+    again = run(root, "policy", "rollback", "--as", "bob", "--reason", "again")
+    # v1 is the only good version: nothing earlier to restore, and v2 stays rolled back.
+    assert again.exit_code != 0 and "no earlier good policy" in str(again.exception or again.output)
+    assert store.active_policy().version == 1
+
+
+def test_last_good_version_skips_rolled_back_candidates():
+    from types import SimpleNamespace as A
+
+    from controlplane.loop.promotion import last_good_version
+
+    # newest first: v1 restored (rollback of v3), v3 promoted over v1... v2 rolled back before
+    history = [A(version=1, previous_version=3), A(version=3, previous_version=1),
+               A(version=1, previous_version=2), A(version=2, previous_version=1)]
+    assert last_good_version(history, current=1, rolled_back={2, 3}) is None
+    assert last_good_version(history, current=3, rolled_back={2}) == 1
+    history = [A(version=4, previous_version=1), *history]
+    assert last_good_version(history, current=4, rolled_back={2, 3}) == 1
+
+
 def test_reject_needs_a_reason_and_is_final(state):
     root, store, pid = state
     assert run(root, "proposals", "reject", pid, "--as", "bob").exit_code != 0
