@@ -44,6 +44,7 @@ DEGRADED_VARIANT = "int2"
 def _add_degraded_variant(manifest: Path, name: str, *, bits: int) -> None:
     """Add a ``bits``-bit weight round-trip of every tier's base variant to a fleet copy,
     pinned by sha256 like the shipped variants."""
+    import copy
     import hashlib
 
     import yaml
@@ -63,8 +64,10 @@ def _add_degraded_variant(manifest: Path, name: str, *, bits: int) -> None:
                 tensors[key] = roundtrip(weight, bits)[0].contiguous()
         save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
         files = {f: hashlib.sha256((target / f).read_bytes()).hexdigest() for f in base["files"]}
-        tier["variants"].append({**base, "name": name, "weights": f"models/{tier['name']}/{name}",
-                                 "files": files})
+        # A deep copy: a dict shared with the base variant would be written as a YAML alias,
+        # which the document loader refuses (alias bombs).
+        tier["variants"].append({**copy.deepcopy(base), "name": name,
+                                 "weights": f"models/{tier['name']}/{name}", "files": files})
     manifest.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
