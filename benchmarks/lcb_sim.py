@@ -214,18 +214,10 @@ def simulate_log(policy, fleet, problems: pd.DataFrame, repeats: int, seed: int,
 
 
 def _refused(policy, attempt: int, spent_usd: float, used_tokens: int) -> bool:
-    """The gateway's guardrail rule for a task's next attempt (``policies.caps`` when the
-    policy package has it; the attempt cap always)."""
-    g = policy.spec.guardrails
-    try:
-        from policies.caps import task_refusal
-    except ImportError:  # pragma: no cover - before the cap semantics were written once
-        if g.max_attempts_per_task is not None and attempt > g.max_attempts_per_task:
-            return True
-        if g.max_usd_per_task is not None and spent_usd >= g.max_usd_per_task:
-            return True
-        return g.max_tokens_per_task is not None and used_tokens >= g.max_tokens_per_task
-    return task_refusal(g, attempt=attempt, spent_usd=spent_usd,
+    """The gateway's guardrail rule for a task's next attempt (``policies.caps``)."""
+    from policies.caps import task_refusal
+
+    return task_refusal(policy.spec.guardrails, attempt=attempt, spent_usd=spent_usd,
                         spent_tokens=used_tokens) is not None
 
 
