@@ -3,8 +3,8 @@
 A guardrail refusal is a ``GuardrailRefusal(code, message)``: ``code`` is one of ``CAPS``
 (a task's attempt, token or spend cap, or a team's exhausted daily budget), ``message``
 carries the numbers. The gateway raises it before the model call (``serving.guardrails``
-decides, ``serving.gateway_core`` raises), sends it as HTTP 429 (``as_error``), the client
-raises it again from the 429 (``serving.client``), and the gates and the workload driver
+decides, ``serving.gateway_core`` raises), sends it as HTTP 403 (``as_error``), the client
+raises it again from the 403 (``serving.client``), and the gates and the workload driver
 catch it (``gates.port``, ``gates.runner``). The cap names below are the refusal codes on
 the wire and, for the per-task caps, the ``GuardrailSpec`` field names as well.
 """
@@ -70,5 +70,7 @@ class GuardrailRefusal(PermanentError):
         return f"GuardrailRefusal(code={self.code!r}, message={self.message!r})"
 
     def as_error(self) -> dict[str, Any]:
-        """The gateway's HTTP 429 body."""
-        return {"error": {"type": "guardrail", "code": self.code, "message": self.message}}
+        """The gateway's HTTP 403 body, in OpenAI's error shape (``code`` names the cap).
+        403, not 429: a refusal is final, and OpenAI's SDKs retry a 429."""
+        return {"error": {"message": self.message, "type": "guardrail", "param": None,
+                          "code": self.code}}

@@ -2,11 +2,19 @@
 
 Tiers are data: any number, ordered by ``rank`` (cheap to expensive). Cost per token comes
 from here unless a span carries an explicit cost (see ``economics.costmodel``).
+
+Pins are exact: a self-hosted variant's weights directory, and each adapter's directory,
+hold exactly the files the manifest pins, each with its sha256. A file there that the
+manifest does not name (an unlisted ``model.safetensors.index.json`` pointing at an
+unlisted shard, a ``chat_template.jinja``, a README) is a problem like a wrong hash, since
+the engine loads the whole directory (``pin_problems``, ``check_fleet_pins``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
@@ -20,18 +28,24 @@ from contracts.files import atomic_write_text
 
 __all__ = [
     "API_FIELDS",
+    "EXTRA_FILE",
     "SELF_HOSTED_FIELDS",
     "Adapter",
     "CapacityType",
     "Economics",
     "FleetManifest",
     "FleetSpec",
+    "PinProblem",
+    "PinReport",
     "Tier",
     "Variant",
+    "check_fleet_pins",
     "load_fleet",
+    "pin_problems",
     "resolve_path",
     "save_fleet",
     "sha256_file",
+    "unpinned_files",
     "verify_files",
 ]
 
@@ -379,19 +393,121 @@ def resolve_path(path: str | Path, base_dir: str | Path) -> Path:
     return p if p.is_absolute() else (Path(base_dir) / p).resolve()
 
 
-def verify_files(root: str | Path, files: dict[str, str]) -> list[tuple[str, str]]:
-    """Check every pinned file under ``root``. Returns ``(file, problem)`` for each mismatch."""
+# The problem of a file in a pinned directory that the manifest does not pin.
+EXTRA_FILE = "not pinned by the manifest: an extra file in a pinned directory"
+
+
+@dataclass(frozen=True)
+class PinProblem:
+    """One problem with a pinned directory: ``kind`` is ``mismatch`` (the sha256 differs),
+    ``missing`` (a pinned file is not there), ``extra`` (a file there is not pinned) or
+    ``unpinned`` (the manifest pins nothing for it); ``path`` is the file or directory."""
+
+    path: str
+    kind: Literal["mismatch", "missing", "extra", "unpinned"]
+    detail: str
+
+
+def unpinned_files(root: str | Path, files: dict[str, str]) -> list[str]:
+    """Everything under ``root`` that the pins ``files`` do not name, as relative POSIX paths,
+    sorted: files at any depth, links (a link to a directory is not followed: the link is
+    the extra entry) and special files; directories holding only pinned files are fine. A
+    directory that cannot be listed is reported as an extra entry itself (what it holds is
+    unknown). Empty when ``root`` is not a directory (its pinned files are then missing)."""
     root = Path(root)
-    problems: list[tuple[str, str]] = []
+    if not root.is_dir():
+        return []
+    pinned = {Path(rel).as_posix() for rel in files}
+    extra: list[str] = []
+
+    def unreadable(err: OSError) -> None:
+        extra.append(Path(err.filename or root).relative_to(root).as_posix())
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
+        here = Path(dirpath)
+        names = filenames + [d for d in dirnames if (here / d).is_symlink()]
+        for name in names:
+            rel = (here / name).relative_to(root).as_posix()
+            if rel not in pinned:
+                extra.append(rel)
+    return sorted(set(extra))
+
+
+def pin_problems(root: str | Path, files: dict[str, str], *, exact: bool = True
+                 ) -> list[PinProblem]:
+    """Check the directory ``root`` against its pins: every pinned file present with its
+    sha256, and (``exact``) nothing else there."""
+    root = Path(root)
+    problems: list[PinProblem] = []
     for rel, expected in sorted(files.items()):
         p = root / rel
         if not p.is_file():
-            problems.append((str(p), "missing"))
+            problems.append(PinProblem(str(p), "missing", "missing"))
             continue
         actual = sha256_file(p)
         if actual != expected:
-            problems.append((str(p), f"sha256 {actual[:12]}... != manifest {expected[:12]}..."))
+            problems.append(PinProblem(
+                str(p), "mismatch", f"sha256 {actual[:12]}... != manifest {expected[:12]}..."))
+    if exact:
+        problems += [PinProblem(str(root / rel), "extra", EXTRA_FILE)
+                     for rel in unpinned_files(root, files)]
     return problems
+
+
+def verify_files(root: str | Path, files: dict[str, str], *, exact: bool = True
+                 ) -> list[tuple[str, str]]:
+    """Check every pinned file under ``root`` and (``exact``) that nothing else is there.
+    Returns ``(file, problem)`` for each missing, altered or extra file."""
+    return [(p.path, p.detail) for p in pin_problems(root, files, exact=exact)]
+
+
+@dataclass(frozen=True)
+class PinReport:
+    """The check of one variant's weights or one adapter (``adapter`` set) of a fleet. An
+    API-priced variant has no weights: ``api_priced``, nothing checked, never a problem."""
+
+    tier: str
+    variant: str
+    adapter: str | None
+    directory: str | None
+    pinned: int
+    problems: tuple[PinProblem, ...] = ()
+    api_priced: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def target(self) -> str:
+        return f"{self.tier}/{self.variant}" + (f"+{self.adapter}" if self.adapter else "")
+
+
+def check_fleet_pins(manifest: FleetManifest, manifest_dir: str | Path) -> list[PinReport]:
+    """Every pin of the fleet: each self-hosted variant's weights directory and each of its
+    adapters' directories hold exactly their pinned files with their sha256 (paths resolve
+    against ``manifest_dir``); a variant or adapter that pins nothing is a problem."""
+    reports: list[PinReport] = []
+
+    def check(tier: str, variant: str, adapter: str | None, path: str,
+              files: dict[str, str]) -> None:
+        root = resolve_path(path, manifest_dir)
+        problems = pin_problems(root, files)
+        if not files:
+            problems.insert(0, PinProblem(str(root), "unpinned",
+                                          "the manifest pins no files here (nothing to verify)"))
+        reports.append(PinReport(tier, variant, adapter, str(root), len(files), tuple(problems)))
+
+    for tier in manifest.tiers:
+        for variant in tier.variants:
+            if variant.api_priced:
+                reports.append(PinReport(tier.name, variant.name, None, None, 0,
+                                         api_priced=True))
+                continue
+            check(tier.name, variant.name, None, variant.weights, dict(variant.files))
+            for adapter in variant.adapters:
+                check(tier.name, variant.name, adapter.name, adapter.path, dict(adapter.files))
+    return reports
 
 
 # Re-exported so callers catch one error type for every refused document.

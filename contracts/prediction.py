@@ -15,10 +15,27 @@ from pydantic import Field, model_validator
 
 from contracts.documents import Strict
 
-__all__ = ["Interval", "Prediction", "Risk"]
+__all__ = ["ExplorationBudget", "Interval", "Prediction", "Risk"]
 
 Risk = Literal["low", "medium", "high"]
 Interval = tuple[float, float]
+
+
+class ExplorationBudget(Strict):
+    """What an exploration change buys and spends: shadow attempts at ``rate`` on ``tiers``
+    for ``families``, priced at ``usd_per_day`` against the owner's ``budget_usd_per_day``."""
+
+    tiers: list[str]
+    families: list[str]
+    rate: float = Field(ge=0, le=1)
+    usd_per_day: float = Field(ge=0)
+    budget_usd_per_day: float = Field(ge=0)
+    reason: str = ""
+    blocked: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def within_budget(self) -> bool:
+        return self.usd_per_day <= self.budget_usd_per_day * (1 + 1e-9)
 
 
 class Prediction(Strict):
@@ -37,6 +54,7 @@ class Prediction(Strict):
     fpy: float | None = None
     active_cost_per_green_pr: float | None = None
     active_fpy: float | None = None
+    exploration: ExplorationBudget | None = None
 
     @model_validator(mode="before")
     @classmethod

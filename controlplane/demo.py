@@ -35,26 +35,43 @@ class DemoPlan:
     concurrency: int
     levers: tuple[str, ...]
     search: dict[str, Any]
-    day1: str
-    day2: str
+    days: tuple[str, ...]  # one more day than nights: the last night's change is served too
+
+    @property
+    def nights(self) -> int:
+        return len(self.days) - 1
+
+    @property
+    def day1(self) -> str:
+        return self.days[0]
+
+    @property
+    def day2(self) -> str:
+        return self.days[1]
 
 
-def demo_plan(*, quick: bool, tasks: int | None, today: datetime | None = None) -> DemoPlan:
-    """What the demo will do (pure): sizes for the full and the quick run."""
+def demo_plan(*, quick: bool, tasks: int | None, today: datetime | None = None,
+              nights: int | None = None) -> DemoPlan:
+    """What the demo will do (pure): sizes for the full and the quick run. The full run
+    shows three nights (each judges the day before it and changes at most one thing); the
+    quick one a single night."""
     now = today or datetime.now(UTC)
-    day1 = (now - timedelta(days=2)).date().isoformat()
-    day2 = (now - timedelta(days=1)).date().isoformat()
+    n = nights if nights is not None else (1 if quick else 3)
+    if n < 1:
+        raise ValueError(f"nights must be at least 1 (got {n})")
+    days = tuple((now - timedelta(days=n + 1 - k)).date().isoformat() for k in range(n + 1))
     # A day must be large enough for the estimator to be confident about something: on
     # 240 tasks of the naive start every candidate's Green PR interval crossed the 2%
     # margin, so nothing could be promoted honestly. Driving is cheap (about 12 ms a task
     # on 2 cores); the fleet start and the gates dominate the demo's time.
     if quick:
-        return DemoPlan(tasks or 600, 8, ("routing", "guardrails"),
+        # 800 tasks: a 25% canary sees about 200, enough for its first look to decide.
+        return DemoPlan(tasks or 800, 8, ("routing", "guardrails"),
                         {"executor": "tune", "trials": 4, "per_trial": 32, "bootstrap": 100},
-                        day1, day2)
+                        days)
     return DemoPlan(tasks or 1500, 8, ("routing", "quantization", "cache", "guardrails"),
                     {"executor": "tune", "trials": 6, "per_trial": 48, "bootstrap": 200},
-                    day1, day2)
+                    days)
 
 
 class _Steps:
@@ -121,32 +138,55 @@ def _day_metrics(state: StateDir, fleet: Any, day: str) -> dict[str, Any]:
     return rows[0] if rows else {}
 
 
-def _wait_for_policy(url: str, version: int, timeout_s: float = 60.0) -> bool:
+def _wait_for_policy(url: str, version: int, canary: tuple[int, float] | None = None,
+                     timeout_s: float = 60.0) -> bool:
+    """Until the gateway serves ``version`` as active and ``canary`` (version, share) beside
+    it (None: no canary)."""
     from serving.client import GatewayClient
 
     client = GatewayClient(url)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if int(client.policy().get("version", -1)) == version:
+        served = client.policy()
+        got = served.get("canary")
+        have = None if not got else (int(got["version"]), float(got["share"]))
+        if int(served.get("version", -1)) == version and have == canary:
             return True
         time.sleep(0.5)
     return False
 
 
+def _store_serving(state: StateDir) -> tuple[int, tuple[int, float] | None]:
+    """What the store says the gateway should serve: the active version and the canary."""
+    from store import Store
+
+    with Store.open(state.store_url()) as store:
+        rollout = store.current_rollout()
+        return store.active_policy().version, (
+            None if rollout is None else (rollout.candidate_version, rollout.share))
+
+
 def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
-             fresh: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole loop on the reference fleet; returns the summary it prints."""
+             fresh: bool = True, nights: int | None = None,
+             echo: Callable[[str], None] = print,
+             with_fleet: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """The whole loop on the reference fleet, night after night; returns the summary it
+    prints. Day k is served under whatever the nights before it promoted; night k judges
+    day k (the nightly flow) after the verify flow has judged night k-1's change on it.
+    ``with_fleet(gateway_url)`` runs after the last day while the fleet is still up (the
+    loop benchmark measures its full-information anchor there); its result is
+    ``summary["with_fleet"]``."""
     from contracts.manifest import load_fleet
     from controlplane.bootstrap import initialise_state
+    from controlplane.flows import nightly, verify
     from controlplane.loop.gating import FleetInProcess
     from controlplane.loop.waiting import prefect_environment
     from controlplane.reports import write_quarterly_report
-    from policies.policy import describe_diff
     from serving.fleet import start_fleet
     from store import Store
 
-    plan = demo_plan(quick=quick, tasks=tasks)
-    step = _Steps(10, echo)
+    plan = demo_plan(quick=quick, tasks=tasks, nights=nights)
+    step = _Steps(4 + 2 * plan.nights + (plan.nights + 1), echo)
     if fresh and state.root.exists():
         shutil.rmtree(state.root)
     step(f"initialising {state.root} with the reference fleet and a naive policy")
@@ -164,66 +204,79 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
     handle = start_fleet(state.fleet_path, store_url=state.store_url(),
                          spans_path=state.spans_dir / "gateway.jsonl")
     summary: dict[str, Any] = {"state_dir": str(state.root), "gateway": handle.url,
-                               "days": [plan.day1, plan.day2]}
+                               "days": list(plan.days), "nights": []}
+    figures: list[dict[str, Any]] = []
     try:
         echo(f"      gateway {handle.url}")
-        step(f"day 1 ({plan.day1}): driving {plan.tasks_per_day} tasks under policy v1")
-        summary["drive_day1"] = _drive_day(state, handle.url, plan.day1, plan, 1, echo)
-        _ingest(state)
-        day1 = _day_metrics(state, fleet, plan.day1)
+        for k, day in enumerate(plan.days):
+            serving, canary = _store_serving(state)
+            if k > 0 and not _wait_for_policy(handle.url, serving, canary):
+                echo(f"      the gateway did not pick up v{serving} / canary {canary} in 60 s")
+            under = f"v{serving}" + ("" if canary is None else
+                                     f" ({1 - canary[1]:.0%}) and canary v{canary[0]} "
+                                     f"({canary[1]:.0%})")
+            step(f"day {k + 1} ({day}): driving {plan.tasks_per_day} tasks under policy "
+                 f"{under}")
+            summary[f"drive_day{k + 1}"] = _drive_day(state, handle.url, day, plan, k + 1, echo)
+            _ingest(state)
+            figures.append({"day": day, "version": serving, "served": under,
+                            **_figures(_day_metrics(state, fleet, day))})
+            if k > 0 and (summary["nights"][-1]["promoted"] or canary is not None
+                          or summary["nights"][-1].get("canary")):
+                result = verify(state_dir=str(state.root), since=day, until=day)
+                summary["nights"][-1]["verify"] = result
+                echo(f"      verify of night {k}: {result.get('outcome')}: "
+                     f"{str(result.get('message', ''))[:150]}")
+            if k == plan.nights:
+                break
+            step(f"night {k + 1}: nightly flow (Prefect) over {day}: observe, learn, Ray Tune "
+                 "search, gates, approval, promote")
+            result = nightly(state_dir=str(state.root), since=day, until=day,
+                             levers=list(plan.levers), gate_serving=FleetInProcess(handle),
+                             approver=DEMO_APPROVER, search=plan.search, seed=k)
+            night = _night_record(state, k + 1, day, serving, result)
+            summary["nights"].append(night)
+            echo(f"      night {k + 1}: {night['headline']}")
+            if night["promoted"] or night.get("canary"):
+                active, canary_now = _store_serving(state)
+                reloaded = _wait_for_policy(handle.url, active, canary_now)
+                night["gateway_serves_active"] = reloaded
+                echo(f"      gateway serves v{active}"
+                     + ("" if canary_now is None else
+                        f" and canary v{canary_now[0]} at {canary_now[1]:.0%}")
+                     + f" without a restart: {reloaded}")
 
-        step("nightly flow (Prefect): observe, learn, Ray Tune search, gates, approval, promote")
-        from controlplane.flows import nightly
-
-        nightly_result = nightly(state_dir=str(state.root), since=plan.day1, until=plan.day1,
-                                 levers=list(plan.levers), gate_serving=FleetInProcess(handle),
-                                 approver=DEMO_APPROVER, search=plan.search)
-        summary["nightly"] = nightly_result
-        with Store.open(state.store_url()) as store:
-            active = store.active_policy()
-        promoted = [e for e in nightly_result.get("proposals", []) if "active_version" in e]
-
-        step(f"waiting for the gateway to serve policy v{active.version} (no restart)")
-        reloaded = _wait_for_policy(handle.url, active.version)
-        echo(f"      gateway serves v{active.version}: {reloaded}")
-        summary["active_version"] = active.version
-        summary["gateway_serves_active"] = reloaded
-
-        step(f"day 2 ({plan.day2}): driving {plan.tasks_per_day} tasks under policy "
-             f"v{active.version}")
-        summary["drive_day2"] = _drive_day(state, handle.url, plan.day2, plan, 2, echo)
-        _ingest(state)
-        day2 = _day_metrics(state, fleet, plan.day2)
-
-        step("verify flow (Prefect): realised against predicted, rollback on regression")
-        from controlplane.flows import verify
-
-        summary["verify"] = verify(state_dir=str(state.root), since=plan.day2, until=plan.day2)
-
+        if with_fleet is not None:
+            summary["with_fleet"] = with_fleet(handle.url)
         step("reports")
         quarter = f"{datetime.now(UTC).year}Q{(datetime.now(UTC).month - 1) // 3 + 1}"
         with Store.open(state.store_url()) as store:
             quarterly = write_quarterly_report(state, store, fleet, quarter)
-            change = None
-            diff: list[str] = []
-            predicted: dict[str, Any] = {}
-            if promoted:
-                pid = promoted[0]["proposal_id"]
-                from controlplane.reports import write_change_report
+            for night in summary["nights"]:
+                if night.get("proposal_id"):
+                    from controlplane.reports import write_change_report
 
-                change = write_change_report(state, store, fleet, pid)
-                p = store.get_proposal(pid)
-                diff = describe_diff(store.get_policy(p.baseline_version).policy,
-                                     store.get_policy(p.candidate_version).policy)
-                predicted = p.predicted.record()
+                    night["change_report"] = write_change_report(state, store, fleet,
+                                                                 night["proposal_id"])
             audit_ok = store.verify_audit().ok
+            active_version = store.active_policy().version
     finally:
         step("shutting the fleet down")
         handle.shutdown()
 
+    first_promoted = next((n for n in summary["nights"] if n["promoted"] or n.get("canary")),
+                          None)
     summary.update({
-        "day1": _figures(day1), "day2": _figures(day2), "promoted": bool(promoted),
-        "diff": diff, "predicted": predicted, "change_report": change,
+        "figures": figures, "day1": figures[0], "day2": figures[1],
+        "promoted": first_promoted is not None,
+        "active_version": active_version,
+        "gateway_serves_active": all(n.get("gateway_serves_active", True)
+                                     for n in summary["nights"]),
+        "nightly": summary["nights"][0]["nightly"],
+        "verify": (first_promoted or {}).get("verify", {}),
+        "diff": (first_promoted or {}).get("diff", []),
+        "predicted": (first_promoted or {}).get("predicted", {}),
+        "change_report": (first_promoted or {}).get("change_report"),
         "quarterly_report": quarterly, "audit_ok": audit_ok,
         "seconds": round(step.elapsed, 1),
     })
@@ -231,10 +284,57 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
     return summary
 
 
+def _night_record(state: StateDir, night: int, day: str, serving: int,
+                  result: dict[str, Any]) -> dict[str, Any]:
+    """One night as the summary table shows it: what was proposed, gated, promoted."""
+    from policies.policy import describe_diff
+    from store import Store
+
+    entries = result.get("proposals", [])
+    promoted = next((e for e in entries if "active_version" in e), None)
+    canary = next((e for e in entries if "canary" in e), None)
+    record: dict[str, Any] = {"night": night, "window": day, "baseline_version": serving,
+                              "nightly": result, "promoted": promoted is not None,
+                              "canary": None if canary is None else canary["canary"],
+                              "proposals": len(entries)}
+    chosen = promoted or canary or (entries[0] if entries else None)
+    if chosen is None:
+        skipped = "; ".join(f"{h} {why}" for h, why in result.get("skipped_candidates", [])[:2])
+        explore = result.get("exploration", {})
+        record["headline"] = ("nothing proposed: " + (result.get("skipped") or skipped or
+                                                      "the search returned no candidate")
+                              + (f"; exploration: {explore.get('why')}" if explore else ""))
+        return record
+    pid = chosen["proposal_id"]
+    with Store.open(state.store_url()) as store:
+        p = store.get_proposal(pid)
+        record.update({"proposal_id": pid, "lever": p.lever, "state": p.state.value,
+                       "gate_verdict": p.gate_verdict.value if p.gate_verdict else None,
+                       "predicted": p.predicted.record()})
+        record["diff"] = describe_diff(store.get_policy(p.baseline_version).policy,
+                                       store.get_policy(p.candidate_version).policy)
+    if promoted is not None:
+        record["active_version"] = promoted["active_version"]
+    pred = record["predicted"]
+    ci = pred.get("cost_per_green_pr_rel_delta_ci")
+    state_text = p.state.value + ("" if canary is None else
+                                  f" at {canary['canary']['share']:.0%} of new tasks")
+    what = (f"{p.lever} {pid} {state_text} (gates {record['gate_verdict']}), predicted "
+            f"{pred.get('cost_per_green_pr_rel_delta', 0):+.1%}"
+            + (f" [{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else ""))
+    if pred.get("exploration"):
+        e = pred["exploration"]
+        what += (f"; exploration ${e['usd_per_day']:.4f}/day of a "
+                 f"${e['budget_usd_per_day']:.4f}/day budget")
+    record["headline"] = what
+    return record
+
+
 def _figures(row: dict[str, Any]) -> dict[str, Any]:
     shares = {k.removeprefix("tier_share_"): row[k] for k in row if k.startswith("tier_share_")}
     return {"tasks": row.get("tasks"), "green_prs": row.get("green_prs"), "fpy": row.get("fpy"),
             "cost_per_green_pr": row.get("cost_per_green_pr"), "spend": row.get("spend_total"),
+            "spend_shadow": row.get("spend_shadow"),
             "cache_hit_rate": row.get("cache_hit_rate"), "tier_mix": shares}
 
 
@@ -243,37 +343,38 @@ def _money(v: Any) -> str:
 
 
 def _print_summary(s: dict[str, Any], echo: Callable[[str], None]) -> None:
-    d1, d2 = s["day1"], s["day2"]
     echo("")
     echo("=" * 78)
     echo("Measured from the run's own telemetry (reference fleet, real serving path):")
-    for label, d in (("day 1", d1), ("day 2", d2)):
+    for i, d in enumerate(s["figures"], start=1):
         mix = ", ".join(f"{k} {v:.0%}" for k, v in d["tier_mix"].items() if v is not None)
         fpy = "-" if d["fpy"] is None else f"{d['fpy']:.3f}"
-        echo(f"  {label}: {d['tasks']} tasks, {d['green_prs']} Green PRs, FPY {fpy}, "
-             f"cost per Green PR {_money(d['cost_per_green_pr'])}  (tiers: {mix})")
-    c1, c2 = d1.get("cost_per_green_pr"), d2.get("cost_per_green_pr")
-    if c1 and c2:
-        echo(f"  change in cost per Green PR: {c2 / c1 - 1:+.1%}")
-    if s["promoted"]:
-        pred = s["predicted"].get("cost_per_green_pr_rel_delta")
-        ci = s["predicted"].get("cost_per_green_pr_rel_delta_ci")
-        why = "" if pred is None else f" (predicted {pred:+.1%}" + (
-            f", interval {ci[0]:+.1%}..{ci[1]:+.1%})" if ci else ")")
-        echo(f"Promoted{why}:")
-        for line in s["diff"]:
+        shadow = "" if not d.get("spend_shadow") else f", shadow spend ${d['spend_shadow']:.4f}"
+        echo(f"  day {i} ({d.get('served') or 'v' + str(d['version'])}): {d['tasks']} tasks, "
+             f"{d['green_prs']} Green PRs, "
+             f"FPY {fpy}, cost per Green PR {_money(d['cost_per_green_pr'])}{shadow}  "
+             f"(tiers: {mix})")
+    c1, cn = s["figures"][0].get("cost_per_green_pr"), s["figures"][-1].get("cost_per_green_pr")
+    if c1 and cn:
+        echo(f"  cost per Green PR, last day vs day 1: {cn / c1 - 1:+.1%}")
+    for n in s["nights"]:
+        echo(f"Night {n['night']} (over {n['window']}, baseline v{n['baseline_version']}): "
+             f"{n['headline']}")
+        for line in n.get("diff", [])[:6] if n["promoted"] or n.get("canary") else []:
             echo(f"  - {line}")
-        echo(f"Verify: {s['verify'].get('outcome')}: {s['verify'].get('message', '')[:160]}")
-    else:
-        nightly = s["nightly"]
-        stopped = "; ".join(f"{p['proposal_id']} {p.get('stopped', p.get('state'))}"
-                            for p in nightly.get("proposals", []))
-        skipped = "; ".join(f"{h} {why}" for h, why in nightly.get("skipped_candidates", [])[:3])
-        echo("Nothing was promoted tonight: " + (
-            stopped or nightly.get("skipped") or
-            f"no candidate cleared the bar ({skipped or 'the search returned none'})"))
-    if s.get("change_report"):
-        echo(f"Change report: {s['change_report']['html']}")
+        v = n.get("verify")
+        if v:
+            stats = v.get("stats", {})
+            realised = stats.get("rel_delta")
+            ci = n.get("predicted", {}).get("cost_per_green_pr_rel_delta_ci")
+            inside = ("" if realised is None or not ci else
+                      ", inside the predicted interval" if ci[0] <= realised <= ci[1]
+                      else ", OUTSIDE the predicted interval")
+            what = "canary look" if v.get("canary") else "verify"
+            echo(f"  {what}: {v.get('outcome')}" + (
+                "" if realised is None else f", realised {realised:+.1%}{inside}"))
+        if n.get("change_report"):
+            echo(f"  change report: {n['change_report']['html']}")
     echo(f"Quarterly report: {s['quarterly_report']['html']}")
     echo(f"Audit chain verified: {s['audit_ok']}. Done in {s['seconds']}s. "
          f"State: {s['state_dir']}")

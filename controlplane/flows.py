@@ -88,6 +88,15 @@ def observe(ctx: LoopContext, since: str, until: str) -> dict[str, Any]:
 
 
 @io_task
+def spend_anomalies(ctx: LoopContext, since: str, until: str) -> dict[str, Any]:
+    """Spend anomalies of the window (an hour or day above 3x its baseline, per team, tier
+    and family), recorded in the store; the largest few named. Fail open."""
+    from controlplane.spend import nightly_anomalies
+
+    return nightly_anomalies(ctx.state, ctx.store, ctx.fleet, since, until, actor=ACTOR)
+
+
+@io_task
 def load_nightly_window(ctx: LoopContext, since: str, until: str):
     from experiments import load_estimator_window as read
 
@@ -163,11 +172,42 @@ def proposal_state(ctx: LoopContext, proposal_id: str) -> tuple[str, str | None]
 
 
 @io_task
-def proposed_hashes(ctx: LoopContext, window_label: str) -> list[str]:
-    """Candidate hashes already proposed against the active policy for this window."""
+def proposed_hashes(ctx: LoopContext, window_label: str) -> dict[str, str]:
+    """Candidate hashes not to propose tonight, with why: proposed against the active policy
+    for this window, or rejected / rolled back against the same baseline."""
+    from controlplane.loop.nightly import not_again
+
     active = ctx.store.active_policy()
-    return [p.candidate_hash for p in ctx.store.list_proposals()
-            if p.window == window_label and p.baseline_version == active.version]
+    return not_again(ctx.store.list_proposals(), window_label=window_label,
+                     active_version=active.version, active_hash=active.policy.content_hash)
+
+
+@pure_task
+def exploration_bought(ctx: LoopContext, window: Any, candidates: Any) -> list[dict[str, Any]]:
+    """When the active policy is an exploration change: what its shadows bought for the
+    specs it was for (support and intervals before -> after, on tonight's window)."""
+    from experiments.exploration import evidence_bought
+
+    active = ctx.store.active_policy()
+    mine = [p for p in ctx.store.list_proposals()
+            if p.lever == "exploration" and p.candidate_version == active.version]
+    if not mine or mine[0].predicted.exploration is None:
+        return []
+    return evidence_bought(mine[0].predicted.exploration.blocked, window, candidates,
+                           active.policy)
+
+
+@pure_task
+def plan_explore(ctx: LoopContext, window: Any, candidates: Any, since: str, until: str,
+                 min_saving: float):
+    """Where thin evidence blocks a promising candidate: the exploration change, sized to
+    the owner's budget (``experiments.exploration``)."""
+    from controlplane.loop.nightly import window_days
+    from experiments.exploration import plan_exploration
+
+    return plan_exploration(candidates, window, ctx.store.active_policy().policy,
+                            budget_share=ctx.settings.exploration.budget_share,
+                            min_saving=min_saving, days=window_days(since, until))
 
 
 @io_task
@@ -195,13 +235,26 @@ def gate(ctx: LoopContext, proposal_id: str, dry_run: bool) -> str:
 
 
 @io_task
-def to_awaiting(ctx: LoopContext, proposal_id: str) -> str:
+def to_awaiting(ctx: LoopContext, proposal_id: str, reason: str = "gates PASSED") -> str:
     from store import ProposalState
 
     p = ctx.store.get_proposal(proposal_id)
     if p.state == ProposalState.GATED:
         p = ctx.store.transition_proposal(proposal_id, ProposalState.AWAITING_APPROVAL,
-                                          actor=ACTOR, reason="gates PASSED")
+                                          actor=ACTOR, reason=reason)
+    return p.state.value
+
+
+@io_task
+def reject(ctx: LoopContext, proposal_id: str, reason: str) -> str:
+    """Gates FAILED or ERROR: the proposal ends rejected with the gates' reason, and its spec
+    is never proposed again against this baseline (``loop.nightly.not_again``)."""
+    from store import ProposalState
+
+    p = ctx.store.get_proposal(proposal_id)
+    if p.state == ProposalState.GATED:
+        p = ctx.store.transition_proposal(proposal_id, ProposalState.REJECTED, actor=ACTOR,
+                                          reason=reason)
     return p.state.value
 
 
@@ -218,6 +271,27 @@ def decide(ctx: LoopContext, proposal_id: str, approver: str | None) -> Approval
 
     return decide_proposal(ctx.store, ctx.store.get_proposal(proposal_id), approver=approver,
                            settings=ctx.settings, ask_owner=ask_owner)
+
+
+@io_task
+def running_rollout(ctx: LoopContext) -> str | None:
+    from controlplane.loop.nightly import rollout_blocks
+
+    return rollout_blocks(ctx.store.current_rollout())
+
+
+@io_task
+def start_canary(ctx: LoopContext, proposal_id: str, share: float) -> dict[str, Any]:
+    """Progressive delivery: the approved candidate serves ``share`` of new tasks beside the
+    active policy (the gateway follows the store without a restart). The same evidence
+    checks as a promotion come first: no candidate meets traffic without its own gates."""
+    from controlplane.loop.promotion import require_own_evidence
+
+    require_own_evidence(ctx.store, ctx.store.get_proposal(proposal_id))
+    r = ctx.store.start_rollout(proposal_id, share=share, actor=ACTOR,
+                                reason=f"approved and gated: canary at {share:.0%} of new "
+                                "tasks")
+    return r.as_dict()
 
 
 @io_task
@@ -248,7 +322,12 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
     in-process caller such as the demo hands over its fleet), else through the gateway at
     ``gateway_url``, else through a fleet started for the run."""
     from controlplane.loop.gating import serving_for
-    from controlplane.loop.nightly import default_window, predicted_record
+    from controlplane.loop.nightly import (
+        choose_exploration,
+        default_window,
+        exploration_budget,
+        predicted_record,
+    )
 
     with LoopContext.open(state_dir) as ctx:
         ctx.gates = gate_serving or serving_for(ctx.state, gateway_url=gateway_url)
@@ -267,6 +346,11 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
                 summary["skipped"] = done
                 _say(done)
                 return summary
+            canary = running_rollout(ctx)
+            if canary:
+                summary["skipped"] = canary
+                _say(canary)
+                return summary
             resume = unfinished(ctx, window_label)
             if resume is not None:
                 summary["resumed"] = resume
@@ -275,6 +359,7 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
             summary["ingest"] = ingest_spans(ctx)
             observed = observe(ctx, since, until)
             summary["observed"] = observed["metrics"]
+            summary["anomalies"] = spend_anomalies(ctx, since, until)
             if not observed["metrics"]:
                 summary["skipped"] = f"no telemetry in {window_label}"
                 return summary
@@ -287,12 +372,24 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
                                    "trials": getattr(candidates, "trials", None),
                                    "ranked": len(candidates),
                                    "widen": getattr(candidates, "widen", None)}
-            choice = choose(candidates, proposed_hashes(ctx, window_label), max_gated,
-                            min_saving)
+            bought = exploration_bought(ctx, window, candidates)
+            if bought:
+                summary["exploration_bought"] = bought
+            refused = proposed_hashes(ctx, window_label)
+            choice = choose(candidates, refused, max_gated, min_saving)
             summary["skipped_candidates"] = choice.skipped
             active_estimate = getattr(candidates, "active_estimate", None)
             todo = [record_proposal(ctx, c, window_label, predicted_record(c, active_estimate))
                     for c in choice.chosen]
+            if not todo and ctx.settings.exploration.enabled:
+                plan = plan_explore(ctx, window, candidates, since, until, min_saving)
+                pick, why = choose_exploration(plan, refused)
+                summary["exploration"] = {**plan.record(), "chosen": pick is not None,
+                                          "why": why}
+                if pick is not None:
+                    todo.append(record_proposal(
+                        ctx, pick, window_label,
+                        predicted_record(pick, active_estimate, exploration_budget(plan))))
             _carry_through(ctx, todo, summary, approver, dry_run)
             return summary
         finally:
@@ -303,7 +400,7 @@ def _carry_through(ctx: LoopContext, proposal_ids: list[str], summary: dict[str,
                    approver: str | None, dry_run: bool) -> None:
     """Move each proposal along its lifecycle as far as tonight allows (sequencing only:
     every decision is ``next_step``); stop after the first promotion."""
-    from controlplane.loop.nightly import next_step
+    from controlplane.loop.nightly import canary_first, next_step
 
     for pid in proposal_ids:
         entry: dict[str, Any] = {"proposal_id": pid}
@@ -317,20 +414,30 @@ def _carry_through(ctx: LoopContext, proposal_ids: list[str], summary: dict[str,
                 if dry_run:
                     entry["stopped"] = "dry run"
                     break
+            elif step.action == "reject":
+                reject(ctx, pid, step.reason)
+                entry["stopped"] = step.reason
+                break
             elif step.action == "await_approval" and state == "gated":
-                to_awaiting(ctx, pid)
+                to_awaiting(ctx, pid, step.reason)
             elif step.action == "await_approval":
                 entry["decision"] = decide(ctx, pid, approver).model_dump()
             elif step.action == "promote":
-                entry["active_version"] = promote(ctx, pid)
+                rollout = ctx.settings.rollout
+                first = canary_first(ctx.store.get_proposal(pid).lever, rollout.steps,
+                                     rollout.exempt_levers)
+                if first is None:
+                    entry["active_version"] = promote(ctx, pid)
+                else:
+                    entry["canary"] = start_canary(ctx, pid, first)
                 break
             else:
                 entry["stopped"] = step.reason
                 break
         entry["state"] = proposal_state(ctx, pid)[0]
         entry["report"] = write_report(ctx, pid)
-        if "active_version" in entry:
-            break  # one promotion a night: the next night judges it
+        if "active_version" in entry or "canary" in entry:
+            break  # one promotion (or canary) a night: the verify flow judges it next
 
 
 @io_task

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from contracts.documents import Strict, dump_yaml, load_yaml_document
 from serving.collector import CollectorSpec
@@ -66,6 +66,36 @@ class VerifySettings(Strict):
     max_looks: int = Field(default=7, ge=1, description="nightly looks before settling")
 
 
+class ExplorationSettings(Strict):
+    """Exploration changes (``experiments.exploration``): shadow attempts bought where thin
+    evidence blocks a promising candidate, within a budget set as a share of spend."""
+
+    enabled: bool = Field(default=True, description="propose exploration changes nightly")
+    budget_share: float = Field(
+        default=0.02, ge=0, le=0.2,
+        description="share of the window's spend exploration may add (shown as $ per day)")
+
+
+class RolloutSettings(Strict):
+    """Progressive delivery of a promoted change (docs/loop.md): the canary's steps as
+    shares of new tasks; the last step, 1.0, is the promotion. ``[1.0]``: promote at once."""
+
+    steps: list[float] = Field(default_factory=lambda: [0.25, 1.0], min_length=1)
+    min_tasks: int = Field(default=150, ge=2,
+                           description="tasks in each arm before a step may advance")
+    exempt_levers: list[str] = Field(
+        default_factory=lambda: ["exploration"],
+        description="levers promoted at once (exploration changes nothing callers see)")
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending_to_one(cls, v: list[float]) -> list[float]:
+        if any(not 0 < s <= 1 for s in v) or any(b <= a for a, b in zip(v, v[1:])) \
+                or v[-1] != 1.0:
+            raise ValueError(f"steps must rise strictly within (0, 1] and end at 1.0 (got {v})")
+        return v
+
+
 class DistillSettings(Strict):
     """``autopilot.yaml`` ``distillation:`` section. Everything is off by default."""
 
@@ -117,6 +147,14 @@ class Settings(Strict):
     verify: VerifySettings = Field(
         default_factory=VerifySettings,
         description="sequential verification of promoted policies (docs/loop.md)",
+    )
+    rollout: RolloutSettings = Field(
+        default_factory=RolloutSettings,
+        description="canary steps of a promoted change (docs/loop.md)",
+    )
+    exploration: ExplorationSettings = Field(
+        default_factory=ExplorationSettings,
+        description="exploration changes and their budget (docs/loop.md)",
     )
     distillation: DistillSettings = Field(
         default_factory=DistillSettings,

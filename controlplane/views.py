@@ -21,6 +21,8 @@ __all__ = [
     "history_rows",
     "metric_options",
     "metrics_rows",
+    "pin_check",
+    "pin_check_lines",
     "print_rows",
     "read_metric_frames",
 ]
@@ -28,6 +30,57 @@ __all__ = [
 
 # What ``fleet show`` says of an API-priced variant's pins.
 API_PRICED_PINS = "api-priced, no weights to pin"
+
+
+def pin_check(fleet: FleetManifest, manifest_path: Any, reports: Any) -> dict[str, Any]:
+    """``fleet verify`` as one dict: per variant or adapter (``contracts.manifest.PinReport``)
+    the files it pins and its mismatched, missing and extra files by path."""
+    from collections import Counter
+
+    def paths(r: Any, kind: str) -> list[str]:
+        return [p.path for p in r.problems if p.kind == kind]
+
+    checked = [{
+        "target": r.target, "tier": r.tier, "variant": r.variant, "adapter": r.adapter,
+        "directory": r.directory, "api_priced": r.api_priced, "pinned": r.pinned,
+        "ok": r.ok, "mismatched": paths(r, "mismatch"), "missing": paths(r, "missing"),
+        "extra": paths(r, "extra"), "unpinned": bool(paths(r, "unpinned")),
+        "problems": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in r.problems],
+    } for r in reports]
+    kinds = Counter(p.kind for r in reports for p in r.problems)
+    return {"fleet": fleet.metadata.name, "manifest": str(manifest_path),
+            "content_hash": fleet.content_hash, "ok": all(r.ok for r in reports),
+            "checked": checked,
+            "totals": {"targets": len(reports), "failing": sum(not r.ok for r in reports),
+                       "files_pinned": sum(r.pinned for r in reports),
+                       "mismatched": kinds["mismatch"], "missing": kinds["missing"],
+                       "extra": kinds["extra"], "unpinned": kinds["unpinned"]}}
+
+
+def pin_check_lines(result: dict[str, Any]) -> list[str]:
+    """``pin_check`` for people: a line per variant or adapter, then one per problem."""
+    lines = [f"fleet {result['fleet']} ({result['content_hash'][:12]}): {result['manifest']}"]
+    width = max([len(c["target"]) for c in result["checked"]] + [8])
+    for c in result["checked"]:
+        if c["api_priced"]:
+            lines.append(f"{c['target']:<{width}}  api     API-priced: no weights to pin, "
+                         "nothing checked")
+        elif c["ok"]:
+            lines.append(f"{c['target']:<{width}}  ok      {c['pinned']} pinned file(s) match, "
+                         f"nothing else in {c['directory']}")
+        else:
+            lines.append(f"{c['target']:<{width}}  FAILED  {len(c['problems'])} problem(s) in "
+                         f"{c['directory']}")
+            lines += [f"    {p['kind']:<9} {p['path']}"
+                      + ("" if p["detail"] in (p["kind"], "missing") else f": {p['detail']}")
+                      for p in c["problems"]]
+    t = result["totals"]
+    verdict = "every pin holds" if result["ok"] else (
+        f"{t['failing']} with problems: {t['mismatched']} mismatched, {t['missing']} missing, "
+        f"{t['extra']} extra file(s), {t['unpinned']} without pins")
+    lines.append(f"{t['targets']} variant(s)/adapter(s), {t['files_pinned']} pinned file(s): "
+                 f"{verdict}")
+    return lines
 
 
 def fleet_rows(fleet: FleetManifest) -> list[dict[str, Any]]:

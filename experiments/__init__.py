@@ -29,12 +29,15 @@ _HOME = {
     "Candidate": "experiments.search",
     "search_candidates": "experiments.search",
     "run_whatif": "experiments.whatif",
+    "ExplorationPlan": "experiments.exploration",
+    "plan_exploration": "experiments.exploration",
 }
 
 __all__ = [
     "Candidate",
     "Deltas",
     "Estimate",
+    "ExplorationPlan",
     "Interval",
     "OutcomeModels",
     "ReplayContext",
@@ -44,6 +47,7 @@ __all__ = [
     "estimate",
     "fit_outcome_models",
     "load_estimator_window",
+    "plan_exploration",
     "replay_policy",
     "run_whatif",
     "search_candidates",

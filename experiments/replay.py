@@ -278,7 +278,7 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
     from policies.routing import (
         first_tier_probabilities,
         resolve_routing,
-        shadow_tier,
+        shadow_targets,
         tier_plan,
     )
 
@@ -347,16 +347,18 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
 
         # Shadow: the first attempt also runs on another tier of the order (evaluation).
         shadow = np.zeros(len(rows))
-        if routing.shadow_rate > 0 and n_starts > 1:
+        if routing.shadow_rate > 0:
             for s, (plan, codes) in enumerate(plans):
-                first = plan[0].tier
-                others = n_starts - 1
-                for m in range(others):
-                    tier = shadow_tier(policy, family, first, 0.0, (m + 0.5) / others)
-                    if tier is None:
-                        continue
-                    t_plan = plans[routing.escalation.index(tier)][1][0]
-                    shadow += mix[:, s] * routing.shadow_rate / others * price(t_plan)
+                targets = shadow_targets(routing, plan[0].tier)
+                for tier in targets:
+                    if tier in routing.escalation:
+                        t_code = plans[routing.escalation.index(tier)][1][0]
+                    else:  # a shadow-only tier (exploration): its first attempt's price
+                        t_code = w.combo_index(tier, spec.quantization.get(tier), None)
+                    if t_code < 0:
+                        raise ValueError(f"policy v{policy.metadata.version}: a shadow on "
+                                         f"{tier} uses a combination the fleet does not serve")
+                    shadow += mix[:, s] * routing.shadow_rate / len(targets) * price(t_code)
         for name in ("green", "fpy", "serve", "rework", "verifier", "attempts",
                      "unsupported", "budget_exceeded"):
             stacked = np.stack([v[name] for v in per_start], axis=1)

@@ -132,6 +132,10 @@ class SearchResult(list):
         self.trials = trials
         self.seconds = seconds
         self.executor = executor
+        # The replay context and bootstrap weights the candidates were estimated with: a
+        # follow-up estimate (an exploration change) is paired with the same resamples.
+        self.context: ReplayContext | None = None
+        self.weights: np.ndarray | None = None
 
 
 def _family_spend_and_saving(window: Window, fleet, active, context: ReplayContext
@@ -579,6 +583,7 @@ def search_candidates(window, fleet, active_policy, *,
     active_est = estimate(active_policy, window, context=ctx, weights=weights, level=level)
     result = SearchResult(active_estimate=active_est, evaluated=len(evaluated),
                           trials=n_trials, executor=executor)
+    result.context, result.weights = ctx, weights
     # Intervals decide feasibility, and the search ranks on points: a candidate just inside
     # the margin on its point often fails on its interval, and such near-misses can fill the
     # first places. Estimating three times as many and putting the feasible first keeps a

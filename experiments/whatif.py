@@ -138,7 +138,9 @@ def run_whatif(telemetry: Sequence[str | Path], fleet_path: str | Path, active_p
                lever: str = "routing", out: str | Path | None = None, candidates: int = 10,
                since: str | None = None, until: str | None = None, trials: int = 8,
                per_trial: int = 32, seed: int = 0, executor: str = "tune",
-               progress: bool = True) -> WhatifReport:
+               progress: bool = True, widen: dict[str, float] | None = None) -> WhatifReport:
+    """``widen``: per lever, the interval inflation of the calibration record (the same the
+    nightly applies, ``controlplane.loop.calibration``), so whatif and the nightly agree."""
     from contracts.manifest import load_fleet
     from experiments.estimator import point_summary  # noqa: F401  (keeps import errors early)
     from experiments.search import search_candidates
@@ -152,7 +154,7 @@ def run_whatif(telemetry: Sequence[str | Path], fleet_path: str | Path, active_p
     levers: Any = "all" if lever == "all" else (lever,)
     result = search_candidates(window, fleet, active_policy, levers=levers,
                                candidates=candidates, trials=trials, per_trial=per_trial,
-                               seed=seed, progress=progress, executor=executor)
+                               seed=seed, progress=progress, executor=executor, widen=widen)
     out_dir = Path(out) if out is not None else None
     files: list[Path] = []
     records = []
@@ -173,7 +175,10 @@ def run_whatif(telemetry: Sequence[str | Path], fleet_path: str | Path, active_p
     active = _finite(active)
     report = WhatifReport(rows=[candidate_row(r) for r in records], active=active,
                           files=files, evaluated=result.evaluated, seconds=result.seconds,
-                          notes=notes + list(a.notes), candidates=records)
+                          notes=notes + list(a.notes) + [
+                              f"intervals of {k} widened x{v:.2f} by the calibration record"
+                              for k, v in sorted((widen or {}).items()) if v > 1.0],
+                          candidates=records)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         summary = {

@@ -11,6 +11,11 @@ volatile are ``timestamps``, every ``timing`` object (wall-clock latencies), and
 message of a gate that quotes a wall-clock figure (a gate with a non-empty ``timing``; its
 phase stays hashed). The store keeps the whole text under the sha256 of its bytes (which
 differs between reruns, as the timestamps do); the audit log records both hashes.
+
+A verdict is bound to what it judged: ``binding(bundle)`` is the (candidate hash, baseline
+hash, suite hash) a bundle names. The store refuses a bundle on a proposal whose candidate
+or baseline differs (``store.EvidenceMismatch``), and promotion checks the binding again
+(``binding_problems``, called by ``controlplane.loop.promotion``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "VOLATILE_KEYS",
+    "Binding",
     "RecordedEvidence",
+    "binding",
+    "binding_problems",
     "build_bundle",
     "build_error_bundle",
     "bundle_text",
@@ -176,6 +184,47 @@ def build_error_bundle(*, candidate: Any, baseline: Any, reason: str, detail: st
     return bundle
 
 
+@dataclass(frozen=True)
+class Binding:
+    """What a bundle's verdict is about: content hashes (None where the bundle names none)."""
+
+    candidate_hash: str | None
+    baseline_hash: str | None
+    suite_hash: str | None
+
+
+def binding(bundle: Any) -> Binding:
+    """The candidate, baseline and suite hashes a bundle names."""
+
+    def named(role: str) -> str | None:
+        part = bundle.get(role) if isinstance(bundle, dict) else None
+        value = part.get("content_hash") if isinstance(part, dict) else None
+        return value if isinstance(value, str) else None
+
+    return Binding(named("candidate"), named("baseline"), named("suite"))
+
+
+def binding_problems(bundle: Any, *, candidate_hash: str, baseline_hash: str,
+                     suite_hash: str | None) -> list[str]:
+    """Why ``bundle`` is not the gates' verdict on this candidate against this baseline on
+    this suite (``suite_hash`` None: any named suite): each problem names both hashes."""
+    if not isinstance(bundle, dict) or bundle.get("schema") != SCHEMA:
+        return [f"it is not a gate evidence bundle (schema {SCHEMA!r})"]
+    bound = binding(bundle)
+    problems = []
+    for role, named, expected in (("candidate", bound.candidate_hash, candidate_hash),
+                                  ("baseline", bound.baseline_hash, baseline_hash),
+                                  ("suite", bound.suite_hash, suite_hash)):
+        if named is None:
+            problems.append(f"it names no {role} hash"
+                            + (f" (expected {expected[:12]})" if expected else ""))
+        elif expected is not None and named != expected:
+            problems.append(f"it judged {role} {named[:12]}, not {expected[:12]}")
+    if bundle.get("dry_run") is True:
+        problems.append("it is a dry run's bundle (a dry run never records a verdict)")
+    return problems
+
+
 def hashable_view(bundle: dict[str, Any]) -> Any:
     """The bundle without its volatile parts (see the module docstring)."""
 
@@ -236,6 +285,7 @@ def record_evidence(store: Any, bundle: dict[str, Any], *, evidence_dir: str | P
                  "overall": bundle["overall"], "dry_run": bundle["dry_run"],
                  "candidate_hash": bundle["candidate"]["content_hash"],
                  "baseline_version": bundle["baseline"]["version"],
+                 "baseline_hash": bundle["baseline"]["content_hash"],
                  "suite_hash": (bundle["suite"] or {}).get("content_hash"),
                  "proposal_id": proposal_id,
                  "gates": {g["name"]: g["phase"] for g in bundle["gates"]}},

@@ -160,7 +160,7 @@ class FileCheck:
     variant: str
     adapter: str | None
     path: str
-    expected: str | None  # None: the variant or adapter pins no files at all
+    expected: str | None  # None: nothing pinned (no pins at all, or an extra file)
     actual: str | None  # None: the file is missing
     problem: str | None = None
 

@@ -133,8 +133,10 @@ def check_pinned_files(policy: Policy, fleet, manifest_dir: str | Path) -> list[
     """Hash every weight and adapter file the policy names; compare with the manifest.
 
     An API-priced variant has no weights (nor adapters): it gets one passing check whose
-    path says so (``API_PRICED_NO_PINS``), never a mismatch."""
-    from contracts.manifest import resolve_path, sha256_file
+    path says so (``API_PRICED_NO_PINS``), never a mismatch. A file in a weights or adapter
+    directory that the manifest does not pin is a failing check naming it (the engine would
+    load it: ``contracts.manifest.unpinned_files``)."""
+    from contracts.manifest import EXTRA_FILE, resolve_path, sha256_file, unpinned_files
 
     checks: list[FileCheck] = []
 
@@ -155,6 +157,9 @@ def check_pinned_files(policy: Policy, fleet, manifest_dir: str | Path) -> list[
                 f"sha256 {actual[:12]}... != manifest {expected[:12]}..."
             checks.append(FileCheck(tier, variant, adapter, str(path), expected, actual,
                                     problem))
+        for rel in unpinned_files(root, files):
+            checks.append(FileCheck(tier, variant, adapter, str(root / rel), None, None,
+                                    EXTRA_FILE))
 
     for tier, variant_name, adapters in pinned_targets(policy, fleet):
         variant = fleet.tier(tier).variant(variant_name)

@@ -71,11 +71,20 @@ class RoutingOverride(Strict):
     thresholds: list[float] | None = None
     attempts_per_tier: int | None = Field(default=None, ge=1)
     max_attempts: int | None = Field(default=None, ge=1)
+    shadow_rate: float | None = Field(default=None, ge=0, le=1)
 
     _asc = field_validator("thresholds")(lambda cls, v: v if v is None else _ascending(v))
     _uniq = field_validator("escalation")(
         lambda cls, v: v if v is None else _unique(v, "escalation")
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_shadow_rate(self, handler: Any) -> Any:
+        # Added after policies were stored: left out when unset, so their hashes hold.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("shadow_rate") is None:
+            data.pop("shadow_rate", None)
+        return data
 
 
 class RoutingSpec(Strict):
@@ -103,10 +112,23 @@ class RoutingSpec(Strict):
     shadow_rate: float = Field(
         default=0.0, ge=0, le=1, description="share of tasks also run on one other tier as shadow"
     )
+    shadow_tiers: list[str] = Field(
+        default_factory=list,
+        description="tiers a shadow may run on (empty: any other tier of the escalation order)",
+    )
     families: dict[str, RoutingOverride] = Field(default_factory=dict)
 
     _asc = field_validator("thresholds")(lambda cls, v: _ascending(v))
     _uniq = field_validator("escalation")(lambda cls, v: _unique(v, "escalation"))
+    _uniq_shadow = field_validator("shadow_tiers")(lambda cls, v: _unique(v, "shadow_tiers"))
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_shadow_tiers(self, handler: Any) -> Any:
+        # Added after policies were stored: left out when empty, so their hashes hold.
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("shadow_tiers"):
+            data.pop("shadow_tiers", None)
+        return data
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> RoutingSpec:
@@ -314,6 +336,8 @@ def validate_against_fleet(policy: Policy, fleet: FleetManifest) -> None:
     for fam, o in r.families.items():
         for i, name in enumerate(o.escalation or []):
             tier_ok(f"spec.routing.families.{fam}.escalation.{i}", name)
+    for i, name in enumerate(r.shadow_tiers):
+        tier_ok(f"spec.routing.shadow_tiers.{i}", name)
     for tier, variant in policy.spec.quantization.items():
         if tier_ok(f"spec.quantization.{tier}", tier):
             names = [v.name for v in tiers[tier].variants]

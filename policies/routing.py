@@ -23,13 +23,30 @@ __all__ = [
     "difficulty_score",
     "feature_number",
     "first_tier_probabilities",
+    "in_canary",
     "resolve_routing",
+    "shadow_targets",
     "shadow_tier",
     "start_index",
     "tier_plan",
 ]
 
 Feature = float | int | bool | str | None
+
+
+def canary_draw(task_id: str) -> float:
+    """A uniform draw in [0, 1) fixed by the task id alone (no seed): which tasks a canary
+    serves is reproducible by anyone who knows the ids."""
+    import hashlib
+
+    digest = hashlib.sha256(f"canary:{task_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def in_canary(task_id: str, share: float) -> bool:
+    """Whether a new task goes to a running canary serving ``share`` of new tasks. Steps
+    only raise the share, so a task in the canary at 10% is in it at 50% too."""
+    return canary_draw(task_id) < share
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ class ResolvedRouting:
     max_attempts: int
     exploration_rate: float
     shadow_rate: float
+    shadow_tiers: tuple[str, ...]  # empty: any other tier of the escalation order
     router: str
     forced_start: int | None  # set by distillation: the index the task must start at
     adapter_tier: str | None
@@ -93,7 +111,8 @@ def resolve_routing(policy: Policy, family: str) -> ResolvedRouting:
         attempts_per_tier=pick("attempts_per_tier"),
         max_attempts=max_attempts,
         exploration_rate=r.exploration_rate,
-        shadow_rate=r.shadow_rate,
+        shadow_rate=float(pick("shadow_rate")),
+        shadow_tiers=tuple(r.shadow_tiers),
         router=r.router,
         forced_start=forced_start,
         adapter_tier=adapter_tier,
@@ -214,11 +233,20 @@ def shadow_tier(
 ) -> str | None:
     """The tier a shadow copy of the first attempt runs on, or None (no shadow this task).
 
-    ``draw < shadow_rate`` shadows, on ``others[floor(pick * len(others))]`` where ``others``
-    is the escalation order without the first attempt's tier.
+    ``draw < shadow_rate`` (the family's, else the policy's) shadows, on
+    ``others[floor(pick * len(others))]`` where ``others`` is ``shadow_targets``.
     """
     routing = resolve_routing(policy, family)
-    others = [t for t in routing.escalation if t != first_tier]
+    others = shadow_targets(routing, first_tier)
     if not others or draw >= routing.shadow_rate:
         return None
     return others[min(int(pick * len(others)), len(others) - 1)]
+
+
+def shadow_targets(routing: ResolvedRouting, first_tier: str) -> list[str]:
+    """The tiers a shadow of a first attempt on ``first_tier`` may run on: ``shadow_tiers``
+    when the policy names any (they may lie outside the escalation order: evidence on a
+    tier the policy does not route to is what exploration buys), else the rest of the
+    escalation order."""
+    pool = routing.shadow_tiers or routing.escalation
+    return [t for t in pool if t != first_tier]

@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 
-# HTTP 429 from a guardrail raises the contracts' one refusal type (``code``: one of
+# A guardrail refusal (HTTP 403, or 429 from a gateway before issue 15; error type
+# "guardrail") raises the contracts' one refusal type (``code``: one of
 # contracts.guardrails.CAPS); the old name stays importable.
 
 
@@ -185,7 +186,7 @@ class GatewayClient:
         error = payload.get("error", {}) if isinstance(payload, dict) else {}
         error = error if isinstance(error, dict) else {"message": str(error)}
         message = error.get("message") or str(payload)[:500]
-        if status == 429 and error.get("type") == "guardrail":
+        if status in (403, 429) and error.get("type") == "guardrail":
             raise GuardrailRefusal(error.get("code", "unknown"), message)
         if status >= 500:
             raise GatewayUnavailable(f"HTTP {status} from {path}: {message}")

@@ -1,8 +1,10 @@
 """An adapter around vLLM's ``AsyncLLM`` (v1 engine) for one tier variant of the fleet.
 
 The engine is started from a variant's pinned weights: every weight and adapter file is
-checked against the manifest's sha256 *before* vLLM is touched, and a mismatch refuses the
-start with the file named (``PinnedWeightsMismatch``). Decoding is deterministic
+checked against the manifest's sha256 *before* vLLM is touched, and the weights and adapter
+directories must hold nothing else (vLLM loads whatever the directory holds: an unlisted
+``model.safetensors.index.json`` would point it at unlisted shards); a mismatch, a missing
+file or an extra file refuses the start with the file named (``PinnedWeightsMismatch``). Decoding is deterministic
 (temperature 0, a fixed seed). The same code runs the vLLM CPU build and the CUDA build:
 only the KV-cache sizing differs, behind ``_on_cpu()``.
 
@@ -37,7 +39,8 @@ __all__ = [
 
 
 class PinnedWeightsMismatch(PermanentError):
-    """A weight or adapter file does not match the sha256 the fleet manifest pins."""
+    """A weight or adapter file does not match the sha256 the fleet manifest pins, is
+    missing, or is not pinned at all (an extra file in a pinned directory)."""
 
     def __init__(self, tier: str, variant: str, problems: Sequence[tuple[str, str]]):
         self.tier, self.variant, self.problems = tier, variant, list(problems)
@@ -112,7 +115,8 @@ def verify_variant(manifest: FleetManifest, manifest_dir: str | Path, tier: str,
                    variant: str | None = None) -> PinnedVariant:
     """Check every weight and adapter file of ``tier``/``variant`` against the manifest.
 
-    Raises ``PinnedWeightsMismatch`` naming each missing or altered file; a variant that
+    Raises ``PinnedWeightsMismatch`` naming each missing, altered or extra file (the weights
+    directory and each adapter directory hold exactly their pinned files); a variant that
     pins no files at all is refused too (nothing would be checked).
     """
     v: Variant = manifest.tier(tier).variant(variant)

@@ -1,10 +1,13 @@
 """The gateway: a FastAPI ingress deployment on Ray Serve in front of the tier deployments.
 
 HTTP in, ``GatewayCore`` (routing, guardrails, cache, telemetry) in the middle, tier
-deployment handles out. A background thread polls the store's active pointer every
-``reload_interval_s``; when a new version is active it first deploys any tier deployment
-the new policy needs that is not running, then swaps the policy in one assignment.
-Requests in flight keep the policy snapshot they started with.
+deployment handles out. The OpenAI surface (JSON or server-sent events, OpenAI's error
+shape for every refusal, unknown path and uncaught error) is ``serving.openai_http``. A
+background thread polls the store's active pointer every ``reload_interval_s``; when a
+new version is active it first deploys any tier deployment the new policy needs that is
+not running, then swaps the policy in one assignment. It follows a running canary the same
+way: the canary's version serves its share of new tasks beside the active one. Requests in
+flight keep the policy snapshot they started with.
 
 This module imports Ray and FastAPI at import time: only ``serving.fleet`` imports it,
 inside ``start_fleet``.
@@ -18,37 +21,27 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from contracts.errors import PermanentError, TransientError
-from contracts.guardrails import GuardrailRefusal
+from contracts.errors import PermanentError
 from contracts.manifest import load_fleet
-from policies.policy import DocumentError, validate_against_fleet
-from serving.engine import EngineOptions, UnknownAdapter
-from serving.gateway_core import GatewayCore, PolicyBook, UnknownModel
-from serving.protocol import BadRequest, parse_request
+from policies.policy import validate_against_fleet
+from serving.engine import EngineOptions
+from serving.gateway_core import GatewayCore, PolicyBook
+from serving.openai_http import complete_response, install_error_handlers, openai_error
 from serving.tiers import (
     DeploymentKey,
-    TierStartFailed,
     deploy_tiers,
     required_deployments,
     running_apps,
 )
-from store.errors import NotFoundError
 
 __all__ = ["GATEWAY_APP", "GatewayIngress", "gateway_application"]
 
 _log = logging.getLogger(__name__)
 GATEWAY_APP = "gateway"
-api = FastAPI(title="fleet-autopilot gateway")
-
-
-def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(status_code=status,
-                        content={"error": {"type": kind, "message": message, **extra}})
+api = install_error_handlers(FastAPI(title="fleet-autopilot gateway"))
 
 
 def _collector(config: dict[str, Any] | None):
@@ -146,6 +139,11 @@ class GatewayIngress:
                            self.core.policies.active.metadata.version, exc)
 
     def reload_once(self) -> bool:
+        """Follow the store: the active pointer, then the running canary (if any)."""
+        changed = self._reload_active()
+        return self._reload_canary() or changed
+
+    def _reload_active(self) -> bool:
         record = self.store.active_policy()
         current = self.core.policies.active
         if record is None or record.content_hash == current.content_hash and \
@@ -158,46 +156,32 @@ class GatewayIngress:
         _log.info("policy v%d (%s) is active", record.version, record.content_hash[:12])
         return True
 
-    # --------------------------------------------------------------------- endpoints
-    async def _complete(self, request: Request, kind: str):
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            return _error(400, "invalid_request", f"<body>: not JSON ({exc})", fields=["<body>"])
-        try:
-            parsed = parse_request(body, kind, request.headers.get("traceparent"))
-            result = await self.core.complete(parsed)
-            # orjson straight to bytes: FastAPI's generic encoder costs more than the routing.
-            return Response(orjson.dumps(result), media_type="application/json")
-        except BadRequest as exc:
-            return JSONResponse(status_code=400, content=exc.as_error())
-        except GuardrailRefusal as exc:
-            return JSONResponse(status_code=429, content=exc.as_error())
-        except (UnknownModel, UnknownAdapter) as exc:
-            return _error(400, "invalid_request", str(exc))
-        except TierStartFailed as exc:
-            return _error(503, "tier_unavailable", str(exc))
-        except DocumentError as exc:  # a named policy_version the fleet cannot serve
-            return _error(400, "invalid_request", f"autopilot.policy_version: {exc}",
-                          fields=["autopilot.policy_version"])
-        except NotFoundError as exc:  # a policy_version the store does not have
-            return _error(400, "invalid_request", f"autopilot.policy_version: {exc}",
-                          fields=["autopilot.policy_version"])
-        except PermanentError as exc:
-            return _error(400, "invalid_request", str(exc))
-        except TransientError as exc:
-            return _error(503, "unavailable", str(exc))
-        except Exception as exc:  # noqa: BLE001 - e.g. a tier replica died mid-call
-            _log.exception("request failed")
-            return _error(500, "internal", f"{type(exc).__name__}: {str(exc)[:500]}")
+    def _reload_canary(self) -> bool:
+        rollout = self.store.current_rollout()
+        canary = self.core.policies.canary
+        have = None if canary is None else (canary[0].metadata.version, canary[1])
+        want = None if rollout is None else (rollout.candidate_version, rollout.share)
+        if want == have:
+            return False
+        if rollout is None:
+            self.core.policies.set_canary(None)
+            _log.info("no canary: every new task on the active policy")
+            return True
+        policy = self._load_version(rollout.candidate_version)  # refused: keep the old one
+        self._deploy(required_deployments(policy, self.fleet))
+        self.core.policies.set_canary(policy, rollout.share)
+        _log.info("canary v%d serves %.0f%% of new tasks", rollout.candidate_version,
+                  100 * rollout.share)
+        return True
 
+    # --------------------------------------------------------------------- endpoints
     @api.post("/v1/completions")
     async def completions(self, request: Request):
-        return await self._complete(request, "completion")
+        return await complete_response(request, "completion", self.core.complete)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
-        return await self._complete(request, "chat")
+        return await complete_response(request, "chat", self.core.complete)
 
     @api.post("/autopilot/verified")
     async def verified(self, request: Request):
@@ -211,7 +195,7 @@ class GatewayIngress:
                     and isinstance(passed, bool)):
                 raise TypeError("task_id must be a string, attempt an integer, passed a bool")
         except (ValueError, KeyError, TypeError) as exc:
-            return _error(400, "invalid_request", f"verified: {exc}")
+            return openai_error(400, f"verified: {exc}", code="invalid_value")
         return await self.core.report_verified(task_id, attempt, passed)
 
     @api.get("/healthz")
@@ -227,7 +211,11 @@ class GatewayIngress:
     @api.get("/autopilot/policy")
     async def policy(self) -> dict[str, Any]:
         p = self.core.policies.active
-        return {"version": p.metadata.version, "content_hash": p.content_hash}
+        canary = self.core.policies.canary
+        return {"version": p.metadata.version, "content_hash": p.content_hash,
+                "canary": None if canary is None else {
+                    "version": canary[0].metadata.version,
+                    "content_hash": canary[0].content_hash, "share": canary[1]}}
 
     @api.get("/autopilot/stats")
     async def stats(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from policies.policy import Policy
 from policies.routing import (
     attempt_tier_probabilities,
     choose_start,
+    in_canary,
     resolve_routing,
     shadow_tier,
     tier_plan,
@@ -110,9 +111,30 @@ class PolicyBook:
         self._active = active
         self._load_version = load_version
         self._versions: dict[int, Policy] = {active.metadata.version: active}
+        self._canary: tuple[Policy, float] | None = None
 
     @property
     def active(self) -> Policy:
+        return self._active
+
+    @property
+    def canary(self) -> tuple[Policy, float] | None:
+        """The canary policy and the share of new tasks it serves, or None."""
+        return self._canary
+
+    def set_canary(self, policy: Policy | None, share: float = 0.0) -> None:
+        if policy is None:
+            self._canary = None
+            return
+        self._versions[policy.metadata.version] = policy
+        self._canary = (policy, share)  # one reference assignment: atomic for readers
+
+    def for_new_task(self, task_id: str) -> Policy:
+        """The policy a new task starts under: the canary for its share of tasks (a stable
+        hash of the task id, ``policies.routing.in_canary``), else the active one."""
+        canary = self._canary
+        if canary is not None and in_canary(task_id, canary[1]):
+            return canary[0]
         return self._active
 
     def swap(self, policy: Policy) -> None:
@@ -170,7 +192,11 @@ class GatewayCore:
 
     async def route(self, req: ParsedRequest) -> tuple[Policy, RouteDecision]:
         """The policy snapshot and the tier this attempt uses."""
-        policy = await self.policies.get(req.ctx.policy_version)
+        if (req.ctx.policy_version is None and req.ctx.purpose == "serve"
+                and req.task_id not in self.routes):
+            policy = self.policies.for_new_task(req.task_id)  # a canary's share, or active
+        else:
+            policy = await self.policies.get(req.ctx.policy_version)
         family = req.ctx.family or ""
         routing = resolve_routing(policy, family)
         if req.model != "auto":

@@ -81,12 +81,13 @@ class DeploymentKey:
 
 
 def policy_tiers(policy: Policy) -> list[str]:
-    """Every tier a policy can route to: escalation orders (policy-wide and per family) and
-    distillation targets, in first-seen order."""
+    """Every tier a policy can route to: escalation orders (policy-wide and per family),
+    distillation targets and shadow tiers, in first-seen order."""
     spec = policy.spec
     seen: list[str] = []
     orders = [spec.routing.escalation] + [o.escalation or [] for o in spec.routing.families.values()]
     orders.append([d.tier for d in spec.distillation.values()])
+    orders.append(spec.routing.shadow_tiers)  # shadows may run on tiers outside every order
     for order in orders:
         for tier in order:
             if tier not in seen:

@@ -1,6 +1,6 @@
 """The autopilot's record: policy versions and the active pointer, proposals and their
 lifecycle, gate evidence, approvals, leases, the calibration record (predicted against
-realised per verify look), and the hash-chained audit log.
+realised per verify look), spend anomalies, and the hash-chained audit log.
 
 SQLite under the state directory by default (``Store.for_state_dir``), PostgreSQL by URL
 (``Store.open``). Rule violations raise ``StoreError`` subclasses (permanent); a busy or
@@ -10,6 +10,7 @@ unreachable database raises ``StoreBusy`` (transient).
 from store.database import DATABASE_FILENAME, Store
 from store.errors import (
     DecisionAlreadyRecorded,
+    EvidenceMismatch,
     IllegalTransition,
     NotFoundError,
     PolicyVersionConflict,
@@ -22,6 +23,7 @@ from store.errors import (
 from store.records import (
     ALLOWED_TRANSITIONS,
     ActivationRecord,
+    AnomalyRecord,
     ApprovalRecord,
     AuditEntry,
     AuditVerification,
@@ -33,6 +35,7 @@ from store.records import (
     PolicyRecord,
     ProposalRecord,
     ProposalState,
+    RolloutRecord,
     proposal_id_for,
 )
 from store.schema import SCHEMA_VERSION, register_migration
@@ -42,12 +45,14 @@ __all__ = [
     "DATABASE_FILENAME",
     "SCHEMA_VERSION",
     "ActivationRecord",
+    "AnomalyRecord",
     "ApprovalRecord",
     "AuditEntry",
     "AuditVerification",
     "CalibrationRecord",
     "Decision",
     "DecisionAlreadyRecorded",
+    "EvidenceMismatch",
     "EvidenceRecord",
     "GateVerdict",
     "IllegalTransition",
@@ -58,6 +63,7 @@ __all__ = [
     "PromotionRefused",
     "ProposalRecord",
     "ProposalState",
+    "RolloutRecord",
     "SchemaVersionError",
     "Store",
     "StoreBusy",

@@ -1,6 +1,6 @@
 """The store: policy versions and the active pointer, proposals, evidence, approvals,
-leases, the calibration record and the audit log, in one SQL database (SQLite file by
-default, PostgreSQL by URL).
+leases, the calibration record, spend anomalies and the audit log, in one SQL database
+(SQLite file by default, PostgreSQL by URL).
 
 Every write runs in one transaction that first takes the store's write lock (BEGIN
 IMMEDIATE on SQLite; a row lock on the audit chain head elsewhere), does its work, and
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from policies.policy import Policy, load_policy
 from store.audit import AuditSeqConflict, append_entry, row_to_entry, verify_chain
 from store.errors import (
     DecisionAlreadyRecorded,
+    EvidenceMismatch,
     IllegalTransition,
     NotFoundError,
     PolicyVersionConflict,
@@ -40,6 +41,7 @@ from store.errors import (
 from store.records import (
     ALLOWED_TRANSITIONS,
     ActivationRecord,
+    AnomalyRecord,
     ApprovalRecord,
     AuditEntry,
     AuditVerification,
@@ -53,9 +55,11 @@ from store.records import (
     ProposalState,
     proposal_id_for,
 )
+from store.rollouts import RolloutsMixin
 from store.schema import (
     activations,
     active_policy,
+    anomalies,
     approvals,
     audit_entries,
     audit_head,
@@ -185,6 +189,51 @@ def _evidence_record(row: Row[Any]) -> EvidenceRecord:
     )
 
 
+# The schema of the gates' evidence bundles (``gates.evidence.SCHEMA``). The store reads
+# three things from such a bundle, nothing else: the content hashes of the candidate and
+# the baseline it judged (``candidate.content_hash``, ``baseline.content_hash``) and its
+# ``overall`` verdict.
+GATE_EVIDENCE_SCHEMA = "autopilot.gate-evidence"
+
+
+def _named_hash(data: Any, role: str) -> str | None:
+    part = data.get(role) if isinstance(data, dict) else None
+    value = part.get("content_hash") if isinstance(part, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _binding_problems(data: Any, proposal: Row[Any]) -> list[str]:
+    """Why a bundle is not evidence about this proposal: it names a candidate or baseline
+    hash other than the proposal's (a gate-evidence bundle must name both)."""
+    gate_bundle = isinstance(data, dict) and data.get("schema") == GATE_EVIDENCE_SCHEMA
+    problems = []
+    for role, expected in (("candidate", proposal.candidate_hash),
+                           ("baseline", proposal.baseline_hash)):
+        named = _named_hash(data, role)
+        if named is None:
+            if gate_bundle:
+                problems.append(f"it names no {role} hash (the proposal's {role} is "
+                                f"{expected[:12]})")
+        elif named != expected:
+            problems.append(f"it judged {role} {named[:12]} but the proposal's {role} is "
+                            f"{expected[:12]}")
+    return problems
+
+
+def _verdict_problems(data: Any, verdict: str) -> list[str]:
+    """Why a bundle does not back this verdict: its ``overall`` is another one, or it is
+    a dry run's bundle (which never records a verdict)."""
+    if not isinstance(data, dict):
+        return []
+    problems = []
+    overall = data.get("overall")
+    if overall is not None and overall != verdict:
+        problems.append(f"its overall verdict is {overall}, not {verdict}")
+    if data.get("dry_run") is True:
+        problems.append("it is a dry run's bundle")
+    return problems
+
+
 def _calibration_record(row: Row[Any]) -> CalibrationRecord:
     return CalibrationRecord(
         record_id=row.record_id,
@@ -209,6 +258,55 @@ def _calibration_record(row: Row[Any]) -> CalibrationRecord:
     )
 
 
+def _anomaly_record(row: Row[Any]) -> AnomalyRecord:
+    return AnomalyRecord(
+        anomaly_id=row.anomaly_id,
+        granularity=row.granularity,
+        scope=row.scope,
+        key=row.key,
+        period_start=row.period_start,
+        spend_usd=row.spend_usd,
+        baseline_usd=row.baseline_usd,
+        threshold_usd=row.threshold_usd,
+        history=row.history,
+        detected_by=row.detected_by,
+        detected_at=row.detected_at,
+    )
+
+
+_ANOMALY_GRANULARITIES = ("hour", "day")
+
+
+def _anomaly_values(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of one anomaly to record, checked (a bad one refuses the whole batch)."""
+    try:
+        granularity, scope, key = item["granularity"], item["scope"], item["key"]
+        period, history = item["period_start"], item["history"]
+        figures = {name: item[name] for name in ("spend_usd", "baseline_usd", "threshold_usd")}
+    except (KeyError, TypeError) as exc:
+        raise StoreError(f"an anomaly needs granularity, scope, key, period_start, spend_usd, "
+                         f"baseline_usd, threshold_usd and history (got {item!r})") from exc
+    if granularity not in _ANOMALY_GRANULARITIES:
+        raise StoreError(f"anomaly granularity must be one of {_ANOMALY_GRANULARITIES} "
+                         f"(got {granularity!r})")
+    _require_text("anomaly scope", scope)
+    _require_text("anomaly key", key)
+    if hasattr(period, "to_pydatetime"):  # a pandas Timestamp
+        period = period.to_pydatetime()
+    if not isinstance(period, datetime) or period.tzinfo is None:
+        raise StoreError(f"anomaly period_start must be an aware datetime (got {period!r})")
+    for name, value in figures.items():
+        number = _finite_or_none(value)
+        if number is None or number < 0:
+            raise StoreError(f"anomaly {name} must be a finite non-negative number "
+                             f"(got {value!r})")
+        figures[name] = number
+    if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+        raise StoreError(f"anomaly history must be a non-negative integer (got {history!r})")
+    return {"granularity": granularity, "scope": scope, "key": key,
+            "period_start": period.astimezone(UTC), "history": history, **figures}
+
+
 def _finite_or_none(value: float | None) -> float | None:
     if value is None:
         return None
@@ -226,7 +324,7 @@ def _approval_record(row: Row[Any]) -> ApprovalRecord:
     )
 
 
-class Store:
+class Store(RolloutsMixin):
     """The autopilot's record. Open with ``Store.open(url)`` or ``Store.for_state_dir(dir)``.
 
     Thread-safe: every call checks a connection out of the engine's pool for its own
@@ -487,6 +585,8 @@ class Store:
             proposal = self._proposal_row(conn, proposal_id)
             proposal_move = (proposal, self._proposal_move_for_activation(
                 proposal, version, current_version))
+            if proposal_move[1] is ProposalState.ACTIVE:
+                self._check_promotion_evidence(conn, proposal, current_version)
         elif current_version == version:
             assert current is not None
             row = conn.execute(
@@ -521,12 +621,46 @@ class Store:
         return ActivationRecord(activation_id, version, current_version, actor, reason,
                                 proposal_id, now)
 
+    def _check_promotion_evidence(self, conn: Connection, proposal: Row[Any],
+                                  current_version: int | None) -> None:
+        """Refuse to promote a proposal whose recorded evidence is not about it (checked
+        again here, in the promotion's transaction, whatever happened since recording).
+        A verdict recorded without a bundle passes here; the product's promotion
+        (``controlplane.loop.promotion``) requires one."""
+        if proposal.evidence_hash is None:
+            return
+        sha = proposal.evidence_hash
+        try:
+            record = _evidence_record(self._evidence_row(conn, sha))
+        except StoreError as err:
+            raise PromotionRefused(
+                f"proposal {proposal.proposal_id}: its evidence bundle {sha[:12]} cannot be "
+                f"trusted ({err}); policy v{current_version} stays active") from None
+        problems = []
+        if record.candidate_hash != proposal.candidate_hash:
+            problems.append(f"it is stored for candidate {record.candidate_hash[:12]}, not "
+                            f"{proposal.candidate_hash[:12]}")
+        if record.proposal_id != proposal.proposal_id:
+            problems.append(f"it belongs to proposal {record.proposal_id}")
+        try:
+            data = json.loads(record.json_text)
+        except ValueError:
+            data = None
+            problems.append("it is not JSON")
+        problems += _binding_problems(data, proposal)
+        if proposal.gate_verdict is not None:
+            problems += _verdict_problems(data, proposal.gate_verdict)
+        if problems:
+            raise PromotionRefused(
+                f"proposal {proposal.proposal_id}: its evidence bundle {sha[:12]} does not "
+                f"back it: {'; '.join(problems)}; policy v{current_version} stays active")
+
     @staticmethod
     def _proposal_move_for_activation(
         proposal: Row[Any], version: int, current_version: int | None
     ) -> ProposalState:
         pid, state = proposal.proposal_id, ProposalState(proposal.state)
-        if state is ProposalState.APPROVED:
+        if state in (ProposalState.APPROVED, ProposalState.CANARY):
             if version != proposal.candidate_version:
                 raise PromotionRefused(
                     f"proposal {pid} promotes policy v{proposal.candidate_version}, "
@@ -651,7 +785,11 @@ class Store:
         def work(conn: Connection, now: datetime) -> ProposalRecord:
             row = self._proposal_row(conn, proposal_id)
             self._check_transition(row, target)
-            if target in (ProposalState.APPROVED, ProposalState.REJECTED):
+            # A person's decision goes through record_decision; the one rejection without an
+            # approver is the gates' own (FAILED or ERROR), straight from gated.
+            gate_rejection = (target is ProposalState.REJECTED
+                              and row.state == ProposalState.GATED.value)
+            if target in (ProposalState.APPROVED, ProposalState.REJECTED) and not gate_rejection:
                 raise IllegalTransition(proposal_id, row.state, target.value,
                                         "record it with record_decision(), which stores the "
                                         "approver")
@@ -673,7 +811,11 @@ class Store:
         evidence: Mapping[str, Any] | str | None = None,
         reason: str = "",
     ) -> ProposalRecord:
-        """Store the gate's evidence bundle and move the proposal to ``gated``, atomically."""
+        """Store the gate's evidence bundle and move the proposal to ``gated``, atomically.
+
+        The bundle must be about this proposal: a candidate or baseline hash it names that
+        is not the proposal's is refused (``EvidenceMismatch``), as is a bundle whose
+        ``overall`` is not ``verdict`` or that a dry run wrote."""
         _require_text("actor", actor)
         gate_verdict = _verdict(verdict)
 
@@ -682,9 +824,14 @@ class Store:
             self._check_transition(row, ProposalState.GATED)
             evidence_hash = None
             if evidence is not None:
-                evidence_hash = self._put_evidence(
-                    conn, now, evidence, actor=actor, proposal_id=proposal_id,
-                    candidate_hash=None).sha256
+                stored = self._put_evidence(conn, now, evidence, actor=actor,
+                                            proposal_id=proposal_id, candidate_hash=None)
+                problems = _verdict_problems(stored.bundle, gate_verdict.value)
+                if problems:
+                    raise EvidenceMismatch(
+                        f"proposal {proposal_id}: evidence bundle {stored.sha256[:12]} does "
+                        f"not back the verdict {gate_verdict.value}: {'; '.join(problems)}")
+                evidence_hash = stored.sha256
             return self._gate_or_move(conn, now, row, ProposalState.GATED, actor=actor,
                                       reason=reason, verdict=gate_verdict,
                                       evidence_hash=evidence_hash)
@@ -825,6 +972,9 @@ class Store:
 
         A mapping is stored as canonical JSON; a string is stored byte for byte (it must be
         JSON). The bundle belongs to a proposal, or to a candidate hash before there is one.
+        On a proposal, a candidate or baseline hash the bundle names (``candidate`` /
+        ``baseline`` objects with a ``content_hash``; a gate-evidence bundle must name both)
+        must be the proposal's, else ``EvidenceMismatch``.
         """
         _require_text("actor", actor)
 
@@ -846,20 +996,25 @@ class Store:
     ) -> EvidenceRecord:
         if isinstance(bundle, str):
             try:
-                json.loads(bundle)
+                data = json.loads(bundle)
             except ValueError as err:
                 raise StoreError(f"evidence bundle is not valid JSON: {err}") from None
             json_text = bundle
         else:
-            json_text = canonical_json(dict(bundle))
+            data = dict(bundle)
+            json_text = canonical_json(data)
         sha = hashlib.sha256(json_text.encode("utf-8")).hexdigest()
         if proposal_id is not None:
             proposal = self._proposal_row(conn, proposal_id)
+            problems = _binding_problems(data, proposal)
             if candidate_hash is not None and candidate_hash != proposal.candidate_hash:
-                raise StoreError(
-                    f"evidence for proposal {proposal_id} names candidate "
-                    f"{candidate_hash[:12]} but the proposal's candidate is "
-                    f"{proposal.candidate_hash[:12]}"
+                problems.insert(0, f"it was stored for candidate {candidate_hash[:12]} but the "
+                                   f"proposal's candidate is {proposal.candidate_hash[:12]}")
+            if problems:
+                raise EvidenceMismatch(
+                    f"evidence bundle {sha[:12]} is not about proposal {proposal_id}: "
+                    f"{'; '.join(problems)} (a verdict is recorded only on the proposal "
+                    f"whose candidate and baseline it judged)"
                 )
             candidate_hash = proposal.candidate_hash
         if candidate_hash is None:
@@ -1002,6 +1157,58 @@ class Store:
             query = query.where(calibration.c.proposal_id == proposal_id)
         with self._reading("reading the calibration record") as conn:
             return [_calibration_record(row) for row in conn.execute(query).all()]
+
+    # ----------------------------------------------------------------------- anomalies
+    def record_anomalies(self, items: Iterable[Mapping[str, Any]], *,
+                         actor: str) -> list[AnomalyRecord]:
+        """Record spend anomalies (``economics.anomalies.Anomaly.as_dict`` rows) and audit
+        them in one entry. Idempotent per (granularity, scope, key, period start): one
+        already recorded is left as it was. Returns the rows this call added."""
+        _require_text("actor", actor)
+        values = [_anomaly_values(item) for item in items]
+        if not values:
+            return []
+
+        def work(conn: Connection, now: datetime) -> list[AnomalyRecord]:
+            added = []
+            for row in values:
+                existing = conn.execute(sa.select(anomalies.c.anomaly_id).where(
+                    anomalies.c.granularity == row["granularity"],
+                    anomalies.c.scope == row["scope"], anomalies.c.key == row["key"],
+                    anomalies.c.period_start == row["period_start"])).first()
+                if existing is not None:
+                    continue
+                anomaly_id = conn.execute(sa.insert(anomalies).values(
+                    **row, detected_by=actor, detected_at=now)).inserted_primary_key[0]
+                added.append(_anomaly_record(conn.execute(
+                    sa.select(anomalies).where(anomalies.c.anomaly_id == anomaly_id)).one()))
+            if added:
+                self._audit(conn, now, actor=actor, action="anomalies.record",
+                            subject=f"{len(added)} spend anomalies", payload={"anomalies": [
+                                {"granularity": a.granularity, "scope": a.scope, "key": a.key,
+                                 "period_start": a.period_start.isoformat(),
+                                 "spend_usd": a.spend_usd, "baseline_usd": a.baseline_usd}
+                                for a in added]})
+            return added
+
+        return self._write("recording spend anomalies", work)
+
+    def list_anomalies(self, *, since: datetime | None = None, until: datetime | None = None,
+                       scope: str | None = None,
+                       granularity: str | None = None) -> list[AnomalyRecord]:
+        """Recorded anomalies whose period starts in [since, until), oldest first."""
+        query = sa.select(anomalies).order_by(anomalies.c.period_start, anomalies.c.granularity,
+                                              anomalies.c.scope, anomalies.c.key)
+        if since is not None:
+            query = query.where(anomalies.c.period_start >= since)
+        if until is not None:
+            query = query.where(anomalies.c.period_start < until)
+        if scope is not None:
+            query = query.where(anomalies.c.scope == scope)
+        if granularity is not None:
+            query = query.where(anomalies.c.granularity == granularity)
+        with self._reading("reading spend anomalies") as conn:
+            return [_anomaly_record(row) for row in conn.execute(query).all()]
 
     # -------------------------------------------------------------------------- leases
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:

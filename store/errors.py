@@ -17,6 +17,7 @@ from contracts.errors import PermanentError, TransientError
 
 __all__ = [
     "DecisionAlreadyRecorded",
+    "EvidenceMismatch",
     "IllegalTransition",
     "NotFoundError",
     "PolicyVersionConflict",
@@ -58,6 +59,11 @@ class IllegalTransition(StoreError):
 
 class DecisionAlreadyRecorded(StoreError):
     """A proposal gets one approval decision; a second is refused."""
+
+
+class EvidenceMismatch(StoreError):
+    """An evidence bundle recorded on a proposal it did not judge: the candidate or
+    baseline hash it names is not the proposal's, or its verdict is not the one recorded."""
 
 
 class PromotionRefused(StoreError):

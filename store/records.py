@@ -16,6 +16,7 @@ from policies.policy import Policy
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "ActivationRecord",
+    "AnomalyRecord",
     "ApprovalRecord",
     "AuditEntry",
     "AuditVerification",
@@ -27,6 +28,7 @@ __all__ = [
     "PolicyRecord",
     "ProposalRecord",
     "ProposalState",
+    "RolloutRecord",
     "proposal_id_for",
 ]
 
@@ -36,6 +38,7 @@ class ProposalState(str, Enum):
     GATED = "gated"
     AWAITING_APPROVAL = "awaiting_approval"
     APPROVED = "approved"
+    CANARY = "canary"  # serving a share of new tasks beside the active policy
     REJECTED = "rejected"
     ACTIVE = "active"
     VERIFIED = "verified"
@@ -55,9 +58,12 @@ class Decision(str, Enum):
 # active -> verified|rolled_back. rejected, verified and rolled_back are terminal.
 ALLOWED_TRANSITIONS: dict[ProposalState, frozenset[ProposalState]] = {
     ProposalState.PROPOSED: frozenset({ProposalState.GATED}),
-    ProposalState.GATED: frozenset({ProposalState.AWAITING_APPROVAL}),
+    # Gates that FAILED or ERRORed reject the proposal with their reason (never promoted).
+    ProposalState.GATED: frozenset({ProposalState.AWAITING_APPROVAL, ProposalState.REJECTED}),
     ProposalState.AWAITING_APPROVAL: frozenset({ProposalState.APPROVED, ProposalState.REJECTED}),
-    ProposalState.APPROVED: frozenset({ProposalState.ACTIVE}),
+    ProposalState.APPROVED: frozenset({ProposalState.ACTIVE, ProposalState.CANARY}),
+    # A canary ends promoted (active) or stopped (rolled back; the active policy never moved).
+    ProposalState.CANARY: frozenset({ProposalState.ACTIVE, ProposalState.ROLLED_BACK}),
     ProposalState.REJECTED: frozenset(),
     ProposalState.ACTIVE: frozenset({ProposalState.VERIFIED, ProposalState.ROLLED_BACK}),
     ProposalState.VERIFIED: frozenset(),
@@ -112,6 +118,28 @@ class ProposalRecord:
     created_by: str
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A progressive delivery: ``candidate_version`` serves ``share`` of new tasks (step
+    ``step``) beside ``baseline_version``; ``state`` running, completed or aborted."""
+
+    proposal_id: str
+    candidate_version: int
+    baseline_version: int
+    share: float
+    step: int
+    state: str
+    started_at: datetime
+    updated_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"proposal_id": self.proposal_id, "candidate_version": self.candidate_version,
+                "baseline_version": self.baseline_version, "share": self.share,
+                "step": self.step, "state": self.state,
+                "started_at": self.started_at.isoformat(),
+                "updated_at": self.updated_at.isoformat()}
 
 
 @dataclass(frozen=True)
@@ -222,4 +250,36 @@ class CalibrationRecord:
             "widen": self.widen, "outcome": self.outcome,
             "baseline_tasks": self.baseline_tasks, "candidate_tasks": self.candidate_tasks,
             "recorded_at": self.recorded_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class AnomalyRecord:
+    """One recorded spend anomaly (``economics.anomalies``): a period of one key whose spend
+    exceeded ``threshold_usd`` (the rule's multiple of ``baseline_usd``, or its floor)."""
+
+    anomaly_id: int
+    granularity: str  # "hour" or "day"
+    scope: str  # "team", "tier" or "family"
+    key: str
+    period_start: datetime
+    spend_usd: float
+    baseline_usd: float
+    threshold_usd: float
+    history: int
+    detected_by: str
+    detected_at: datetime
+
+    @property
+    def ratio(self) -> float | None:
+        return self.spend_usd / self.baseline_usd if self.baseline_usd > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "anomaly_id": self.anomaly_id, "granularity": self.granularity,
+            "scope": self.scope, "key": self.key,
+            "period_start": self.period_start.isoformat(), "spend_usd": self.spend_usd,
+            "baseline_usd": self.baseline_usd, "threshold_usd": self.threshold_usd,
+            "ratio": self.ratio, "history": self.history, "detected_by": self.detected_by,
+            "detected_at": self.detected_at.isoformat(),
         }

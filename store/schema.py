@@ -28,7 +28,7 @@ __all__ = [
     "register_migration",
 ]
 
-SCHEMA_VERSION = 2  # v2: the calibration table
+SCHEMA_VERSION = 4  # v2: the calibration table; v3: spend anomalies; v4: rollouts
 GENESIS_HASH = "0" * 64  # prev_hash of audit entry 1
 
 # A migration takes a connection inside the upgrade transaction and moves the schema from
@@ -163,6 +163,23 @@ active_policy = sa.Table(
     sa.CheckConstraint("slot = 1", name="active_policy_single_row"),
 )
 
+# Progressive delivery: an approved proposal's candidate serves ``share`` of new tasks (by a
+# stable hash of the task id) beside the active policy, step by step, until it is promoted
+# (state ``completed``) or stopped (``aborted``). At most one rollout is ``running``.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("proposal_id", sa.ForeignKey("proposals.proposal_id"), primary_key=True),
+    sa.Column("candidate_version", sa.ForeignKey("policies.version"), nullable=False),
+    sa.Column("baseline_version", sa.ForeignKey("policies.version"), nullable=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("share > 0 AND share <= 1", name="rollouts_share_range"),
+)
+
 leases = sa.Table(
     "leases",
     metadata,
@@ -230,6 +247,27 @@ calibration = sa.Table(
     sa.UniqueConstraint("proposal_id", "look", name="calibration_one_row_per_look"),
 )
 
+# Spend anomalies (``economics.anomalies``): one row per granularity (hour or day), scope
+# (team, tier, family), key and period start. Recording is idempotent on those four: a
+# nightly rerun or ``autopilot anomalies`` over the same window never duplicates a row.
+anomalies = sa.Table(
+    "anomalies",
+    metadata,
+    sa.Column("anomaly_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("granularity", sa.String(8), nullable=False),
+    sa.Column("scope", sa.String(32), nullable=False),
+    sa.Column("key", NAME, nullable=False),
+    sa.Column("period_start", UTCDateTime, nullable=False, index=True),
+    sa.Column("spend_usd", sa.Float, nullable=False),
+    sa.Column("baseline_usd", sa.Float, nullable=False),
+    sa.Column("threshold_usd", sa.Float, nullable=False),
+    sa.Column("history", sa.Integer, nullable=False),
+    sa.Column("detected_by", NAME, nullable=False),
+    sa.Column("detected_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("granularity", "scope", "key", "period_start",
+                        name="anomalies_one_row_per_period"),
+)
+
 STORE_TABLES = frozenset(metadata.tables)
 _SCHEMA_VERSION_KEY = "schema_version"
 
@@ -291,3 +329,15 @@ def prepare_schema(conn: Connection, *, code_version: int = SCHEMA_VERSION) -> i
 def _v1_to_v2(conn: Connection) -> None:
     """v2 adds the calibration record (a new table; no existing row changes)."""
     calibration.create(conn, checkfirst=True)
+
+
+@register_migration(2)
+def _v2_to_v3(conn: Connection) -> None:
+    """v3 adds the spend anomalies (a new table; no existing row changes)."""
+    anomalies.create(conn, checkfirst=True)
+
+
+@register_migration(3)
+def _v3_to_v4(conn: Connection) -> None:
+    """v4 adds progressive delivery (the rollouts table; no existing row changes)."""
+    rollouts.create(conn, checkfirst=True)

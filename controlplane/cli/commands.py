@@ -89,18 +89,50 @@ def metrics(obj: Context, by: str, since: str | None, until: str | None) -> None
 
 @click.command()
 @_window_options
+@click.option("--forecast", is_flag=True,
+              help="Also forecast the next days of spend per team against its budget.")
+@click.option("--horizon", type=click.IntRange(1, 90), default=7, show_default=True,
+              help="Days the forecast covers.")
+@click.option("--level", type=click.FloatRange(0.5, 0.99), default=0.9, show_default=True,
+              help="Coverage of the forecast's interval.")
 @click.pass_obj
-def finops(obj: Context, since: str | None, until: str | None) -> None:
+def finops(obj: Context, since: str | None, until: str | None, forecast: bool, horizon: int,
+           level: float) -> None:
     """The FinOps register FIN-01..FIN-09 with breaches, and team budgets."""
     from controlplane.views import finops_rows
 
     register, budgets = finops_rows(obj.state, obj.fleet(), since, until)
+    rows = None
+    if forecast:
+        from controlplane.spend import forecast_rows
+
+        rows = forecast_rows(obj.state, obj.fleet(), since, until, horizon=horizon, level=level)
     if obj.as_json:
-        obj.emit({"register": register, "budgets": budgets})
+        obj.emit({"register": register, "budgets": budgets,
+                  **({"forecast": rows} if forecast else {})})
         return
     obj.emit(register, title="FinOps register", columns=["id", "name", "value", "target", "status", "message"])
     if budgets:
         obj.emit(budgets, title="team budgets")
+    if forecast:
+        obj.emit(_forecast_table(rows or [], level) or "no spend to forecast in this window",
+                 title=f"spend forecast, next {horizon} days")
+
+
+def _forecast_table(rows: list[dict], level: float) -> list[dict]:
+    """One line per team: the horizon's total with its interval, the budget and when the
+    point (and the upper bound) reaches it."""
+    return [{
+        "team": r["team"],
+        "method": r["method"],
+        "history_days": r["history_days"],
+        "next_day_usd": round(r["point"][0], 4) if r["point"] else None,
+        "total_usd": round(r["total_usd"], 4),
+        f"interval_{level:.0%}": f"{r['total_lower_usd']:.4f} .. {r['total_upper_usd']:.4f}",
+        "budget_usd_per_day": r["budget_usd_per_day"],
+        "days_until_budget": r["days_until_budget"],
+        "days_until_budget_upper": r["days_until_budget_upper"],
+    } for r in rows]
 
 
 # -------------------------------------------------------------------------------- policy
@@ -225,6 +257,30 @@ def fleet_show(obj: Context) -> None:
 
     f = obj.fleet()
     obj.emit(fleet_rows(f), title=f"fleet {f.metadata.name} ({f.content_hash[:12]})")
+
+
+@fleet.command("verify")
+@click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Fleet manifest (default: the state dir's fleet.yaml).")
+@click.pass_obj
+def fleet_verify(obj: Context, fleet_file: str | None) -> None:
+    """Check every pin: each variant's weights and each adapter hold exactly their pinned
+    files with their sha256. Exit 1 naming mismatched, missing and extra files."""
+    from contracts.manifest import check_fleet_pins, load_fleet
+    from controlplane.views import pin_check, pin_check_lines
+
+    if fleet_file is None:
+        obj.require_init()
+    path = Path(fleet_file) if fleet_file else obj.state.fleet_path
+    manifest = load_fleet(path)
+    result = pin_check(manifest, path, check_fleet_pins(manifest, path.parent))
+    if obj.as_json:
+        obj.emit(result)
+    else:
+        for line in pin_check_lines(result):
+            click.echo(line)
+    if not result["ok"]:
+        sys.exit(1)
 
 
 @fleet.command("train")
@@ -376,6 +432,16 @@ def audit_log(obj: Context, limit: int) -> None:
 
 
 # -------------------------------------------------------------------------------- whatif
+def _calibration_widening(obj: Context) -> dict[str, float] | None:
+    """The nightly's per-lever interval inflation, when this state directory has a store."""
+    from controlplane.loop.calibration import inflation_factors
+
+    if not obj.state.exists():
+        return None  # whatif needs no state directory; no record, no widening
+    with obj.store() as store:
+        return inflation_factors(store.calibration_records())
+
+
 @click.command()
 @click.option("--telemetry", "telemetry", multiple=True, required=True,
               type=click.Path(exists=True),
@@ -407,7 +473,7 @@ def whatif(obj: Context, telemetry: tuple[str, ...], fleet_file: str, policy_ref
     report = run_whatif(list(telemetry), fleet_file, active, lever=lever, out=out_dir,
                         candidates=candidates, since=since, until=until, trials=trials,
                         per_trial=per_trial, seed=seed, executor=executor,
-                        progress=not obj.as_json)
+                        progress=not obj.as_json, widen=_calibration_widening(obj))
     if obj.as_json:
         obj.emit(report.as_dict())  # numbers: every interval {point, low, high}
         return
@@ -482,15 +548,19 @@ def gate(obj: Context, candidate_file: str, dry_run: bool, suite_file: str | Non
               help="The quick tour without engines: a seeded span simulator, not measured.")
 @click.option("--fresh/--keep", default=True, show_default=True,
               help="Start from an empty state directory.")
+@click.option("--nights", type=click.IntRange(1, 14), default=None,
+              help="Nights of the loop (default: 3, quick 1); a day is driven before each "
+                   "and after the last.")
 @click.pass_obj
-def demo(obj: Context, quick: bool, tasks: int | None, simulated: bool, fresh: bool) -> None:
+def demo(obj: Context, quick: bool, tasks: int | None, simulated: bool, fresh: bool,
+         nights: int | None) -> None:
     """Run the whole loop on the embedded default (what `make demo` runs)."""
     from controlplane.demo import run_demo, run_simulated_demo
 
     if simulated:
         run_simulated_demo(obj.state, tasks=tasks or 3000, fresh=fresh, echo=click.echo)
         return
-    run_demo(obj.state, quick=quick, tasks=tasks, fresh=fresh, echo=click.echo)
+    run_demo(obj.state, quick=quick, tasks=tasks, fresh=fresh, nights=nights, echo=click.echo)
 
 
 COMMANDS = [init, ingest, metrics, finops, policy, fleet, serve, drive, audit, whatif, gate, demo]

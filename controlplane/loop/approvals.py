@@ -77,6 +77,22 @@ def auto_decision(*, lever: str, gate_verdict: str | None, predicted: Prediction
     prediction without a risk counts as high risk, one without a saving as no saving."""
     if gate_verdict != "PASSED":
         return AutoDecision(False, None, f"gate verdict {gate_verdict or 'none'}: a person decides")
+    if lever == "exploration":
+        # Opt-in by a rule naming the lever itself ("*" does not cover spending money on
+        # evidence); within the budget it is safe by construction (shadow outputs never
+        # reach callers), so the saving and FPY bounds of a rule do not apply.
+        if not any(r.lever == "exploration" for r in rules):
+            return AutoDecision(False, None, "no auto-approval rule for lever 'exploration'")
+        budget = predicted.exploration
+        if budget is None:
+            return AutoDecision(False, None, "exploration without a priced budget: a person "
+                                "decides")
+        if not budget.within_budget:
+            return AutoDecision(False, None, f"exploration ${budget.usd_per_day:.4f}/day > "
+                                f"budget ${budget.budget_usd_per_day:.4f}/day")
+        return AutoDecision(True, "auto_approve[exploration]",
+                            f"auto_approve[exploration]: ${budget.usd_per_day:.4f}/day within "
+                            f"the ${budget.budget_usd_per_day:.4f}/day budget")
     matching = [r for r in rules if r.lever in (lever, "*")]
     if not matching:
         return AutoDecision(False, None, f"no auto-approval rule for lever {lever!r}")

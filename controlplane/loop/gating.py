@@ -41,6 +41,7 @@ __all__ = [
     "gate_lines",
     "gate_proposal",
     "plan_candidate_version",
+    "proposal_mismatch",
     "run_gate_command",
     "serving_for",
     "store_candidate",
@@ -302,6 +303,32 @@ class GateCommandResult:
         return 1 if self.outcome.blocking else 0
 
 
+def proposal_mismatch(proposal: Any, *, candidate_hash: str, baseline: Any, suite: Any,
+                      dry_run: bool) -> list[str]:
+    """Why a gate run may not be recorded on ``proposal`` (pure): its candidate or baseline
+    is not the proposal's, or (outside a dry run: a verdict) its suite is not the pinned
+    reference suite a proposal's verdict is judged on. ``baseline`` is the stored active
+    policy the run would judge against."""
+    from gates.suite import REFERENCE_SUITE_SHA256
+
+    problems = []
+    if candidate_hash != proposal.candidate_hash:
+        problems.append(f"the candidate file's spec hashes to {candidate_hash[:12]} but the "
+                        f"proposal's candidate (v{proposal.candidate_version}) is "
+                        f"{proposal.candidate_hash[:12]}")
+    if baseline.content_hash != proposal.baseline_hash:
+        problems.append(f"the gates would judge it against the active policy "
+                        f"v{baseline.version} ({baseline.content_hash[:12]}) but the proposal's "
+                        f"baseline is v{proposal.baseline_version} "
+                        f"({proposal.baseline_hash[:12]})")
+    if not dry_run and suite.content_hash != REFERENCE_SUITE_SHA256:
+        problems.append(f"suite {suite.metadata.name!r} hashes to {suite.content_hash[:12]}, "
+                        f"not the pinned reference suite {REFERENCE_SUITE_SHA256[:12]} a "
+                        f"proposal's verdict is judged on (gate without --proposal to try "
+                        f"another suite)")
+    return problems
+
+
 def run_gate_command(state: Any, candidate_path: str | Path, *,
                      suite_path: str | Path | None = None, suite_hash: str | None = None,
                      url: str | None = None, fleet_path: str | Path | None = None,
@@ -310,7 +337,9 @@ def run_gate_command(state: Any, candidate_path: str | Path, *,
                      ) -> GateCommandResult:
     """``autopilot gate``: store the candidate file as a policy version (if its spec is
     new), gate it against the active policy, record the evidence (and the verdict on
-    ``proposal_id``)."""
+    ``proposal_id``). With ``proposal_id``, the run is refused before anything is stored
+    or run unless it is that proposal's candidate, baseline and (for a verdict) the pinned
+    suite (``proposal_mismatch``)."""
     from contracts.manifest import load_fleet
     from gates.suite import load_reference_suite, load_suite
     from policies.policy import load_policy, validate_against_fleet
@@ -325,11 +354,18 @@ def run_gate_command(state: Any, candidate_path: str | Path, *,
         active = store.active_policy()
         if active is None:
             raise PermanentError("no active policy to gate against: run `autopilot init`")
+        if proposal_id is not None:
+            problems = proposal_mismatch(store.get_proposal(proposal_id),
+                                         candidate_hash=candidate.content_hash, baseline=active,
+                                         suite=suite, dry_run=dry_run)
+            if problems:
+                raise PermanentError(f"refusing to gate {candidate_path} for proposal "
+                                     f"{proposal_id}: {'; '.join(problems)}")
         candidate, note = store_candidate(store, candidate, baseline_version=active.version)
         notes = (note,
                  f"baseline: active policy v{active.version} ({active.content_hash[:12]})",
-                 f"suite: {suite.metadata.name} ({len(suite.cases)} cases, "
-                 f"{suite.content_hash[:12]})")
+                 (f"suite: {suite.metadata.name} ({len(suite.cases)} cases, "
+                  f"{suite.content_hash[:12]})"))
         for line in notes:
             echo(line)
         port = serving_for(state, gateway_url=url, serving=serving,

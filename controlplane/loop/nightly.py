@@ -7,22 +7,28 @@ store, gate verdicts, approvals) and returns a decision; the Prefect flow in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from contracts.prediction import Prediction
+from contracts.prediction import ExplorationBudget, Prediction
 
 __all__ = [
     "GatingChoice",
     "NextStep",
+    "canary_first",
+    "choose_exploration",
     "choose_for_gating",
     "default_window",
+    "exploration_budget",
     "next_step",
+    "not_again",
     "predicted_record",
+    "rollout_blocks",
     "unfinished_proposals",
     "window_already_acted",
+    "window_days",
 ]
 
 
@@ -36,6 +42,48 @@ def default_window(today: date) -> tuple[str, str]:
     """The nightly run judges yesterday (UTC): the last complete day of telemetry."""
     day = (today - timedelta(days=1)).isoformat()
     return day, day
+
+
+def window_days(since: str, until: str) -> int:
+    """Days a window spans, both ends included (a budget per day divides by it)."""
+    return (date.fromisoformat(until) - date.fromisoformat(since)).days + 1
+
+
+def not_again(proposals: Iterable[Any], *, window_label: str, active_version: int,
+              active_hash: str) -> dict[str, str]:
+    """Candidate hashes the nightly must not propose tonight, each with why.
+
+    The same spec already proposed against the active version for this window (a rerun never
+    duplicates a proposal), and any spec that was rejected or rolled back against the same
+    baseline content (the applied-vs-promoted record of Flagger): the nightly never retries
+    a bad idea, however many nights it sees. Against another baseline a spec may come back,
+    since what it changes is then different."""
+    out: dict[str, str] = {}
+    for p in proposals:
+        state = getattr(p.state, "value", p.state)
+        if p.baseline_hash == active_hash and state in ("rejected", "rolled_back"):
+            out[p.candidate_hash] = f"{state} against this baseline ({p.proposal_id})"
+        elif p.window == window_label and p.baseline_version == active_version:
+            out.setdefault(p.candidate_hash, "already proposed")
+    return out
+
+
+def canary_first(lever: str, steps: Sequence[float], exempt: Iterable[str]) -> float | None:
+    """The share an approved change first serves (progressive delivery), or None to
+    promote it at once (its lever is exempt, or the steps are just ``[1.0]``)."""
+    if lever in set(exempt) or not steps or steps[0] >= 1.0:
+        return None
+    return float(steps[0])
+
+
+def rollout_blocks(rollout: Any | None) -> str | None:
+    """Why the nightly proposes nothing tonight, or None: while a canary runs, the active
+    policy is only part of the traffic and the next change waits for the canary's end."""
+    if rollout is None:
+        return None
+    return (f"the canary of {rollout.proposal_id} (v{rollout.candidate_version}) serves "
+            f"{rollout.share:.0%} of new tasks: the verify flow advances it; nothing new "
+            "is proposed until it ends")
 
 
 def window_already_acted(proposals: Iterable[Any], window_label: str) -> str | None:
@@ -71,7 +119,8 @@ def _rel_delta(candidate: Any) -> tuple[float, float, float]:
     return d.point, d.low, d.high
 
 
-def choose_for_gating(candidates: Sequence[Any], *, proposed_hashes: Iterable[str],
+def choose_for_gating(candidates: Sequence[Any], *,
+                      proposed_hashes: Iterable[str] | Mapping[str, str],
                       max_gated: int = 2, min_saving: float = 0.02) -> GatingChoice:
     """The best few candidates worth the gates' time, best first.
 
@@ -79,9 +128,13 @@ def choose_for_gating(candidates: Sequence[Any], *, proposed_hashes: Iterable[st
     non-inferior), its predicted relative change of cost per Green PR is a saving of at least
     ``min_saving`` with the interval's upper end below zero (never confidently-better on
     thin data), its risk is not high, and no proposal already exists for the same spec
-    (a rerun over the same window never duplicates a proposal).
+    (a rerun over the same window never duplicates a proposal) and it was never rejected or
+    rolled back against this baseline (``proposed_hashes`` maps such hashes to why, see
+    ``not_again``).
     """
-    seen = set(proposed_hashes)
+    refused = (dict(proposed_hashes) if isinstance(proposed_hashes, Mapping)
+               else dict.fromkeys(proposed_hashes, "already proposed"))
+    seen = set(refused)
     chosen: list[Any] = []
     skipped: list[tuple[str, str]] = []
     for c in candidates:
@@ -89,7 +142,7 @@ def choose_for_gating(candidates: Sequence[Any], *, proposed_hashes: Iterable[st
         point, _low, high = _rel_delta(c)
         reason = None
         if h in seen:
-            reason = "already proposed"
+            reason = refused.get(h, "already proposed")
         elif not c.feasible:
             reason = "not non-inferior: " + ("; ".join(getattr(c, "reasons", ())) or "infeasible")
         elif point > -min_saving:
@@ -108,7 +161,28 @@ def choose_for_gating(candidates: Sequence[Any], *, proposed_hashes: Iterable[st
     return GatingChoice(chosen, skipped)
 
 
-def predicted_record(candidate: Any, active_estimate: Any | None = None) -> Prediction:
+def choose_exploration(plan: Any, refused: Mapping[str, str]) -> tuple[Any | None, str]:
+    """The exploration change to propose tonight, or None and why not. Asked only when no
+    saving candidate was chosen for the gates (one change a night; a saving goes first)."""
+    if plan is None:
+        return None, "exploration is off"
+    if plan.candidate is None:
+        return None, plan.reason
+    h = plan.candidate.policy.content_hash
+    if h in refused:
+        return None, f"exploration {h[:12]}: {refused[h]}"
+    return plan.candidate, plan.reason
+
+
+def exploration_budget(plan: Any) -> ExplorationBudget:
+    return ExplorationBudget(tiers=list(plan.tiers), families=list(plan.families),
+                             rate=plan.rate, usd_per_day=max(plan.usd_per_day, 0.0),
+                             budget_usd_per_day=plan.budget_usd_per_day, reason=plan.reason,
+                             blocked=plan.blocked)
+
+
+def predicted_record(candidate: Any, active_estimate: Any | None = None,
+                     exploration: ExplorationBudget | None = None) -> Prediction:
     """What the proposal records as its prediction (read by approvals, reports, verify)."""
     e, d = candidate.estimate, candidate.deltas
     return Prediction(
@@ -128,12 +202,15 @@ def predicted_record(candidate: Any, active_estimate: Any | None = None) -> Pred
         active_cost_per_green_pr=(None if active_estimate is None
                                   else active_estimate.cost_per_green_pr.point),
         active_fpy=None if active_estimate is None else active_estimate.fpy.point,
+        exploration=exploration,
     )
 
 
 @dataclass(frozen=True)
 class NextStep:
-    action: str  # "gate", "await_approval", "auto_approve", "promote", "report", "stop"
+    # "gate", "reject", "await_approval", "auto_approve", "promote", "report",
+    # "stop"
+    action: str
     reason: str
 
 
@@ -143,8 +220,11 @@ def next_step(*, state: str, gate_verdict: str | None, auto_approves: bool,
     if state == "proposed":
         return NextStep("gate", "new proposal")
     if state == "gated":
+        if gate_verdict in ("FAILED", "ERROR"):
+            return NextStep("reject", f"gates {gate_verdict}: rejected, never promoted")
         if gate_verdict != "PASSED":
-            return NextStep("stop", f"gates {gate_verdict}: never promoted automatically")
+            return NextStep("await_approval", f"gates {gate_verdict}: a platform owner "
+                            "decides (no rule approves it)")
         return NextStep("await_approval", "gates PASSED")
     if state == "awaiting_approval":
         if dry_run:
@@ -154,6 +234,8 @@ def next_step(*, state: str, gate_verdict: str | None, auto_approves: bool,
         return NextStep("await_approval", "a platform owner decides")
     if state == "approved":
         return NextStep("promote", "approved")
+    if state == "canary":
+        return NextStep("report", "canary: the verify flow advances, promotes or stops it")
     if state in ("active", "verified", "rolled_back", "rejected"):
         return NextStep("report", f"{state}: nothing more to do tonight")
     return NextStep("stop", f"unknown state {state!r}")

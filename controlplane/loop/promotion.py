@@ -3,6 +3,12 @@
 The store moves the active pointer, the proposal's state and the audit entry together; the
 gateway polls the active pointer and reloads without a restart. These functions choose what
 to activate; they never write the pointer any other way.
+
+No promotion without the proposal's own evidence: ``promote_approved`` reads the bundle the
+proposal's verdict was recorded with and refuses (``PromotionRefused``, the active policy
+unchanged) unless it judged this candidate against this baseline on the pinned gate suite,
+outside a dry run, with the verdict recorded (``evidence_problems``); the store checks the
+candidate and baseline again in the promotion's transaction.
 """
 
 from __future__ import annotations
@@ -10,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.errors import PermanentError
-from store import ActivationRecord, ProposalState
+from store import ActivationRecord, PromotionRefused, ProposalState
 
-__all__ = ["NothingToRollBack", "active_proposal", "last_good_version", "promote_approved",
-           "rollback_active"]
+__all__ = ["NothingToRollBack", "active_proposal", "evidence_problems", "last_good_version",
+           "promote_approved", "require_own_evidence", "rollback_active"]
 
 
 class NothingToRollBack(PermanentError):
@@ -31,13 +37,66 @@ def active_proposal(store: Any) -> Any | None:
     return None
 
 
-def promote_approved(store: Any, proposal_id: str, *, actor: str, reason: str) -> ActivationRecord:
-    """Activate an approved proposal's candidate (idempotent: an active one is left as is)."""
+def evidence_problems(proposal: Any, bundle: Any, *, suite_hash: str | None) -> list[str]:
+    """Why ``bundle`` does not back promoting ``proposal`` (pure): it must be a gate
+    evidence bundle of this candidate against this baseline on the suite ``suite_hash``
+    (None: any suite it names), not a dry run's, whose overall verdict is the one recorded
+    on the proposal and not FAILED or ERROR."""
+    from gates.evidence import binding_problems
+
+    problems = binding_problems(bundle, candidate_hash=proposal.candidate_hash,
+                                baseline_hash=proposal.baseline_hash, suite_hash=suite_hash)
+    verdict = getattr(proposal.gate_verdict, "value", proposal.gate_verdict)
+    overall = bundle.get("overall") if isinstance(bundle, dict) else None
+    if verdict is None:
+        problems.append("the proposal has no gate verdict")
+    elif overall != verdict:
+        problems.append(f"its overall verdict is {overall}, but {verdict} is recorded")
+    if overall in ("FAILED", "ERROR"):
+        problems.append(f"the gates {overall}")
+    return problems
+
+
+def _pinned_suite_hash() -> str:
+    from gates.suite import REFERENCE_SUITE_SHA256
+
+    return REFERENCE_SUITE_SHA256
+
+
+def promote_approved(store: Any, proposal_id: str, *, actor: str, reason: str,
+                     suite_hash: str | None = None) -> ActivationRecord:
+    """Activate an approved proposal's candidate (idempotent: an active one is left as is).
+
+    Refused (``PromotionRefused``; the active policy stays) unless the proposal's recorded
+    evidence bundle is its own (``evidence_problems``), judged on the suite ``suite_hash``
+    (default: the pinned reference suite, ``gates.suite.REFERENCE_SUITE_SHA256``)."""
     proposal = store.get_proposal(proposal_id)
     if proposal.state in (ProposalState.ACTIVE, ProposalState.VERIFIED):
         return next(a for a in store.activation_history() if a.proposal_id == proposal_id
                     and a.version == proposal.candidate_version)
+    require_own_evidence(store, proposal, suite_hash=suite_hash)
     return store.promote(proposal_id, actor=actor, reason=reason)
+
+
+def require_own_evidence(store: Any, proposal: Any, *, suite_hash: str | None = None) -> None:
+    """Raise ``PromotionRefused`` unless ``proposal``'s recorded evidence bundle is its own
+    (``evidence_problems``) on the suite ``suite_hash`` (default: the pinned reference
+    suite). Whatever puts a candidate in front of traffic calls it first."""
+    pid = proposal.proposal_id
+    active = store.active_policy()
+    stays = f"policy v{active.version} stays active" if active else "nothing is activated"
+    if proposal.evidence_hash is None:
+        raise PromotionRefused(
+            f"proposal {pid} has no evidence bundle: never promoted without the gates' own "
+            f"evidence (run `autopilot gate --proposal {pid}`); {stays}")
+    bundle = store.get_evidence(proposal.evidence_hash).bundle
+    problems = evidence_problems(proposal, bundle,
+                                 suite_hash=suite_hash or _pinned_suite_hash())
+    if problems:
+        raise PromotionRefused(
+            f"proposal {pid}: its evidence bundle {proposal.evidence_hash[:12]} does not back "
+            f"promoting candidate {proposal.candidate_hash[:12]} over baseline "
+            f"{proposal.baseline_hash[:12]}: {'; '.join(problems)}; {stays}")
 
 
 def last_good_version(history: Any, *, current: int, rolled_back: set[int]) -> int | None:

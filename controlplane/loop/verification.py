@@ -26,6 +26,8 @@ from controlplane.settings import VerifySettings
 
 __all__ = [
     "RatioEstimate",
+    "RolloutStep",
+    "rollout_step",
     "VerifyDecision",
     "VerifyOutcome",
     "VerifySettings",
@@ -151,3 +153,44 @@ def verify_decision(*, baseline_spend: np.ndarray, baseline_green: np.ndarray,
                               f"regression). {summary}", stats)
     need = "" if enough else f" (need {settings.min_tasks} tasks per window)"
     return VerifyDecision(VerifyOutcome.KEEP_WATCHING, f"undecided{need}. {summary}", stats)
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    action: str  # "abort", "advance", "complete", "hold"
+    share: float  # the share after the action
+    reason: str
+
+
+def rollout_step(decision: VerifyDecision, *, share: float, steps: tuple[float, ...],
+                 min_tasks: int, margin: float = 0.05) -> RolloutStep:
+    """What one look at a canary (canary against control, the same days) does to it.
+
+    The canary analysis of Flagger and Argo Rollouts: a significant regression (the
+    sequential test's ROLL_BACK: cost per Green PR, Green rate, or FPY when an owner set a
+    margin) stops it, as does running out of looks undecided; once both arms have
+    ``min_tasks`` tasks, no regression is shown and the cost interval's upper end is within
+    ``margin`` (the canary is not shown costlier), it moves to the next step of ``steps``
+    (the last, 100%, is the promotion, after which verify keeps judging it on all traffic);
+    otherwise it holds at ``share``.
+    """
+    if decision.outcome == VerifyOutcome.ROLL_BACK:
+        return RolloutStep("abort", share, f"canary stopped at {share:.0%}: {decision.message}")
+    stats = decision.stats
+    tasks = min(stats.get("baseline_tasks", 0), stats.get("candidate_tasks", 0))
+    if decision.outcome == VerifyOutcome.VERIFIED and decision.message.startswith("inconclusive"):
+        return RolloutStep("abort", share, f"canary stopped at {share:.0%}: still undecided "
+                           f"when its looks ran out. {decision.message}")
+    high = (stats.get("rel_delta_ci") or [None, None])[1]
+    if tasks < min_tasks or high is None or high > margin:
+        need = (f"{tasks} tasks in the smaller arm < {min_tasks}" if tasks < min_tasks
+                else "its cost interval still admits more than "
+                f"+{margin:.0%}" if high is not None else "no Green PR yet in an arm")
+        return RolloutStep("hold", share, f"holding at {share:.0%}: {need}. "
+                           f"{decision.message}")
+    later = [s for s in steps if s > share + 1e-9]
+    if not later or later[0] >= 1.0:
+        return RolloutStep("complete", 1.0, f"canary held at {share:.0%}: promoted to 100%. "
+                           f"{decision.message}")
+    return RolloutStep("advance", later[0], f"canary held at {share:.0%}: advancing to "
+                       f"{later[0]:.0%}. {decision.message}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["record_calibration", "task_outcomes", "verify_promoted"]
+__all__ = ["record_calibration", "task_outcomes", "verify_canary", "verify_promoted"]
 
 
 def task_outcomes(tasks, attempts, calls, fleet, *, default_verifier_cost_usd: float = 0.0
@@ -49,6 +49,10 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
     from controlplane.views import read_metric_frames
     from store import ProposalState
 
+    rollout = store.current_rollout()
+    if rollout is not None:
+        return verify_canary(state, store, fleet, rollout, since=since, until=until,
+                             actor=actor)
     proposal = active_proposal(store)
     if proposal is None:
         return {"proposal_id": None, "outcome": "nothing to verify (no active proposal)"}
@@ -58,14 +62,6 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
     if since is None:
         since = _next_day(b_until)
     cand = read_metric_frames(state, since, until)
-
-    def served_by(frames, version: int):
-        tasks, attempts, calls = frames
-        if tasks.empty:
-            return tasks, attempts, calls
-        ids = set(tasks.loc[tasks["policy_version"] == str(version), "task_id"])
-        return (tasks[tasks["task_id"].isin(ids)], attempts[attempts["task_id"].isin(ids)],
-                calls[calls["task_id"].isin(ids)])
 
     verifier = settings.default_verifier_cost_usd
     b = task_outcomes(*served_by(base, proposal.baseline_version), fleet,
@@ -94,6 +90,67 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
     elif decision.outcome == VerifyOutcome.VERIFIED:
         store.transition_proposal(proposal.proposal_id, ProposalState.VERIFIED, actor=actor,
                                   reason=decision.message)
+    return result
+
+
+def served_by(frames, version: int):
+    """The tasks (and their attempts and calls) a policy version served."""
+    tasks, attempts, calls = frames
+    if tasks.empty:
+        return tasks, attempts, calls
+    ids = set(tasks.loc[tasks["policy_version"] == str(version), "task_id"])
+    return (tasks[tasks["task_id"].isin(ids)], attempts[attempts["task_id"].isin(ids)],
+            calls[calls["task_id"].isin(ids)])
+
+
+def verify_canary(state: Any, store: Any, fleet: Any, rollout: Any, *, since: str | None,
+                  until: str | None, actor: str) -> dict[str, Any]:
+    """One look at a running canary: the canary's tasks against the control's on the same
+    days (``[since, until]``, default: from the day the rollout started), the same
+    sequential test as verify; then abort, hold, advance or promote (``rollout_step``)."""
+    from controlplane.loop.verification import rollout_step, verify_decision
+    from controlplane.views import read_metric_frames
+
+    proposal = store.get_proposal(rollout.proposal_id)
+    settings = state.settings()
+    if since is None:
+        since = rollout.started_at.date().isoformat()
+    frames = read_metric_frames(state, since, until)
+    verifier = settings.default_verifier_cost_usd
+    control = task_outcomes(*served_by(frames, rollout.baseline_version), fleet,
+                            default_verifier_cost_usd=verifier)
+    canary = task_outcomes(*served_by(frames, rollout.candidate_version), fleet,
+                           default_verifier_cost_usd=verifier)
+    look = 1 + len(store.audit_entries(subject=proposal.proposal_id, action="rollout.look"))
+    decision = verify_decision(
+        baseline_spend=control[0], baseline_green=control[1], baseline_first_pass=control[2],
+        candidate_spend=canary[0], candidate_green=canary[1], candidate_first_pass=canary[2],
+        predicted_rel_delta=proposal.predicted.cost_per_green_pr_rel_delta, look=look,
+        settings=settings.verify)
+    step = rollout_step(decision, share=rollout.share, steps=tuple(settings.rollout.steps),
+                        min_tasks=settings.rollout.min_tasks, margin=settings.verify.margin)
+    store.audit_append(actor=actor, action="rollout.look", subject=proposal.proposal_id,
+                       payload=_finite({"outcome": decision.outcome.value,
+                                        "action": step.action, "share": rollout.share,
+                                        "step": rollout.step, "message": decision.message,
+                                        "stats": decision.stats, "window": [since, until]}))
+    result: dict[str, Any] = {"proposal_id": proposal.proposal_id, "canary": True,
+                              "share": rollout.share, "step": rollout.step,
+                              "outcome": step.action, "message": step.reason,
+                              "stats": decision.stats}
+    calibration = record_calibration(store, proposal, decision, look=look, since=since,
+                                     until=until, actor=actor)
+    if calibration is not None:
+        result["calibration"] = calibration
+    if step.action == "abort":
+        store.abort_rollout(proposal.proposal_id, actor=actor, reason=step.reason)
+    elif step.action == "advance":
+        store.advance_rollout(proposal.proposal_id, share=step.share, actor=actor,
+                              reason=step.reason)
+    elif step.action == "complete":
+        record = store.complete_rollout(proposal.proposal_id, actor=actor, reason=step.reason)
+        result["active_version"] = record.version
+    result["share_after"] = step.share if step.action != "abort" else 0.0
     return result
 
 

@@ -4,14 +4,22 @@ Inside the nightly flow, ``wait_for_owner`` records which flow run waits for whi
 (an ``approval.waiting`` audit entry), then pauses the run with Prefect's
 ``pause_flow_run(wait_for_input=ApprovalInput)``, so an owner can answer from the Prefect UI
 form. ``autopilot proposals approve|reject`` records the decision in the store first and
-then resumes that run (``resume_waiting_flow``). On resume the store is the source of truth:
-a decision already recorded by the CLI wins; otherwise the UI's input is authorised like a
-CLI decision and recorded. A timeout counts as a rejection, recorded as such.
+then resumes that run with the same input (``resume_waiting_flow``). On resume the store is
+the source of truth: a decision already recorded by the CLI wins; otherwise the UI's input
+is authorised like a CLI decision and recorded. A timeout counts as a rejection, recorded as
+such.
+
+Prefect names the pause's inputs ``paused-<key>-schema`` / ``paused-<key>-response`` and
+refuses any key but lower-case letters, digits and dashes, so the key is derived from the
+proposal id (``pause_key``), never the id itself (``P-...`` is refused).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +35,7 @@ __all__ = [
     "WAITING_ACTION",
     "ApprovalInput",
     "OwnerDecision",
+    "pause_key",
     "prefect_environment",
     "resume_waiting_flow",
     "wait_for_owner",
@@ -42,6 +51,19 @@ class ApprovalInput(BaseModel):
     approve: bool
     approver: str
     reason: str = ""
+
+
+_NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+def pause_key(proposal_id: str) -> str:
+    """The Prefect pause key for ``proposal_id``: deterministic, only lower-case letters,
+    digits and dashes (what Prefect accepts in a run-input key), readable (the id
+    lower-cased), and distinct for distinct ids (a digest of the exact id, so ``P-ab`` and
+    ``p-ab`` never share a form). ``P-0a1b2c3d4e`` -> ``approval-p-0a1b2c3d4e-<8 hex>``."""
+    slug = _NOT_KEY_CHARS.sub("-", proposal_id.lower()).strip("-")[:48].rstrip("-")
+    digest = hashlib.sha256(proposal_id.encode()).hexdigest()[:8]
+    return f"approval-{slug}-{digest}" if slug else f"approval-{digest}"
 
 
 @dataclass(frozen=True)
@@ -82,12 +104,19 @@ def wait_for_owner(store: Any, proposal: Any, *, owners: list[str], timeout_s: i
     earlier = _recorded(store, proposal.proposal_id)
     if earlier is not None:
         return earlier
+    key = pause_key(proposal.proposal_id)
     store.audit_append(actor="autopilot-nightly", action=WAITING_ACTION,
                        subject=proposal.proposal_id,
-                       payload={"flow_run_id": str(flow_run.id), "timeout_s": timeout_s})
+                       payload={"flow_run_id": str(flow_run.id), "timeout_s": timeout_s,
+                                "pause_key": key})
+    # A CLI decision recorded before the entry above found no run to resume: read it now.
+    # One recorded after it finds this run and resumes it (waiting until it is paused).
+    earlier = _recorded(store, proposal.proposal_id)
+    if earlier is not None:
+        return earlier
     try:
         answer = pause_flow_run(wait_for_input=ApprovalInput, timeout=timeout_s,
-                                poll_interval=poll_interval_s, key=proposal.proposal_id)
+                                poll_interval=poll_interval_s, key=key)
     except FlowPauseTimeout:
         answer = None
     recorded = _recorded(store, proposal.proposal_id)
@@ -112,20 +141,45 @@ def wait_for_owner(store: Any, proposal: Any, *, owners: list[str], timeout_s: i
 
 
 def resume_waiting_flow(state: StateDir, store: Any, proposal_id: str, *, approver: str,
-                        approve: bool, reason: str) -> str:
-    """Resume the nightly run paused on ``proposal_id``, if one is; says what happened."""
+                        approve: bool, reason: str, settle_s: float = 30.0,
+                        poll_s: float = 0.5) -> str:
+    """Resume the nightly run paused on ``proposal_id``, if one is, with the decision as its
+    input (what the Prefect UI form sends); says what happened.
+
+    The run records that it waits a moment before Prefect marks it paused: while it is
+    still running, retry for up to ``settle_s``. A run already finished (or resumed by
+    someone else) is left alone: the decision is on record and the nightly reads it."""
     waiting = store.audit_entries(subject=proposal_id, action=WAITING_ACTION)
     if not waiting:
         return "no nightly run is waiting on this proposal"
     flow_run_id = waiting[-1].payload.get("flow_run_id")
     prefect_environment(state)
+    run_input = ApprovalInput(approve=approve, approver=approver, reason=reason).model_dump()
     try:
         from uuid import UUID
 
         from prefect import resume_flow_run
+        from prefect.exceptions import NotPausedError
 
-        resume_flow_run(UUID(flow_run_id), run_input={"approve": approve, "approver": approver,
-                                                      "reason": reason})
-    except Exception as exc:  # foreign errors end here: the decision is already recorded
+        run_id = UUID(flow_run_id)
+        deadline = time.monotonic() + settle_s
+        while True:
+            try:
+                resume_flow_run(run_id, run_input=run_input)
+                return f"resumed nightly run {flow_run_id}"
+            except NotPausedError:
+                run_state = _flow_run_state(run_id)
+                if run_state is None or run_state.is_final() or time.monotonic() >= deadline:
+                    name = run_state.name if run_state is not None else "unknown"
+                    return (f"decision recorded; run {flow_run_id} is {name}, not paused: "
+                            "nothing to resume (the nightly reads the decision from the store)")
+                time.sleep(poll_s)
+    except Exception as exc:  # noqa: BLE001 - foreign errors end here: the decision is recorded
         return f"decision recorded; run {flow_run_id} not resumed ({type(exc).__name__}: {exc})"
-    return f"resumed nightly run {flow_run_id}"
+
+
+def _flow_run_state(flow_run_id: Any) -> Any:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state

@@ -35,7 +35,8 @@ def test_the_refusal_is_permanent_and_reads_as_before():
     assert type(refused.code) is str and refused.code == "max_tokens_per_task"
     assert refused.message == "the task used 100 tokens"
     assert refused.as_error() == {"error": {"type": "guardrail", "code": "max_tokens_per_task",
-                                            "message": "the task used 100 tokens"}}
+                                            "message": "the task used 100 tokens",
+                                            "param": None}}  # OpenAI's error shape
 
 
 def test_the_refusal_compares_and_pickles_by_value():

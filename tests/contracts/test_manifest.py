@@ -40,5 +40,9 @@ def test_verify_files_names_the_mismatching_file(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"tampered")
     [(name, problem)] = verify_files(tmp_path, good)
     assert name.endswith("w.bin") and "!= manifest" in problem
-    [(name, problem)] = verify_files(tmp_path, {"gone.bin": "0" * 64})
+    [(name, problem)] = verify_files(tmp_path, {"gone.bin": "0" * 64}, exact=False)
     assert name.endswith("gone.bin") and problem == "missing"
+    # Exact (the default): w.bin, which nothing pins now, is named too.
+    assert [(n.rsplit("/", 1)[-1], p.split(":")[0])
+            for n, p in verify_files(tmp_path, {"gone.bin": "0" * 64})] == [
+        ("gone.bin", "missing"), ("w.bin", "not pinned by the manifest")]

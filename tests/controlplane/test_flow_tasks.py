@@ -64,14 +64,44 @@ def test_one_context_serves_every_task_of_a_run(state):
         assert window_acted.fn(ctx, WINDOW) is None and unfinished.fn(ctx, WINDOW) is None
         pid = _record(ctx)
         assert proposal_state.fn(ctx, pid) == ("proposed", None)
-        assert proposed_hashes.fn(ctx, WINDOW) == [ctx.store.get_proposal(pid).candidate_hash]
+        assert proposed_hashes.fn(ctx, WINDOW) == {
+            ctx.store.get_proposal(pid).candidate_hash: "already proposed"}
         assert unfinished.fn(ctx, WINDOW) == [pid]
+
+
+def test_a_failed_gate_rejects_the_proposal_and_its_spec_never_comes_back(state):
+    from controlplane.flows import reject
+
+    with LoopContext.open(state.root) as ctx:
+        pid = _record(ctx)
+        ctx.store.record_gate(pid, "FAILED", actor="test", evidence="{}", reason="test")
+        assert reject.fn(ctx, pid, "gates FAILED: rejected, never promoted") == "rejected"
+        assert reject.fn(ctx, pid, "again") == "rejected"  # idempotent
+        h = ctx.store.get_proposal(pid).candidate_hash
+        # Another night, same baseline: the spec is refused with the reason.
+        assert proposed_hashes.fn(ctx, "2026-12-24")[h] == (
+            f"rejected against this baseline ({pid})")
+
+
+def _own_evidence(ctx, pid, verdict="PASSED"):
+    """A bundle bound to the proposal (its candidate, baseline and the pinned suite):
+    promotion refuses a proposal without one (issue 14, defect 2)."""
+    from gates.evidence import SCHEMA, SCHEMA_VERSION
+    from gates.suite import REFERENCE_SUITE_SHA256
+
+    p = ctx.store.get_proposal(pid)
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+            "candidate": {"version": p.candidate_version, "content_hash": p.candidate_hash},
+            "baseline": {"version": p.baseline_version, "content_hash": p.baseline_hash},
+            "suite": {"name": "reference", "content_hash": REFERENCE_SUITE_SHA256},
+            "gates": [], "overall": verdict, "dry_run": False}
 
 
 def test_a_passed_proposal_is_approved_by_its_rule_and_promoted(state):
     with LoopContext.open(state.root) as ctx:
         pid = _record(ctx)
-        ctx.store.record_gate(pid, "PASSED", actor="test", evidence="{}", reason="test")
+        ctx.store.record_gate(pid, "PASSED", actor="test", evidence=_own_evidence(ctx, pid),
+                              reason="test")
         assert to_awaiting.fn(ctx, pid) == "awaiting_approval"
         assert to_awaiting.fn(ctx, pid) == "awaiting_approval"  # idempotent
         decision = decide.fn(ctx, pid, None)

@@ -69,7 +69,10 @@ def fake_gates(state):
     return GivenServing(FakeServingPath(StoredPolicies(), answer))
 
 
-def test_nightly_proposes_gates_approves_and_promotes_once(state, fake_gates):
+def test_nightly_proposes_gates_approves_and_starts_a_canary_once(state, fake_gates):
+    """The approved change serves 25% of new tasks beside the active policy (the default
+    rollout steps); a rerun over the same window, and any night while the canary runs,
+    proposes nothing new."""
     from controlplane.flows import nightly
     from store import Store
 
@@ -84,18 +87,21 @@ def test_nightly_proposes_gates_approves_and_promotes_once(state, fake_gates):
         gated = [p for p in proposals if p.gate_verdict is not None]
         assert gated and all(p.evidence_hash for p in gated)
         active = store.active_policy()
-    promoted = [e for e in result["proposals"] if "active_version" in e]
-    assert len(promoted) == 1, result["proposals"]
-    assert active.version == promoted[0]["active_version"] != 1
-    assert os.path.exists(promoted[0]["report"]["markdown"])
-    assert promoted[0]["decision"]["by"] == "owner"
+        rollout = store.current_rollout()
+    started = [e for e in result["proposals"] if "canary" in e]
+    assert len(started) == 1, result["proposals"]
+    assert active.version == 1  # the active pointer has not moved: a canary runs beside it
+    assert rollout is not None and rollout.share == 0.25
+    assert rollout.proposal_id == started[0]["proposal_id"] and started[0]["state"] == "canary"
+    assert os.path.exists(started[0]["report"]["markdown"])
+    assert started[0]["decision"]["by"] == "owner"
 
-    again = nightly(state_dir=str(state.root), since="2026-11-20", until="2026-11-20",
-                    levers=["routing"], approver="owner", search=search,
-                    gate_serving=fake_gates)
+    for window in ("2026-11-20", "2026-11-21"):
+        again = nightly(state_dir=str(state.root), since=window, until=window,
+                        levers=["routing"], approver="owner", search=search,
+                        gate_serving=fake_gates)
+        assert "canary of " + rollout.proposal_id in again["skipped"], again
     with Store.open(state.store_url()) as store:
-        assert len(store.list_proposals()) == len(proposals), (
-            [(p.proposal_id, p.state.value, p.gate_verdict, p.candidate_hash[:8], p.baseline_version)
-             for p in store.list_proposals()], result["proposals"], again)
-        assert store.active_policy().version == active.version
-    assert not any("active_version" in e for e in again["proposals"])
+        assert len(store.list_proposals()) == len(proposals)
+        assert store.active_policy().version == 1
+        assert store.current_rollout() == rollout

@@ -115,3 +115,21 @@ def test_shadow_tier_draws():
     assert shadow_tier(p, "f", "S", draw=0.5, pick=0.0) is None
     assert shadow_tier(p, "f", "S", draw=0.1, pick=0.0) == "M"
     assert shadow_tier(p, "f", "S", draw=0.1, pick=0.99) == "L"
+
+
+def test_shadow_tiers_may_lie_outside_the_escalation_order():
+    from policies.policy import load_policy
+    from policies.routing import resolve_routing, shadow_targets, shadow_tier
+
+    head = ("apiVersion: autopilot/v1\nkind: Policy\nmetadata: {version: 1, author: t, "
+            "created: 2026-11-01T00:00:00Z}\nspec:\n  routing: ")
+    only_l = load_policy(head + "{router: fixed, escalation: [L], shadow_rate: 1.0, "
+                         "shadow_tiers: [S, M], families: {a: {shadow_rate: 0.0}}}\n")
+    assert shadow_targets(resolve_routing(only_l, "b"), "L") == ["S", "M"]
+    assert {shadow_tier(only_l, "b", "L", 0.5, p) for p in (0.1, 0.9)} == {"S", "M"}
+    assert shadow_tier(only_l, "a", "L", 0.0, 0.1) is None  # the family's own rate: none
+    # Without shadow_tiers: the rest of the escalation order (here: nothing).
+    plain = load_policy(head + "{router: fixed, escalation: [L], shadow_rate: 1.0}\n")
+    assert shadow_tier(plain, "b", "L", 0.0, 0.5) is None
+    # Unset fields stay out of the canonical spec (hashes of stored policies hold).
+    assert "shadow_tiers" not in plain.spec_json()["routing"]

@@ -3,6 +3,7 @@
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -23,7 +24,7 @@ FIELDS = {"tier": "S", "variant": "bf16", "adapter": None, "cache": "miss",
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    seen: list = []
+    seen: ClassVar[list] = []
 
     def log_message(self, *args):
         pass
@@ -43,9 +44,10 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Handler.seen.append((body, self.client_address[1]))
         prompt = body.get("prompt", "")
-        if prompt == "refuse":
-            return self._reply(429, {"error": {"type": "guardrail", "code": "max_usd_per_task",
-                                               "message": "spent $1 of $0.5"}})
+        if prompt in ("refuse", "refuse-429"):  # 429: a gateway from before issue 15
+            return self._reply(403 if prompt == "refuse" else 429,
+                               {"error": {"type": "guardrail", "code": "max_usd_per_task",
+                                          "message": "spent $1 of $0.5", "param": None}})
         if prompt == "bad":
             return self._reply(400, {"error": {"type": "invalid_request",
                                                "message": "autopilot.attempt: >= 1"}})
@@ -88,6 +90,8 @@ def test_errors_map_to_the_two_error_kinds(server):
     with pytest.raises(GuardrailRefusal) as err:
         client.complete("refuse", task=task)
     assert err.value.code == "max_usd_per_task" and isinstance(err.value, PermanentError)
+    with pytest.raises(GuardrailRefusal):
+        client.complete("refuse-429", task=task)
     with pytest.raises(GatewayRequestError) as err:
         client.complete("bad", task=task)
     assert err.value.status == 400 and "autopilot.attempt" in str(err.value)

@@ -91,13 +91,56 @@ def test_routes_by_policy_and_escalates_on_attempt_two(client):
     assert second.tier == "M"
 
 
-def test_attempt_cap_is_refused_with_429_and_the_numbers(client):
+def test_attempt_cap_is_refused_with_403_and_the_numbers(fleet, client):
     from contracts.guardrails import GuardrailRefusal
 
     with pytest.raises(GuardrailRefusal) as err:
         client.complete("eval: 1+2\n=", task=_task("route-1", attempt=3))
     assert err.value.code == "max_attempts_per_task"
     assert "attempt 3" in err.value.message and "2 attempts" in err.value.message
+    status, body = _post(fleet, "/v1/completions", {"prompt": "x", "autopilot": {
+        "task_id": "route-1", "attempt": 3}})
+    assert status == 403 and body["error"]["code"] == "max_attempts_per_task"
+
+
+def _post(fleet, path, body=None, method="POST"):
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(fleet["handle"].url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=180) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_an_openai_client_streams_and_reads_openai_errors_through_serve(fleet):
+    """Issue 15, defect 3, through Ray Serve's proxy: SSE chunks, content parts, refused
+    parameters and unknown paths in OpenAI's error shape."""
+    openai = pytest.importorskip("openai")
+    sdk = openai.OpenAI(base_url=fleet["handle"].url + "/v1", api_key="unused",
+                        max_retries=0, timeout=180)
+    plain = sdk.completions.create(model="auto", prompt="eval: 1+2\n=", max_tokens=8,
+                                   stop=["\n"], extra_body={"autopilot": {"task_id": "sdk-0"}})
+    chunks = list(sdk.completions.create(
+        model="auto", prompt="eval: 1+2\n=", max_tokens=8, stop=["\n"], stream=True,
+        extra_body={"autopilot": {"task_id": "sdk-1", "response_cache": "bypass"}}))
+    assert len(chunks) >= 2 and chunks[-1].choices[0].finish_reason is not None
+    assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
+    chat = list(sdk.chat.completions.create(
+        model="auto", max_tokens=4, stream=True,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "eval: 1+2"}]}],
+        extra_body={"autopilot": {"task_id": "sdk-2"}}))
+    assert chat[0].choices[0].delta.role == "assistant"
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}],
+                                    tools=[{"type": "function", "function": {"name": "f"}}])
+    assert err.value.param == "tools"
+    status, body = _post(fleet, "/v1/nope", {})
+    assert status == 404 and body["error"]["code"] == "unknown_url" and "detail" not in body
 
 
 def test_bad_request_names_the_field(client):

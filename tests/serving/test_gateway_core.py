@@ -190,3 +190,30 @@ def test_clock_offset_moves_span_times_and_the_budget_day():
     assert span.start_time > _time.time_ns() + day - 60 * 10**9
     assert core.ledger.team_spent("payments", core._day(day)) > 0
     assert core.ledger.team_spent("payments", core._day(0)) == 0
+
+
+def test_a_canary_serves_its_share_of_new_tasks_and_each_task_keeps_its_version():
+    from policies.routing import in_canary
+
+    active = policy(version=1)
+    canary = policy(version=2, routing={"router": "fixed", "escalation": ["M", "L"],
+                                        "max_attempts": 2})
+    core, _, spans, versions = make(active)
+    versions[2] = canary
+    core.policies.set_canary(canary, 0.3)
+    ids = [f"task-{i}" for i in range(200)]
+    served = {t: run(core.complete(req(t)))["autopilot"] for t in ids}
+    on_canary = [t for t in ids if served[t]["policy_version"] == 2]
+    assert {served[t]["tier"] for t in on_canary} == {"M"}
+    assert on_canary == [t for t in ids if in_canary(t, 0.3)]
+    assert 0.2 < len(on_canary) / len(ids) < 0.4
+    # A later attempt of a canary task stays on the canary (escalates along its order).
+    t = on_canary[0]
+    assert run(core.complete(req(t, 2)))["autopilot"]["tier"] == "L"
+    # Gate traffic never lands on the canary; stopping it sends new tasks to the active.
+    assert run(core.complete(req("gate-x", purpose="gate")))["autopilot"]["policy_version"] == 1
+    core.policies.set_canary(None)
+    assert all(run(core.complete(req(f"new-{i}")))["autopilot"]["policy_version"] == 1
+               for i in range(20))
+    # Raising the share keeps every earlier canary task in the canary.
+    assert all(in_canary(t, 0.5) for t in on_canary)

@@ -39,7 +39,9 @@ def test_bad_fields_are_named(bad, field):
     with pytest.raises(BadRequest) as err:
         parse_request(body(**bad), "completion")
     assert any(f.startswith(field) for f, _ in err.value.problems), err.value.problems
-    assert err.value.as_error()["error"]["type"] == "invalid_request"
+    error = err.value.as_error()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"].startswith(field)
+    assert set(error) >= {"message", "type", "param", "code"}
 
 
 def test_non_object_body_is_refused():

@@ -123,7 +123,7 @@ def test_a_v1_database_gains_the_calibration_table(store_url: str, raw: sa.Engin
         calibration.drop(conn)
         conn.execute(sa.update(schema_meta).values(value="1"))
     with Store.open(store_url) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION  # v1 -> v2 -> ... the latest
         pid = _proposal(store, v1, predicted=PREDICTED)
         store.record_calibration(pid, look=1, realised=-0.1, realised_ci=None,
                                  realised_window="d..", outcome="verified",

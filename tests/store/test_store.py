@@ -488,11 +488,12 @@ def _set_schema_version(engine: sa.Engine, version: int) -> None:
 
 def test_newer_schema_is_refused_with_a_clear_message(store_url: str, raw: sa.Engine):
     Store.open(store_url).close()
-    _set_schema_version(raw, 3)
+    newer = SCHEMA_VERSION + 1
+    _set_schema_version(raw, newer)
     with pytest.raises(SchemaVersionError) as err:
         Store.open(store_url)
     assert str(err.value) == (
-        f"database schema v3 is newer than this autopilot (v{SCHEMA_VERSION}): "
+        f"database schema v{newer} is newer than this autopilot (v{SCHEMA_VERSION}): "
         "upgrade the autopilot"
     )
 

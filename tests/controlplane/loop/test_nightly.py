@@ -80,8 +80,12 @@ def test_default_window_is_yesterday():
 
 def test_next_step():
     assert next_step(state="proposed", gate_verdict=None, auto_approves=False).action == "gate"
-    for verdict in ("FAILED", "ERROR", "INCONCLUSIVE"):
-        assert next_step(state="gated", gate_verdict=verdict, auto_approves=True).action == "stop"
+    for verdict in ("FAILED", "ERROR"):
+        step = next_step(state="gated", gate_verdict=verdict, auto_approves=True)
+        assert step.action == "reject" and verdict in step.reason
+    # INCONCLUSIVE goes to a platform owner; no rule may approve it (auto_decision refuses).
+    step = next_step(state="gated", gate_verdict="INCONCLUSIVE", auto_approves=True)
+    assert step.action == "await_approval" and "owner" in step.reason
     assert next_step(state="awaiting_approval", gate_verdict="PASSED",
                      auto_approves=True).action == "auto_approve"
     assert next_step(state="awaiting_approval", gate_verdict="PASSED", auto_approves=True,
@@ -102,3 +106,90 @@ def test_window_already_acted():
     assert window_already_acted([Prop("2026-11-19", "active")], "2026-11-20") is None
     assert "already promoted" in window_already_acted([Prop("2026-11-20", "rolled_back")],
                                                       "2026-11-20")
+
+
+@dataclass
+class Stored:
+    proposal_id: str
+    candidate_hash: str
+    baseline_hash: str
+    baseline_version: int
+    window: str
+    state: str
+
+
+def test_not_again_never_retries_a_rejected_or_rolled_back_spec_against_the_same_baseline():
+    from controlplane.loop.nightly import not_again
+
+    proposals = [
+        Stored("P-1", "bad", "base", 1, "2026-11-01", "rejected"),
+        Stored("P-2", "worse", "base", 1, "2026-11-02", "rolled_back"),
+        Stored("P-3", "other-baseline", "elsewhere", 2, "2026-11-02", "rejected"),
+        Stored("P-4", "tonight", "base", 1, "2026-11-05", "awaiting_approval"),
+        Stored("P-5", "old-night", "base", 1, "2026-11-04", "gated"),
+    ]
+    refused = not_again(proposals, window_label="2026-11-05", active_version=1,
+                        active_hash="base")
+    assert refused["bad"].startswith("rejected against this baseline (P-1)")
+    assert refused["worse"].startswith("rolled_back against this baseline (P-2)")
+    assert refused["tonight"] == "already proposed"
+    # Another baseline's rejection, and an unfinished proposal of another night, do not bar.
+    assert "other-baseline" not in refused and "old-night" not in refused
+
+
+def test_choose_for_gating_says_why_a_refused_spec_is_skipped():
+    c = cand("a", -0.2, -0.1)
+    choice = choose_for_gating([c], proposed_hashes={"a" * 64: "rejected against this "
+                                                     "baseline (P-1)"})
+    assert not choice.chosen
+    assert choice.skipped == [("a" * 12, "rejected against this baseline (P-1)")]
+
+
+def test_window_days():
+    from controlplane.loop.nightly import window_days
+
+    assert window_days("2026-11-05", "2026-11-05") == 1
+    assert window_days("2026-11-01", "2026-11-07") == 7
+
+
+def test_choose_exploration():
+    from controlplane.loop.nightly import choose_exploration
+
+    @dataclass
+    class Pol:
+        content_hash: str
+
+    @dataclass
+    class Cand:
+        policy: Pol
+
+    @dataclass
+    class Plan:
+        candidate: Cand | None
+        reason: str
+
+    assert choose_exploration(None, {}) == (None, "exploration is off")
+    assert choose_exploration(Plan(None, "nothing blocked"), {}) == (None, "nothing blocked")
+    pick = Cand(Pol("ee" * 32))
+    assert choose_exploration(Plan(pick, "shadow 50% on S"), {})[0] is pick
+    chosen, why = choose_exploration(Plan(pick, "x"), {"ee" * 32: "rejected (P-9)"})
+    assert chosen is None and "rejected (P-9)" in why
+
+
+def test_canary_first_and_rollout_blocks():
+    from controlplane.loop.nightly import canary_first, rollout_blocks
+
+    assert canary_first("routing", [0.25, 1.0], ["exploration"]) == 0.25
+    assert canary_first("exploration", [0.25, 1.0], ["exploration"]) is None
+    assert canary_first("routing", [1.0], []) is None
+    assert rollout_blocks(None) is None
+
+    @dataclass
+    class R:
+        proposal_id: str = "P-1"
+        candidate_version: int = 3
+        share: float = 0.25
+
+    assert "P-1" in rollout_blocks(R()) and "25%" in rollout_blocks(R())
+    assert next_step(state="canary", gate_verdict="PASSED", auto_approves=False).action == \
+        "report"

@@ -84,3 +84,29 @@ def test_later_looks_spend_less_alpha():
     base = window(500, 0.010, 0.8, 0.6, 1)
     cand = window(500, 0.011, 0.8, 0.6, 2)
     assert decide(base, cand, look=3).stats["z"] > decide(base, cand, look=1).stats["z"]
+
+
+def test_rollout_step_aborts_holds_advances_and_completes():
+    from controlplane.loop.verification import VerifyDecision, VerifyOutcome, rollout_step
+
+    def look(outcome, tasks, high=-0.2, message="msg"):
+        return VerifyDecision(outcome, message, {"baseline_tasks": 1000, "candidate_tasks": tasks,
+                                                 "rel_delta_ci": [high - 0.3, high]})
+
+    steps = (0.1, 0.5, 1.0)
+
+    def step(decision, share=0.1):
+        return rollout_step(decision, share=share, steps=steps, min_tasks=150, margin=0.05)
+
+    assert step(look(VerifyOutcome.ROLL_BACK, 400)).action == "abort"
+    held = step(look(VerifyOutcome.KEEP_WATCHING, 100))
+    assert (held.action, held.share) == ("hold", 0.1) and "100 tasks" in held.reason
+    costly = step(look(VerifyOutcome.KEEP_WATCHING, 400, high=0.12))
+    assert costly.action == "hold" and "+5%" in costly.reason
+    # Undecided on Green PRs but not costlier and no regression: the canary analysis advances.
+    advanced = step(look(VerifyOutcome.KEEP_WATCHING, 200))
+    assert (advanced.action, advanced.share) == ("advance", 0.5)
+    done = step(look(VerifyOutcome.VERIFIED, 600, message="non-inferior confirmed"), share=0.5)
+    assert (done.action, done.share) == ("complete", 1.0)
+    out_of_looks = step(look(VerifyOutcome.VERIFIED, 600, message="inconclusive after 7 looks"))
+    assert out_of_looks.action == "abort" and "looks ran out" in out_of_looks.reason

@@ -1,0 +1,224 @@
+"""Exploration as a change with a dollar budget: buy the evidence a promising candidate lacks.
+
+From the naive start (everything on the top tier) the window says little of the cheap
+tiers, so every cheap-first routing has an interval that crosses the Green-PR margin and
+cannot be promoted honestly. Evidence about a cheap tier is nearly free: a shadow attempt
+runs the task's first attempt again on another tier beside the served one, its output never
+reaches the caller, and its verdict is joint evidence (``experiments.window``): served on
+L with a shadow on S tells what S did on that very task, so the cascade S -> L is observed.
+
+``plan_exploration`` is the decision, pure over the search's result: which candidates are
+*blocked* (a predicted saving of at least ``min_saving`` whose interval or support keeps it
+from the gates), which tiers and families block them (the tiers their routing uses that
+the active policy does not start on, in the families whose routing they change), and the
+shadow rate that spends at most ``budget_share`` of the window's spend on those shadows.
+The change keeps everything else of the active policy: the gates still run (they see the
+same routing, since gate traffic never shadows), and the prediction prices the shadows as
+evaluation spend through the same replay as any candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from experiments.estimator import compare, estimate
+from experiments.replay import replay_policy
+
+__all__ = ["AUTHOR", "ExplorationPlan", "blocked_candidates", "evidence_bought",
+           "exploration_targets", "plan_exploration"]
+
+AUTHOR = "autopilot-exploration"
+# A shadow rate below this buys too little evidence in a night to be worth a change.
+MIN_RATE = 0.05
+
+
+@dataclass
+class ExplorationPlan:
+    """An exploration change and what it is for (``candidate`` is a ``search.Candidate``
+    with lever ``exploration``; None when ``reason`` says why there is none)."""
+
+    candidate: Any | None
+    reason: str
+    tiers: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+    rate: float = 0.0
+    usd_per_day: float = 0.0
+    budget_usd_per_day: float = 0.0
+    blocked: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {"reason": self.reason, "tiers": list(self.tiers),
+                "families": list(self.families), "rate": self.rate,
+                "usd_per_day": self.usd_per_day, "budget_usd_per_day": self.budget_usd_per_day,
+                "blocked": self.blocked,
+                "policy_hash": None if self.candidate is None
+                else self.candidate.policy.content_hash}
+
+
+def blocked_candidates(candidates: list[Any], min_saving: float) -> list[Any]:
+    """Candidates whose point estimate saves at least ``min_saving`` but that the gates
+    will not see: infeasible on their interval, or high risk (thin support)."""
+    out = []
+    for c in candidates:
+        d = c.deltas.cost_per_green_pr
+        if not np.isfinite(d.point) or d.point > -min_saving:
+            continue
+        if not c.feasible or c.risk == "high" or not d.high < 0:
+            out.append(c)
+    return out
+
+
+def exploration_targets(active: Any, blocked: list[Any], families: list[str]
+                        ) -> tuple[list[str], list[str]]:
+    """(tiers, families) the blocked candidates need evidence on: per family whose routing
+    a candidate changes, the tiers of its escalation order that the active policy does not
+    start that family on. Ordered as they first appear."""
+    from policies.routing import resolve_routing, start_index
+
+    tiers: list[str] = []
+    fams: list[str] = []
+    for c in blocked:
+        for fam in families:
+            mine = resolve_routing(c.policy, fam)
+            theirs = resolve_routing(active, fam)
+            if mine.escalation == theirs.escalation and mine.thresholds == theirs.thresholds \
+                    and mine.forced_start == theirs.forced_start:
+                continue
+            # Without score weights every task of the family starts on one tier.
+            started = ({theirs.escalation[start_index(theirs, {})]} if not theirs.weights
+                       else set())
+            wanted = [t for t in mine.escalation if t not in started]
+            if not wanted:
+                continue
+            if fam not in fams:
+                fams.append(fam)
+            tiers.extend(t for t in wanted if t not in tiers)
+    return tiers, fams
+
+
+def _with_shadows(active: Any, tiers: list[str], families: list[str], all_families: list[str],
+                  rate: float) -> Any:
+    routing = active.spec.routing.model_dump(mode="json")
+    routing["shadow_tiers"] = list(tiers)
+    if set(families) >= set(all_families):
+        routing["shadow_rate"] = max(rate, active.spec.routing.shadow_rate)
+    else:
+        overrides = routing.get("families", {})
+        for fam in families:
+            entry = dict(overrides.get(fam, {}))
+            entry["shadow_rate"] = max(rate, float(entry.get("shadow_rate") or 0.0),
+                                       active.spec.routing.shadow_rate)
+            overrides[fam] = entry
+        routing["families"] = overrides
+    tiers_txt = ", ".join(tiers)
+    return active.evolve(author=AUTHOR, routing=routing,
+                         description=f"exploration: shadow {rate:.0%} of tasks on {tiers_txt}")
+
+
+def _eval_spend(policy: Any, context: Any) -> float:
+    return float(replay_policy(policy, context).eval.sum())
+
+
+def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: float = 0.02,
+                     min_saving: float = 0.02, days: int = 1, level: float = 0.9
+                     ) -> ExplorationPlan:
+    """The exploration change for tonight, sized to ``budget_share`` of the window's spend
+    (see the module docstring). ``result`` is the search's ``SearchResult`` (its replay
+    context and bootstrap weights are reused, so the prediction is paired with the
+    active policy's like any candidate's)."""
+    from experiments.search import Candidate
+
+    blocked = blocked_candidates(list(result), min_saving)
+    if not blocked:
+        return ExplorationPlan(None, "no promising candidate is blocked by thin evidence")
+    context, weights, active_est = result.context, result.weights, result.active_estimate
+    if context is None or active_est is None:
+        return ExplorationPlan(None, "the search kept no replay context")
+    families = list(window.families)
+    tiers, fams = exploration_targets(active, blocked, families)
+    aim = [{"hash": c.policy.content_hash[:12], "lever": c.lever,
+            "d_cost_per_green_pr": c.deltas.cost_per_green_pr.point,
+            "interval": [c.deltas.cost_per_green_pr.low, c.deltas.cost_per_green_pr.high],
+            "green_prs_interval": [c.deltas.green_prs.low, c.deltas.green_prs.high],
+            "support": c.estimate.support,
+            "why_blocked": "; ".join(c.reasons) or "risk high (thin support)",
+            # The spec itself, so a later night can say what the evidence bought for it.
+            "spec": c.policy.spec_json()}
+           for c in blocked[:3]]
+    if not tiers:
+        return ExplorationPlan(None, "the blocked candidates use no tier the active policy "
+                               "leaves unobserved", blocked=aim)
+    spend_day = active_est.spend_usd.point / max(days, 1)
+    budget_day = budget_share * spend_day
+    base_eval = _eval_spend(active, context)
+    full = _with_shadows(active, tiers, fams, families, 1.0)
+    per_unit = (_eval_spend(full, context) - base_eval) / max(days, 1)
+    if per_unit <= 0:
+        return ExplorationPlan(None, f"the tiers the blocked candidates need ({', '.join(tiers)}) "
+                               "already serve those tasks first: a shadow adds no evidence, "
+                               "thin support on them is not what blocks", tiers=tuple(tiers),
+                               families=tuple(fams), blocked=aim)
+    rate = float(min(1.0, budget_day / per_unit))
+    rate = float(np.floor(rate * 100) / 100)  # a round share; never above the budget
+    if rate < MIN_RATE:
+        return ExplorationPlan(None, f"the budget (${budget_day:.4f}/day) buys a shadow rate "
+                               f"of {rate:.0%} < {MIN_RATE:.0%}", tiers=tuple(tiers),
+                               families=tuple(fams), budget_usd_per_day=budget_day,
+                               blocked=aim)
+    policy = _with_shadows(active, tiers, fams, families, rate)
+    if policy.content_hash == active.content_hash:
+        return ExplorationPlan(None, "the active policy already explores these tiers at this "
+                               "rate", tiers=tuple(tiers), families=tuple(fams), rate=rate,
+                               blocked=aim)
+    usd_day = (_eval_spend(policy, context) - base_eval) / max(days, 1)
+    est = estimate(policy, window, context=context, weights=weights, level=level)
+    deltas = compare(est, active_est)
+    candidate = Candidate(policy=policy, lever="exploration", point={"shadow_rate": rate},
+                          estimate=est, deltas=deltas, feasible=True, risk="low",
+                          risk_reasons=["exploration only: shadow outputs never reach callers"])
+    return ExplorationPlan(candidate, f"shadow {rate:.0%} of the tasks of "
+                           f"{len(fams)} famil{'y' if len(fams) == 1 else 'ies'} on "
+                           f"{', '.join(tiers)}: ${usd_day:.4f}/day of a ${budget_day:.4f}/day "
+                           "budget", tiers=tuple(tiers), families=tuple(fams), rate=rate,
+                           usd_per_day=usd_day, budget_usd_per_day=budget_day, blocked=aim)
+
+
+def evidence_bought(blocked: list[dict[str, Any]], window: Any, result: Any,
+                    active: Any, level: float = 0.9) -> list[dict[str, Any]]:
+    """What an exploration bought: each blocked spec it was for (as its plan recorded it)
+    estimated again on a later window (``result`` is that night's search), support and
+    interval widths before -> after, and whether its Green PRs are now ``decided``
+    (``non-inferior`` or ``inferior`` beyond the margin on the interval) or still ``open``."""
+    from policies.policy import Policy
+
+    margin = active.spec.gates.non_inferiority_margin
+    if result.context is None or result.active_estimate is None:
+        return []
+    out = []
+    for entry in blocked:
+        spec = entry.get("spec")
+        if not spec:
+            continue
+        policy = Policy.model_validate({"metadata": {**active.metadata.model_dump(),
+                                                     "author": AUTHOR},
+                                        "spec": spec})
+        est = estimate(policy, window, context=result.context, weights=result.weights,
+                       level=level)
+        d = compare(est, result.active_estimate)
+        before_g = entry.get("green_prs_interval") or [float("nan")] * 2
+        before_c = entry.get("interval") or [float("nan")] * 2
+        out.append({
+            "hash": entry.get("hash"),
+            "support": [entry.get("support"), est.support],
+            "green_prs_interval_width": [before_g[1] - before_g[0], d.green_prs.width],
+            "cost_interval_width": [before_c[1] - before_c[0], d.cost_per_green_pr.width],
+            "d_cost_per_green_pr": [entry.get("d_cost_per_green_pr"),
+                                    d.cost_per_green_pr.point],
+            "green_prs_low": [before_g[0], d.green_prs.low],
+            "decided": ("non-inferior" if d.green_prs.low >= -margin else
+                        "inferior" if d.green_prs.high < -margin else "open"),
+        })
+    return out

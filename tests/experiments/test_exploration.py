@@ -1,0 +1,142 @@
+"""Exploration changes: buy, within a dollar budget, the evidence a promising candidate lacks.
+
+From the naive start (every task on L) the window hardly shows S, so cheap-first routings are
+blocked by their Green-PR intervals. The plan shadows the tiers they need, sized to the
+budget; a day logged under it lets the search find a feasible, much cheaper routing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from experiments_testkit import simulate_window
+
+from experiments.exploration import blocked_candidates, exploration_targets, plan_exploration
+from experiments.search import search_candidates
+from policies.policy import load_policy
+
+NAIVE = Path(__file__).resolve().parents[2] / "controlplane" / "starter" / "naive_policy.yaml"
+SEARCH = {"levers": ("routing",), "trials": 3, "per_trial": 16, "executor": "inline",
+          "progress": False, "bootstrap": 100}
+
+
+@pytest.fixture(scope="module")
+def naive_night(fleet, tmp_path_factory):
+    naive = load_policy(NAIVE)
+    tmp = tmp_path_factory.mktemp("explore")
+    _, window = simulate_window(naive, fleet, tmp, tasks=1500, seed=3)
+    result = search_candidates(window, fleet, naive, **SEARCH)
+    return naive, window, result, tmp
+
+
+def test_the_naive_night_has_blocked_cheap_first_candidates(naive_night):
+    _naive, _window, result, _ = naive_night
+    blocked = blocked_candidates(list(result), 0.02)
+    assert blocked, "a cheap-first routing should be promising but blocked"
+    assert all(c.deltas.cost_per_green_pr.point <= -0.02 for c in blocked)
+    assert all(not c.feasible or c.risk == "high" or c.deltas.cost_per_green_pr.high >= 0
+               for c in blocked)
+
+
+def test_the_plan_shadows_the_missing_tiers_within_the_budget(naive_night):
+    naive, window, result, _ = naive_night
+    plan = plan_exploration(result, window, naive, budget_share=0.02)
+    assert plan.candidate is not None, plan.reason
+    routing = plan.candidate.policy.spec.routing
+    assert "L" not in plan.tiers and "S" in plan.tiers  # L is where every task starts
+    assert routing.shadow_tiers == list(plan.tiers)
+    assert 0.05 <= plan.rate <= 1.0
+    assert 0 < plan.usd_per_day <= plan.budget_usd_per_day
+    spend = result.active_estimate.spend_usd.point
+    assert plan.budget_usd_per_day == pytest.approx(0.02 * spend)
+    # Exploration changes nothing a caller sees: same Green PRs, cost up by the shadows.
+    d = plan.candidate.deltas
+    assert d.green_prs.point == pytest.approx(0.0, abs=1e-9)
+    assert d.cost_per_green_pr.point == pytest.approx(plan.usd_per_day / spend, rel=0.05)
+    assert plan.candidate.lever == "exploration" and plan.candidate.risk == "low"
+    # Everything but the shadows is the active policy.
+    spec = plan.candidate.policy.spec.model_dump(mode="json")
+    active = naive.spec.model_dump(mode="json")
+    for key in ("shadow_tiers", "shadow_rate", "families"):
+        spec["routing"].pop(key, None)
+        active["routing"].pop(key, None)
+    assert spec == active
+
+
+def test_a_smaller_budget_buys_a_smaller_rate_and_none_at_all_below_the_floor(naive_night):
+    naive, window, result, _ = naive_night
+    full = plan_exploration(result, window, naive, budget_share=0.02)
+    half = plan_exploration(result, window, naive, budget_share=0.005)
+    assert half.candidate is None or half.rate < full.rate or full.rate == 1.0
+    none = plan_exploration(result, window, naive, budget_share=0.0)
+    assert none.candidate is None and "buys a shadow rate" in none.reason
+
+
+def test_the_evidence_bought_narrows_what_blocked_the_candidates(naive_night, fleet):
+    """A day logged under the plan: the blocked specs, estimated again, have more support,
+    and most are decided (non-inferior, or shown to lose Green PRs beyond the margin)."""
+    from experiments.exploration import evidence_bought
+
+    naive, window, result, tmp = naive_night
+    plan = plan_exploration(result, window, naive, budget_share=0.02)
+    _, explored = simulate_window(plan.candidate.policy, fleet, tmp, tasks=1500, seed=4)
+    after = search_candidates(explored, fleet, plan.candidate.policy, **SEARCH)
+    bought = evidence_bought(plan.blocked, explored, after, plan.candidate.policy)
+    assert len(bought) == len(plan.blocked) > 0
+    before = sum(b["support"][0] for b in bought) / len(bought)
+    now = sum(b["support"][1] for b in bought) / len(bought)
+    assert now > before, bought
+    decided = [b for b in bought if b["decided"] != "open"]
+    assert len(decided) >= len(bought) / 2, bought
+
+
+def test_targets_are_the_tiers_a_blocked_candidate_uses_and_the_active_does_not_start_on():
+    head = ("apiVersion: autopilot/v1\nkind: Policy\nmetadata: {version: 1, author: t, "
+            "created: 2026-11-01T00:00:00Z}\nspec:\n  routing: ")
+    active = load_policy(head + "{router: fixed, escalation: [L]}\n")
+    cascade = load_policy(head + "{router: fixed, escalation: [L], families: "
+                          "{a: {escalation: [S, L]}}}\n")
+
+    class C:
+        policy = cascade
+
+    tiers, families = exploration_targets(active, [C()], ["a", "b"])
+    assert tiers == ["S"] and families == ["a"]
+
+
+def test_nothing_to_explore_without_a_blocked_candidate(naive_night):
+    naive, window, result, _ = naive_night
+
+    class Empty(list):
+        context = result.context
+        weights = result.weights
+        active_estimate = result.active_estimate
+
+    plan = plan_exploration(Empty(), window, naive)
+    assert plan.candidate is None and "no promising candidate" in plan.reason
+
+
+def test_an_active_policy_on_one_tier_gets_shadows_on_tiers_outside_its_order(naive_night):
+    """The demo's night-1 promotion put everything on L with no exploration: the evidence on
+    S and M can then only come from shadow tiers outside the escalation order."""
+    from experiments.replay import replay_policy
+
+    naive, window, result, _ = naive_night
+    only_l = naive.evolve(author="t", routing={
+        **naive.spec.routing.model_dump(mode="json"), "router": "fixed", "escalation": ["L"],
+        "thresholds": [], "exploration_rate": 0.0, "shadow_rate": 0.0})
+    cheap = only_l.evolve(author="t", routing={
+        **only_l.spec.routing.model_dump(mode="json"), "escalation": ["S", "L"]})
+
+    class Blocked:
+        policy = cheap
+
+    tiers, families = exploration_targets(only_l, [Blocked()], list(window.families))
+    assert tiers == ["S"] and families == list(window.families)
+    from experiments.exploration import _with_shadows
+
+    explore = _with_shadows(only_l, tiers, families, list(window.families), 0.5)
+    assert explore.spec.routing.shadow_tiers == ["S"] and explore.spec.routing.shadow_rate == 0.5
+    spent = replay_policy(explore, result.context).eval.sum()
+    assert spent > replay_policy(only_l, result.context).eval.sum()
