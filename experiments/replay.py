@@ -358,7 +358,9 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
                     if t_code < 0:
                         raise ValueError(f"policy v{policy.metadata.version}: a shadow on "
                                          f"{tier} uses a combination the fleet does not serve")
-                    shadow += mix[:, s] * routing.shadow_rate / len(targets) * price(t_code)
+                    # A shadow is verified like any attempt: its call and its verification.
+                    shadow += (mix[:, s] * routing.shadow_rate / len(targets)
+                               * (price(t_code) + verifier))
         for name in ("green", "fpy", "serve", "rework", "verifier", "attempts",
                      "unsupported", "budget_exceeded"):
             stacked = np.stack([v[name] for v in per_start], axis=1)

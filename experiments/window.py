@@ -277,8 +277,11 @@ def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFram
     # ------------------------------------------------------------------ tokens and prices
     prices = _window_prices(index, fam_codes, families, attempts, calls, fleet, combos,
                             lookup, default_variant, notes)
+    # The harness verifies every serve and every shadow attempt: the task's verifier cost
+    # spread over both (a shadow's verification is part of what exploration costs).
+    verified_mask = serve_mask | (frame["purpose"] == "shadow").to_numpy()
     attempts_per_task = np.maximum(
-        np.bincount(f_task[serve_mask], minlength=n), 1).astype(float)
+        np.bincount(f_task[verified_mask], minlength=n), 1).astype(float)
 
     verifier = tasks["verifier_cost_usd"].to_numpy(dtype=float, na_value=np.nan)
     verifier = np.where(np.isnan(verifier), default_verifier_cost_usd, verifier)

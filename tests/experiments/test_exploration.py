@@ -140,3 +140,31 @@ def test_an_active_policy_on_one_tier_gets_shadows_on_tiers_outside_its_order(na
     assert explore.spec.routing.shadow_tiers == ["S"] and explore.spec.routing.shadow_rate == 0.5
     spent = replay_policy(explore, result.context).eval.sum()
     assert spent > replay_policy(only_l, result.context).eval.sum()
+
+
+def test_a_shadow_is_priced_with_its_verification(naive_night):
+    """The harness verifies shadow attempts too: exploration's spend is the shadow call plus
+    one verification per shadow (on the reference fleet the verification costs more than an
+    L call, so leaving it out under-stated exploration's cost many times over)."""
+    import dataclasses
+
+    import numpy as np
+
+    from experiments.exploration import _with_shadows
+    from experiments.replay import ReplayContext, replay_policy
+
+    naive, window, result, _ = naive_night
+    explore = _with_shadows(naive, ["S"], list(window.families), list(window.families), 1.0)
+    models = result.context.models
+    free = dataclasses.replace(window, verifier_per_attempt=np.zeros(window.n))
+
+    def extra(w):
+        ctx = ReplayContext(w, models)
+        return replay_policy(explore, ctx).eval - replay_policy(naive, ctx).eval
+
+    with_verifier, without = extra(window), extra(free)
+    # Every task starts on L here (the naive policy, bar its exploration), so nearly every
+    # one is shadowed on S: the difference is about one verification per task.
+    added = (with_verifier - without).sum()
+    assert added == pytest.approx(window.verifier_per_attempt.sum(), rel=0.25)
+    assert added > 0
