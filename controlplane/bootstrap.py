@@ -8,9 +8,12 @@ from typing import Any
 
 from controlplane.settings import StateDir
 
-__all__ = ["STARTER_DIR", "initialise_state", "link_relative_paths", "record_ingest"]
+__all__ = ["SAMPLE_SPANS", "STARTER_DIR", "ingest_sample", "initialise_state", "link_relative_paths",
+           "record_ingest"]
 
 STARTER_DIR = Path(__file__).parent / "starter"
+#: Two simulated days of spans (``python -m controlplane.starter.make_sample`` writes it).
+SAMPLE_SPANS = STARTER_DIR / "sample_spans.jsonl"
 INIT_ACTOR = "autopilot-init"
 
 
@@ -60,7 +63,7 @@ def initialise_state(
     return {
         "state_dir": str(state.root),
         "wrote": ", ".join(wrote) or "nothing (already initialised)",
-        "store": _redact(state.store_url()),
+        "store": state.display_store_url(),
         "fleet": f"{fleet.metadata.name} ({len(fleet.tiers)} tiers, {fleet.content_hash[:12]})",
         "active_policy": f"v{active.policy.metadata.version} ({active.policy.content_hash[:12]})",
     }
@@ -100,6 +103,18 @@ def link_relative_paths(fleet: Any, source_dir: Path, state_root: Path) -> list[
     return linked
 
 
+def ingest_sample(state: StateDir) -> dict[str, Any]:
+    """Ingest the shipped sample telemetry (``autopilot init --sample``); idempotent (ingest
+    skips spans it already holds). Recorded in the audit log like any ingest."""
+    from store import Store
+    from telemetry.ingest import ingest_paths
+
+    report = ingest_paths([SAMPLE_SPANS], state.telemetry_dir).as_dict()
+    with Store.open(state.store_url()) as store:
+        record_ingest(store, report)
+    return report
+
+
 def record_ingest(store: Any, report: dict[str, Any]) -> None:
     store.audit_append(actor="autopilot-cli", action="telemetry.ingest", subject="telemetry",
                        payload={k: v for k, v in report.items() if _jsonable(v)})
@@ -108,11 +123,3 @@ def record_ingest(store: Any, report: dict[str, Any]) -> None:
 def _jsonable(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool, type(None), dict, list))
 
-
-def _redact(url: str) -> str:
-    """Never print a database password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
-    return url

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["emit_table", "fmt", "json_default"]
+__all__ = ["emit_table", "fmt", "json_default", "terminal_width"]
 
 
 def json_default(value: Any) -> Any:
@@ -37,4 +37,11 @@ def emit_table(rows: list[dict[str, Any]], *, title: str | None, columns: list[s
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*(fmt(r.get(c)) for c in columns))
-    Console(width=max(120, 0)).print(table)
+    Console(width=terminal_width()).print(table)
+
+
+def terminal_width(fallback: int = 120) -> int:
+    """The terminal's width (``$COLUMNS`` first); ``fallback`` when output is no terminal."""
+    import shutil
+
+    return max(shutil.get_terminal_size(fallback=(fallback, 24)).columns, 40)

@@ -56,6 +56,25 @@ def _say(message: str) -> None:
 # ------------------------------------------------------------------------------ tasks
 @io_task
 def take_lease(ctx: LoopContext, holder: str, ttl_s: float) -> bool:
+    """Take the nightly lease; a lease held by a run on this host whose process is gone (a
+    crashed nightly) is broken first, audited with the reason (``loop.lease``)."""
+    from controlplane.loop.lease import pid_alive, stale_reason
+
+    if ctx.store.acquire_lease(NIGHTLY_LEASE, holder, ttl_s):
+        return True
+    current = ctx.store.get_lease(NIGHTLY_LEASE)
+    if current is None:  # released in between
+        return ctx.store.acquire_lease(NIGHTLY_LEASE, holder, ttl_s)
+    reason = stale_reason(current.holder, socket.gethostname(), pid_alive)
+    if reason is None:
+        return False
+    if ctx.store.release_lease(NIGHTLY_LEASE, current.holder):  # only if still that holder
+        ctx.store.audit_append(
+            actor=ACTOR, action="lease.broken", subject=f"lease:{NIGHTLY_LEASE}",
+            payload={"holder": current.holder, "by": holder, "reason": reason,
+                     "acquired_at": current.acquired_at.isoformat(),
+                     "expires_at": current.expires_at.isoformat()})
+        _say(f"broke the nightly lease of {current.holder}: {reason}")
     return ctx.store.acquire_lease(NIGHTLY_LEASE, holder, ttl_s)
 
 

@@ -20,16 +20,21 @@ from serving.collector import CollectorSpec
 __all__ = [
     "DEFAULT_STATE_DIR",
     "ENV_STATE_DIR",
+    "ENV_STORE_URL",
     "AutoApprovalRule",
     "DistillSettings",
     "Risk",
     "Settings",
     "StateDir",
     "VerifySettings",
+    "display_url",
     "resolve_state_dir",
 ]
 
 ENV_STATE_DIR = "AUTOPILOT_HOME"
+#: The store's URL (with its password) from the environment: it beats ``store_url`` in
+#: ``autopilot.yaml``, is never written back to it, and never reaches a gate's sandbox.
+ENV_STORE_URL = "AUTOPILOT_STORE_URL"
 DEFAULT_STATE_DIR = Path("~/.autopilot")
 
 
@@ -119,7 +124,8 @@ class Settings(Strict):
     api_version: Literal["autopilot/v1"] = Field(default="autopilot/v1", alias="apiVersion")
     kind: Literal["Settings"] = "Settings"
     store_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default: SQLite file in the state directory"
+        default=None, description="SQLAlchemy URL; default: SQLite file in the state "
+        "directory; $AUTOPILOT_STORE_URL beats it (keep a password out of this file)"
     )
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP endpoint for spans; default: JSON lines on disk"
@@ -196,6 +202,11 @@ class StateDir:
         return self.root / "reports"
 
     @property
+    def logs_dir(self) -> Path:
+        """Where ``serve`` and ``demo`` write what Ray and vLLM print (``controlplane.runlog``)."""
+        return self.root / "logs"
+
+    @property
     def policies_dir(self) -> Path:
         return self.root / "policies"
 
@@ -216,11 +227,32 @@ class StateDir:
         return load_yaml_document(Settings, self.settings_path)
 
     def save_settings(self, settings: Settings) -> None:
+        """Write ``autopilot.yaml``; ``$AUTOPILOT_STORE_URL`` is never written to it (a
+        ``store_url`` equal to it keeps what the file held)."""
+        env_url = os.environ.get(ENV_STORE_URL, "").strip()
+        if env_url and settings.store_url == env_url:
+            on_disk = self.settings().store_url if self.settings_path.is_file() else None
+            settings = settings.model_copy(
+                update={"store_url": None if on_disk == env_url else on_disk})
         self.root.mkdir(parents=True, exist_ok=True)
         self.settings_path.write_text(dump_yaml(settings), encoding="utf-8")
 
     def store_url(self) -> str:
-        return self.settings().store_url or f"sqlite:///{self.database_path}"
+        """``$AUTOPILOT_STORE_URL``, else ``store_url`` of ``autopilot.yaml``, else the SQLite
+        file in this directory. Print it only through ``display_url``."""
+        return (os.environ.get(ENV_STORE_URL, "").strip() or self.settings().store_url
+                or f"sqlite:///{self.database_path}")
+
+    def display_store_url(self) -> str:
+        """The store URL with any password masked (what logs and tables may show)."""
+        return display_url(self.store_url())
+
+
+def display_url(url: str) -> str:
+    """A database URL with its password masked, as the store prints it in its errors."""
+    from store import display_url as masked
+
+    return masked(url)
 
 
 def resolve_state_dir(explicit: str | os.PathLike[str] | None = None) -> StateDir:

@@ -14,12 +14,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from controlplane.settings import StateDir
 
 __all__ = [
+    "METRICS_KEY_COLUMNS",
     "audit_rows",
     "finops_rows",
     "fleet_rows",
     "frame_records",
     "history_rows",
     "metric_options",
+    "metrics_columns",
     "metrics_rows",
     "pin_check",
     "pin_check_lines",
@@ -187,6 +189,28 @@ def metrics_rows(
     settings = state.settings()
     frame = compute_metrics(tasks, attempts, calls, fleet, by=by, **metric_options(settings))
     return frame_records(frame)
+
+
+#: What ``autopilot metrics`` shows by default (after the group keys); ``--columns`` more.
+METRICS_KEY_COLUMNS = ("tasks", "green_prs", "fpy", "cost_per_green_pr", "spend_total",
+                       "eval_share", "cache_hit_rate", "avg_attempts_per_task")
+
+
+def metrics_columns(rows: list[dict[str, Any]], by: list[str], wanted: str | None) -> list[str]:
+    """The columns of the metrics table: the group keys, then ``wanted`` (comma-separated
+    names, ``all``, or None: ``METRICS_KEY_COLUMNS``). An unknown name is a ValueError
+    naming it and what exists."""
+    present = list(rows[0]) if rows else []
+    if wanted is None:
+        chosen = [c for c in METRICS_KEY_COLUMNS if c in present]
+    elif wanted.strip().lower() == "all":
+        chosen = [c for c in present if c not in by]
+    else:
+        chosen = [c.strip() for c in wanted.split(",") if c.strip()]
+        unknown = [c for c in chosen if c not in present]
+        if unknown:
+            raise ValueError(f"unknown column {unknown[0]!r}; columns: {', '.join(present)}")
+    return [k for k in by if k in present] + [c for c in chosen if c not in by]
 
 
 def metric_options(settings) -> dict[str, Any]:

@@ -154,18 +154,34 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     spend_day = active_est.spend_usd.point / max(days, 1)
     budget_day = budget_share * spend_day
     base_eval = _eval_spend(active, context)
-    full = _with_shadows(active, tiers, fams, families, 1.0)
-    per_unit = (_eval_spend(full, context) - base_eval) / max(days, 1)
-    if per_unit <= 0:
+
+    def usd_day(rate: float) -> float:
+        policy = _with_shadows(active, tiers, fams, families, rate)
+        return (_eval_spend(policy, context) - base_eval) / max(days, 1)
+
+    if usd_day(1.0) <= 0:
         return ExplorationPlan(None, f"the tiers the blocked candidates need ({', '.join(tiers)}) "
                                "already serve those tasks first: a shadow adds no evidence, "
                                "thin support on them is not what blocks", tiers=tuple(tiers),
                                families=tuple(fams), blocked=aim)
-    rate = float(min(1.0, budget_day / per_unit))
-    rate = float(np.floor(rate * 100) / 100)  # a round share; never above the budget
-    if rate < MIN_RATE:
+    # Spend rises with the rate but not always in proportion (naming shadow tiers can let the
+    # active policy's own shadow rate reach tiers it could not before): the largest rate on a
+    # 1% grid whose replayed spend fits the budget, by bisection.
+    from policies.routing import resolve_routing
+
+    now = max(resolve_routing(active, f).shadow_rate for f in fams)  # what runs already
+    low, high = 0, 100
+    while low < high:
+        mid = (low + high + 1) // 2
+        if usd_day(mid / 100) <= budget_day:
+            low = mid
+        else:
+            high = mid - 1
+    rate = low / 100
+    if rate < MIN_RATE or rate < now + MIN_RATE:
         return ExplorationPlan(None, f"the budget (${budget_day:.4f}/day) buys a shadow rate "
-                               f"of {rate:.0%} < {MIN_RATE:.0%}", tiers=tuple(tiers),
+                               f"of {rate:.0%}: less than {MIN_RATE:.0%} above the "
+                               f"{now:.0%} already shadowed", tiers=tuple(tiers),
                                families=tuple(fams), budget_usd_per_day=budget_day,
                                blocked=aim)
     policy = _with_shadows(active, tiers, fams, families, rate)
@@ -173,7 +189,7 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
         return ExplorationPlan(None, "the active policy already explores these tiers at this "
                                "rate", tiers=tuple(tiers), families=tuple(fams), rate=rate,
                                blocked=aim)
-    usd_day = (_eval_spend(policy, context) - base_eval) / max(days, 1)
+    spent = usd_day(rate)
     est = estimate(policy, window, context=context, weights=weights, level=level)
     deltas = compare(est, active_est)
     candidate = Candidate(policy=policy, lever="exploration", point={"shadow_rate": rate},
@@ -181,9 +197,9 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
                           risk_reasons=["exploration only: shadow outputs never reach callers"])
     return ExplorationPlan(candidate, f"shadow {rate:.0%} of the tasks of "
                            f"{len(fams)} famil{'y' if len(fams) == 1 else 'ies'} on "
-                           f"{', '.join(tiers)}: ${usd_day:.4f}/day of a ${budget_day:.4f}/day "
+                           f"{', '.join(tiers)}: ${spent:.4f}/day of a ${budget_day:.4f}/day "
                            "budget", tiers=tuple(tiers), families=tuple(fams), rate=rate,
-                           usd_per_day=usd_day, budget_usd_per_day=budget_day, blocked=aim)
+                           usd_per_day=spent, budget_usd_per_day=budget_day, blocked=aim)
 
 
 def evidence_bought(blocked: list[dict[str, Any]], window: Any, result: Any,

@@ -19,9 +19,12 @@ A cap refuses once the spend *has reached* it, never because the next attempt *w
 pass it: the attempt that crosses a cap runs (the gateway clips its ``max_tokens`` to the
 tokens left, ``max_tokens_left``) and the next one is refused. Caps are checked in the
 order above; the first that refuses names the refusal (``contracts.guardrails.Cap``).
-Shadow calls are evaluation spend: they never count toward a task's caps. A team's daily
-budget refuses once the team's spend of the day has reached it with ``hard_stop``
-(``team_budget_reached``); it is not a per-task cap.
+The gateway compares a task's (and a team's) recorded spend *plus* the worst case its calls
+in flight have reserved (``serving.guardrails.BudgetLedger``), so concurrent calls pass a
+cap by less than one reservation; with no call in flight that is exactly this rule, which
+is what the replay walks. Shadow calls are evaluation spend: they never count toward a
+task's caps. A team's daily budget refuses once the team's spend of the day has reached it
+with ``hard_stop`` (``team_budget_reached``); it is not a per-task cap.
 
 ``cap_reached``, ``task_caps_reached`` and ``team_budget_reached`` take scalars or numpy
 arrays (elementwise, broadcasting) for the spend and attempt arguments and answer in kind:

@@ -7,6 +7,15 @@ injected coroutine: a Ray Serve handle in the product, a fake in unit tests), sh
 pricing, and one ``llm.call`` span per model call. Policies are values: a request takes a
 snapshot of the policy when it starts and keeps it to the end, so a reload never changes a
 request in flight.
+
+Serve traffic (any purpose but ``gate``) never chooses what budgets it: its
+``policy_version`` is ignored (a task is served under the active policy, or the canary for
+its share, and keeps that version), its ``clock_offset_ns`` moves span times only (the
+budget day is the gateway's clock), and a request without a team is held against
+``serving.guardrails.UNATTRIBUTED_TEAM``. Gate traffic may name a stored policy version.
+Every call reserves its worst case before it runs and settles after
+(``serving.guardrails.BudgetLedger``), with no ``await`` between the check and the
+reservation, so concurrent calls overspend a cap by at most one request's reservation.
 """
 
 from __future__ import annotations
@@ -36,10 +45,13 @@ from policies.routing import (
 from serving.cache import CacheScope, ResponseCache, cache_allowed
 from serving.guardrails import (
     BudgetLedger,
+    Reservation,
+    attributed_team,
     budget_alert_level,
     call_cost_usd,
     check_call,
     clip_max_tokens,
+    worst_case_cost,
 )
 from serving.protocol import ParsedRequest, completion_body
 from serving.tiers import DeploymentKey
@@ -192,11 +204,11 @@ class GatewayCore:
 
     async def route(self, req: ParsedRequest) -> tuple[Policy, RouteDecision]:
         """The policy snapshot and the tier this attempt uses."""
-        if (req.ctx.policy_version is None and req.ctx.purpose == "serve"
-                and req.task_id not in self.routes):
+        named = self._named_version(req)
+        if named is None and req.ctx.purpose == "serve" and req.task_id not in self.routes:
             policy = self.policies.for_new_task(req.task_id)  # a canary's share, or active
         else:
-            policy = await self.policies.get(req.ctx.policy_version)
+            policy = await self.policies.get(named)
         family = req.ctx.family or ""
         routing = resolve_routing(policy, family)
         if req.model != "auto":
@@ -208,7 +220,7 @@ class GatewayCore:
             adapter = routing.adapter if tier == routing.adapter_tier else None
             return policy, RouteDecision(tier, variant, adapter, 1.0, routing.max_attempts, None)
         route = self._task_route(policy, req)
-        if route.policy_version != policy.metadata.version and req.ctx.policy_version is None:
+        if route.policy_version != policy.metadata.version and named is None:
             # A task keeps the policy it started under, so its attempts escalate consistently.
             policy = await self.policies.get(route.policy_version)
             routing = resolve_routing(policy, family)
@@ -223,32 +235,54 @@ class GatewayCore:
         return policy, RouteDecision(step.tier, variant, step.adapter, propensity,
                                      routing.max_attempts, shadow)
 
+    @staticmethod
+    def _named_version(req: ParsedRequest) -> int | None:
+        """The policy version a request may name: gate traffic's; serve traffic's is
+        ignored (it is served under the active policy or the canary for its share)."""
+        return req.ctx.policy_version if req.ctx.purpose == "gate" else None
+
     # -------------------------------------------------------------------- the request
-    def _day(self, offset_ns: int = 0) -> str:
-        """The budget day (UTC) of a request; a simulated day's offset moves it too."""
-        moment = self.clock() + offset_ns / 1e9
-        return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%d")
+    def _day(self) -> str:
+        """The budget day (UTC) by the gateway's own clock (a client's clock offset moves
+        its span times, never the day its spend is held against)."""
+        return datetime.fromtimestamp(self.clock(), tz=UTC).strftime("%Y-%m-%d")
 
     async def complete(self, req: ParsedRequest) -> dict[str, Any]:
         policy, decision = await self.route(req)
+        # From here to the reservations nothing awaits: the check and the reservation are
+        # one step of the event loop, so no concurrent call sees the spend without them.
         guard = policy.spec.guardrails
+        team = attributed_team(req.ctx.team, serve=req.ctx.purpose != "gate")
         usage = self.ledger.task(req.task_id)
-        day = self._day(req.ctx.clock_offset_ns)
+        day = self._day()
         refusal = check_call(guard, attempt=req.attempt, max_attempts=decision.max_attempts,
-                             usage=usage, team=req.ctx.team,
-                             team_spent_usd=self.ledger.team_spent(req.ctx.team, day))
+                             usage=usage, team=team,
+                             team_spent_usd=self.ledger.team_exposure(team, day))
         if refusal is not None:
             raise refusal
         max_tokens = clip_max_tokens(guard, usage, req.max_tokens)
-        calls = [self._call(policy, req, decision.tier, decision.variant, decision.adapter,
-                            max_tokens, purpose=req.ctx.purpose, traceparent=req.ctx.traceparent)]
+        targets = [(decision.tier, decision.variant, decision.adapter, req.ctx.purpose,
+                    req.ctx.traceparent, True)]
         if decision.shadow_tier is not None:
             s_tier = decision.shadow_tier
             s_variant = self.fleet.tier(s_tier).variant(policy.spec.quantization.get(s_tier)).name
-            calls.append(self._call(policy, req, s_tier, s_variant, None, max_tokens,
-                                    purpose=str(Purpose.SHADOW),
-                                    traceparent=req.ctx.shadow_traceparent or req.ctx.traceparent))
-        results = await asyncio.gather(*calls)
+            targets.append((s_tier, s_variant, None, str(Purpose.SHADOW),
+                            req.ctx.shadow_traceparent or req.ctx.traceparent, False))
+        reservations = []
+        for tier, variant, _, _, _, for_task in targets:
+            tokens, usd = worst_case_cost(self.fleet, tier, variant, prompt=req.prompt,
+                                          max_tokens=max_tokens)
+            reservations.append(self.ledger.reserve(req.task_id, team, day, tokens=tokens,
+                                                    usd=usd, counts_for_task=for_task))
+        try:
+            results = await asyncio.gather(*[
+                self._call(policy, req, tier, variant, adapter, max_tokens, purpose=purpose,
+                           traceparent=parent, reservation=r)
+                for (tier, variant, adapter, purpose, parent, _), r
+                in zip(targets, reservations, strict=True)])
+        finally:
+            for r in reservations:  # a failed or cancelled call gives its hold back
+                self.ledger.release(r)
         main = results[0]
         if self.collector is not None:
             self.collector.remember(
@@ -260,7 +294,7 @@ class GatewayCore:
             shadow = results[1]
             fields["shadow"] = {**self._autopilot_fields(policy, shadow, None),
                                 "text": shadow["text"]}
-        self._check_team_alert(policy, req.ctx.team, day)
+        self._check_team_alert(policy, team, day)
         return completion_body(
             req.kind, text=main["text"], finish_reason=main.get("finish_reason"),
             model=f"{main['tier']}/{main['variant']}", input_tokens=main["input_tokens"],
@@ -302,7 +336,7 @@ class GatewayCore:
 
     async def _call(self, policy: Policy, req: ParsedRequest, tier: str, variant: str,
                     adapter: str | None, max_tokens: int, *, purpose: str,
-                    traceparent: str | None) -> dict[str, Any]:
+                    traceparent: str | None, reservation: Reservation) -> dict[str, Any]:
         started = time.perf_counter()
         spec = policy.spec.cache.response
         prefix = bool(policy.spec.cache.prefix.get(tier, False))
@@ -341,11 +375,12 @@ class GatewayCore:
             cost = call_cost_usd(self.fleet, tier, variant, input_tokens=out["input_tokens"],
                                  cached_input_tokens=out["cached_input_tokens"],
                                  output_tokens=out["output_tokens"], cache=cache)
-            self.ledger.record(req.task_id, req.ctx.team, self._day(req.ctx.clock_offset_ns),
+            # Release the worst case, record the actual (on the task, team and day reserved;
+            # the gateway's own shadow call counts for the team only).
+            self.ledger.settle(reservation,
                                tokens=(out["input_tokens"] + out["output_tokens"]
                                        if cache != CacheStatus.RESPONSE else 0),
-                               usd=cost, attempt=req.attempt,
-                               counts_for_task=purpose != Purpose.SHADOW)
+                               usd=cost, attempt=req.attempt)
             result = {**out, "tier": tier, "variant": variant, "adapter": adapter,
                       "cache": cache, "cost_usd": cost,
                       "latency_ms": (time.perf_counter() - started) * 1000.0}

@@ -7,7 +7,7 @@ SQLite under the state directory by default (``Store.for_state_dir``), PostgreSQ
 unreachable database raises ``StoreBusy`` (transient).
 """
 
-from store.database import DATABASE_FILENAME, Store
+from store.database import DATABASE_FILENAME, Store, display_url
 from store.errors import (
     DecisionAlreadyRecorded,
     EvidenceMismatch,
@@ -69,6 +69,7 @@ __all__ = [
     "StoreBusy",
     "StoreError",
     "StoreIntegrityError",
+    "display_url",
     "proposal_id_for",
     "register_migration",
 ]

@@ -72,7 +72,7 @@ from store.schema import (
     read_schema_version,
 )
 
-__all__ = ["DATABASE_FILENAME", "Store"]
+__all__ = ["DATABASE_FILENAME", "Store", "display_url"]
 
 DATABASE_FILENAME = "autopilot.db"
 T = TypeVar("T")
@@ -349,7 +349,7 @@ class Store(RolloutsMixin):
 
         A database whose schema is newer than this code is refused with SchemaVersionError.
         """
-        display = _display(url)
+        display = display_url(url)
         with translate_database_errors(f"opening store {display}"):
             parsed = sa.make_url(url)
             if parsed.get_backend_name() == "sqlite":
@@ -1356,7 +1356,8 @@ def _verdict(value: GateVerdict | str) -> GateVerdict:
         raise StoreError(f"unknown gate verdict {value!r} (verdicts: {names})") from None
 
 
-def _display(url: str) -> str:
+def display_url(url: str) -> str:
+    """A database URL with its password masked: how the store (and the CLI) print one."""
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:

@@ -14,6 +14,7 @@ The names this module exported before the split (``Reason``, ``check_span``,
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -139,7 +140,10 @@ def ingest_paths(paths: Iterable[Path | str], telemetry_root: Path | str, *,
                                    time.time_ns() if now_ns is None else now_ns))
     files_read = 0
     failed: dict[str, str] = {}
+    source_modes: list[int] = []  # a quarantine file is never wider than its sources
     for path in map(Path, paths):
+        with contextlib.suppress(OSError):
+            source_modes.append(path.stat().st_mode)
         try:
             read_span_file(path, out)
             files_read += 1
@@ -184,7 +188,8 @@ def ingest_paths(paths: Iterable[Path | str], telemetry_root: Path | str, *,
                 index.save()
         except OSError as exc:  # a full disk or a lost mount: worth retrying later
             raise TransientError(f"could not write telemetry under {root}: {exc}") from exc
-        quarantine_file = write_quarantine(root, out.quarantine) if out.quarantine else None
+        quarantine_file = (write_quarantine(root, out.quarantine, source_modes=source_modes)
+                           if out.quarantine else None)
     touched_days = {day for _, day, _ in jobs}
     return IngestReport(
         files_read=files_read,

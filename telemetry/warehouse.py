@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "QUARANTINE_DIR",
+    "QUARANTINE_MODE",
     "PartitionWrite",
     "SpanIdIndex",
     "arrow_schema",
@@ -48,6 +49,7 @@ __all__ = [
     "first_occurrences",
     "ingest_lock",
     "list_days",
+    "quarantine_mode",
     "read_table",
     "span_ids_u64",
     "store_partition",
@@ -348,14 +350,35 @@ def ingest_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def write_quarantine(root: Path, records: list[dict[str, Any]]) -> Path:
-    """Write quarantine records as one new JSON-lines file (renamed into place); its path."""
+# A quarantine file holds the source lines verbatim: readable by the owner only, and never
+# by more than the span files it came from could be (issue 14, defect 11).
+QUARANTINE_MODE = 0o600
+
+
+def quarantine_mode(source_modes: Iterable[int] = ()) -> int:
+    """The permission bits of a new quarantine file: ``QUARANTINE_MODE`` narrowed by every
+    source file's (their intersection: a bit is set only where each source had it)."""
+    mode = QUARANTINE_MODE
+    for source in source_modes:
+        mode &= source
+    return mode & 0o777
+
+
+def write_quarantine(root: Path, records: list[dict[str, Any]], *,
+                     source_modes: Iterable[int] = ()) -> Path:
+    """Write quarantine records as one new JSON-lines file (renamed into place); its path.
+
+    The file is created with ``quarantine_mode(source_modes)`` (0600 at most, never wider
+    than any source file's), so the umask can only narrow it further."""
     folder = root / QUARANTINE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     final = folder / f"quarantine-{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
     tmp = folder / f".{final.name}.tmp"
-    with tmp.open("wb") as fh:
+    mode = quarantine_mode(source_modes)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 mode)
+    with os.fdopen(fd, "wb") as fh:
         for record in records:
             fh.write(_quarantine_line(record) + b"\n")
         fh.flush()

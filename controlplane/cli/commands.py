@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from controlplane.cli.common import Context, weights
+from controlplane.cli.common import Context, check_day, weights
 
 __all__ = ["COMMANDS"]
 
@@ -26,10 +26,14 @@ STARTER = Path(__file__).resolve().parent.parent / "starter"
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
               help="Initial policy (default: the starter cascade).")
 @click.option("--force", is_flag=True, help="Overwrite settings and fleet of an existing state dir.")
+@click.option("--sample", is_flag=True,
+              help="Also ingest two simulated days of sample telemetry (try `autopilot "
+                   "metrics` next; simulated, not measured).")
 @click.pass_obj
-def init(obj: Context, fleet_file: str | None, policy_file: str | None, force: bool) -> None:
+def init(obj: Context, fleet_file: str | None, policy_file: str | None, force: bool,
+         sample: bool) -> None:
     """Create the state directory: settings, fleet manifest, store, active policy v1."""
-    from controlplane.bootstrap import initialise_state
+    from controlplane.bootstrap import ingest_sample, initialise_state
 
     result = initialise_state(
         obj.state,
@@ -37,6 +41,12 @@ def init(obj: Context, fleet_file: str | None, policy_file: str | None, force: b
         policy_file=Path(policy_file) if policy_file else None,
         force=force,
     )
+    if sample:
+        report = ingest_sample(obj.state)
+        held = sum(report["duplicates_skipped"].values())
+        result["sample_telemetry"] = (
+            f"{report['stored_total']} rows from {report['spans_seen']} simulated spans"
+            + (f" ({held} already held)" if held else "") + "; next: autopilot metrics")
     obj.emit(result, title=f"autopilot state in {obj.state.root}")
 
 
@@ -62,18 +72,24 @@ def ingest(obj: Context, paths: tuple[str, ...]) -> None:
 
 # ------------------------------------------------------------------------------- metrics
 def _window_options(fn):
-    fn = click.option("--since", help="First day (YYYY-MM-DD), inclusive.")(fn)
-    fn = click.option("--until", help="Last day (YYYY-MM-DD), inclusive.")(fn)
+    fn = click.option("--since", callback=check_day,
+                      help="First day (YYYY-MM-DD), inclusive.")(fn)
+    fn = click.option("--until", callback=check_day,
+                      help="Last day (YYYY-MM-DD), inclusive.")(fn)
     return fn
 
 
 @click.command()
 @click.option("--by", default="", help="Group by any of team,repo,family,day (comma-separated).")
+@click.option("--columns", default=None,
+              help="Columns of the table (comma-separated, or `all`); default: the key ones. "
+                   "--json always has every column.")
 @_window_options
 @click.pass_obj
-def metrics(obj: Context, by: str, since: str | None, until: str | None) -> None:
+def metrics(obj: Context, by: str, columns: str | None, since: str | None,
+            until: str | None) -> None:
     """Cost per Green PR, FPY, tier mix, cache hit rate, eval share (per group)."""
-    from controlplane.views import metrics_rows
+    from controlplane.views import metrics_columns, metrics_rows
 
     keys = [k.strip() for k in by.split(",") if k.strip()]
     bad = [k for k in keys if k not in ("team", "repo", "family", "day")]
@@ -84,7 +100,14 @@ def metrics(obj: Context, by: str, since: str | None, until: str | None) -> None
     if not rows:
         obj.emit([] if obj.as_json else "no telemetry in this window: run `autopilot ingest`")
         return
-    obj.emit(rows, title="metrics")
+    if obj.as_json:
+        obj.emit(rows)
+        return
+    try:
+        shown = metrics_columns(rows, keys, columns)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--columns") from None
+    obj.emit(rows, title="metrics", columns=shown)
 
 
 @click.command()
@@ -307,6 +330,12 @@ def fleet_train(out: str | None, seed: int | None, quick: bool, evaluator: str,
 
 
 # --------------------------------------------------------------------------------- serve
+def _verbose_option(fn):
+    return click.option("-v", "--verbose", is_flag=True,
+                        help="Show Ray/vLLM output here (default: a log file under "
+                             "<state dir>/logs/, progress lines here).")(fn)
+
+
 @click.command()
 @click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Fleet manifest (default: the state dir's fleet.yaml).")
@@ -316,22 +345,25 @@ def fleet_train(out: str | None, seed: int | None, quick: bool, evaluator: str,
               help="Connect to this Ray cluster (default: start local Ray).")
 @click.option("--reload-interval", type=float, default=2.0, show_default=True,
               help="Seconds between polls of the store's active policy.")
+@_verbose_option
 @click.pass_obj
 def serve(obj: Context, fleet_file: str | None, port: int, ray_address: str | None,
-          reload_interval: float) -> None:
+          reload_interval: float, verbose: bool) -> None:
     """Start the fleet (tier deployments + gateway) for the active policy; Ctrl-C stops it."""
     from controlplane.loop.distill import gateway_collector_config
+    from controlplane.runlog import engine_logs_to_file
     from serving.fleet import serve_until_signalled
 
     obj.require_init()
     state = obj.state
     settings = state.settings()
-    serve_until_signalled(Path(fleet_file) if fleet_file else state.fleet_path,
-                          store_url=state.store_url(), spans_dir=state.spans_dir,
-                          otlp_endpoint=settings.otlp_endpoint,
-                          collector=gateway_collector_config(settings, state.root),
-                          port=port, ray_address=ray_address, reload_interval_s=reload_interval,
-                          echo=click.echo)
+    with engine_logs_to_file(state.logs_dir, "serve", verbose=verbose) as (echo, _log):
+        serve_until_signalled(Path(fleet_file) if fleet_file else state.fleet_path,
+                              store_url=state.store_url(), spans_dir=state.spans_dir,
+                              otlp_endpoint=settings.otlp_endpoint,
+                              collector=gateway_collector_config(settings, state.root),
+                              port=port, ray_address=ray_address,
+                              reload_interval_s=reload_interval, echo=echo)
 
 
 # --------------------------------------------------------------------------------- drive
@@ -551,16 +583,23 @@ def gate(obj: Context, candidate_file: str, dry_run: bool, suite_file: str | Non
 @click.option("--nights", type=click.IntRange(1, 14), default=None,
               help="Nights of the loop (default: 3, quick 1); a day is driven before each "
                    "and after the last.")
+@_verbose_option
 @click.pass_obj
 def demo(obj: Context, quick: bool, tasks: int | None, simulated: bool, fresh: bool,
-         nights: int | None) -> None:
+         nights: int | None, verbose: bool) -> None:
     """Run the whole loop on the embedded default (what `make demo` runs)."""
+    import shutil
+
     from controlplane.demo import run_demo, run_simulated_demo
+    from controlplane.runlog import engine_logs_to_file
 
     if simulated:
         run_simulated_demo(obj.state, tasks=tasks or 3000, fresh=fresh, echo=click.echo)
         return
-    run_demo(obj.state, quick=quick, tasks=tasks, fresh=fresh, nights=nights, echo=click.echo)
+    if fresh and obj.state.root.exists():  # emptied here, so the log file below survives
+        shutil.rmtree(obj.state.root)
+    with engine_logs_to_file(obj.state.logs_dir, "demo", verbose=verbose) as (echo, _log):
+        run_demo(obj.state, quick=quick, tasks=tasks, fresh=False, nights=nights, echo=echo)
 
 
 COMMANDS = [init, ingest, metrics, finops, policy, fleet, serve, drive, audit, whatif, gate, demo]

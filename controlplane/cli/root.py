@@ -9,7 +9,7 @@ import click
 from contracts.documents import DocumentError
 from contracts.errors import AutopilotError
 from controlplane.cli import commands, distill, loop, spend
-from controlplane.cli.common import Context
+from controlplane.cli.common import Context, accept_json_everywhere
 from controlplane.settings import resolve_state_dir
 
 __all__ = ["cli", "main"]
@@ -28,6 +28,7 @@ def cli(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
 for _command in (*commands.COMMANDS, *loop.COMMANDS, distill.distill, *spend.COMMANDS):
     cli.add_command(_command)
 commands.policy.add_command(loop.policy_rollback)
+accept_json_everywhere(cli)  # `--json` before or after the subcommand; days checked
 
 
 def main(argv: list[str] | None = None) -> None:

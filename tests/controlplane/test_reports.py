@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from contracts.manifest import load_fleet
@@ -53,13 +55,16 @@ def promoted(tmp_path):
 def test_change_report_names_the_change(promoted):
     state, store, fleet, pid = promoted
     out = write_change_report(state, store, fleet, pid)
-    md = open(out["markdown"]).read()
-    page = open(out["html"]).read()
+    md = Path(out["markdown"]).read_text(encoding="utf-8")
+    page = Path(out["html"]).read_text(encoding="utf-8")
     assert f"Change report {pid}: routing" in md
     assert "spec.routing.max_attempts: 3 -> 2" in md
     assert "quality_non_inferiority | PASSED" in md
     assert "approve by **alice**" in md and "realised -10.0%" in md
+    # predicted against realised, cost per Green PR, FPY, tier mix (a flat-zero cache
+    # hit rate is a sentence, not a chart)
     assert int(out["charts"]) == 4
+    assert "Cache hit rate was 0% on every serve day" in page
     assert page.count("data:image/png;base64,") == 4 and "max_attempts: 3 -&gt; 2" in page
 
 
@@ -68,7 +73,7 @@ def test_quarterly_report_aggregates(promoted):
     quarter = f"{store.get_proposal(pid).created_at.year}Q" \
               f"{(store.get_proposal(pid).created_at.month - 1) // 3 + 1}"
     out = write_quarterly_report(state, store, fleet, quarter)
-    md = open(out["markdown"]).read()
+    md = Path(out["markdown"]).read_text(encoding="utf-8")
     assert pid in md and "1 promoted" in md
 
 

@@ -71,6 +71,7 @@ def test_a_smaller_budget_buys_a_smaller_rate_and_none_at_all_below_the_floor(na
     assert half.candidate is None or half.rate < full.rate or full.rate == 1.0
     none = plan_exploration(result, window, naive, budget_share=0.0)
     assert none.candidate is None and "buys a shadow rate" in none.reason
+    assert "already shadowed" in none.reason
 
 
 def test_the_evidence_bought_narrows_what_blocked_the_candidates(naive_night, fleet):
@@ -79,7 +80,7 @@ def test_the_evidence_bought_narrows_what_blocked_the_candidates(naive_night, fl
     from experiments.exploration import evidence_bought
 
     naive, window, result, tmp = naive_night
-    plan = plan_exploration(result, window, naive, budget_share=0.02)
+    plan = plan_exploration(result, window, naive, budget_share=0.1)
     _, explored = simulate_window(plan.candidate.policy, fleet, tmp, tasks=1500, seed=4)
     after = search_candidates(explored, fleet, plan.candidate.policy, **SEARCH)
     bought = evidence_bought(plan.blocked, explored, after, plan.candidate.policy)
@@ -168,3 +169,48 @@ def test_a_shadow_is_priced_with_its_verification(naive_night):
     added = (with_verifier - without).sum()
     assert added == pytest.approx(window.verifier_per_attempt.sum(), rel=0.25)
     assert added > 0
+
+
+def test_the_budget_holds_when_naming_shadow_tiers_also_wakes_the_active_shadow_rate(naive_night):
+    """An L-only policy with a global shadow rate shadows nothing (no other tier in its order);
+    exploring one family names shadow tiers, which lets that global rate shadow every family:
+    spend is not proportional to the rate, and the plan must still fit the budget."""
+    naive, window, result, _ = naive_night
+    families = list(window.families)
+    only_l = naive.evolve(author="t", routing={
+        **naive.spec.routing.model_dump(mode="json"), "router": "fixed", "escalation": ["L"],
+        "thresholds": [], "exploration_rate": 0.0, "shadow_rate": 0.3})
+    one = families[0]
+    cheap = only_l.evolve(author="t", routing={
+        **only_l.spec.routing.model_dump(mode="json"),
+        "families": {one: {"escalation": ["S", "L"]}}})
+
+    class Blocked:
+        policy = cheap
+        lever = "routing"
+        feasible = False
+        risk = "high"
+        reasons = ["Green PRs may fall"]
+
+        class deltas:  # noqa: N801 - a stand-in for experiments.estimator.Deltas
+            class cost_per_green_pr:  # noqa: N801
+                point, low, high = -0.3, -0.5, 0.1
+
+            class green_prs:  # noqa: N801
+                point, low, high = 0.0, -0.1, 0.05
+
+        class estimate:  # noqa: N801
+            support = 0.6
+
+    class Result(list):
+        context = result.context
+        weights = result.weights
+        active_estimate = result.active_estimate
+
+    for share in (0.02, 0.005):
+        plan = plan_exploration(Result([Blocked()]), window, only_l, budget_share=share)
+        if plan.candidate is not None:
+            assert plan.usd_per_day <= plan.budget_usd_per_day + 1e-12, plan.reason
+            assert plan.families == (one,)
+        else:
+            assert "buys a shadow rate" in plan.reason

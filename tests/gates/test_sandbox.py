@@ -88,6 +88,17 @@ def test_no_secrets_no_inherited_cwd(mode, monkeypatch):
     assert r.status == "pass", r.reason
 
 
+def test_the_store_url_from_the_environment_never_reaches_a_check(mode, monkeypatch):
+    """Issue 15, defect 8: $AUTOPILOT_STORE_URL (the store's password) is ours."""
+    monkeypatch.setenv("AUTOPILOT_STORE_URL", "postgresql://ap:s3cret@db.internal/autopilot")
+    src = ("import os\n"
+           "leak = [k for k, v in os.environ.items() if k == 'AUTOPILOT_STORE_URL' "
+           "or 's3cret' in v]\n"
+           "print('FAIL ' + repr(leak) if leak else 'PASS')")
+    r = run_check(src, {}, FAST)
+    assert r.status == "pass", r.reason
+
+
 def test_limits_are_in_force_inside_the_check(mode):
     src = ("import resource\n"
            "cpu = resource.getrlimit(resource.RLIMIT_CPU)[0]\n"
