@@ -231,10 +231,11 @@ def run_demo(state: StateDir, *, quick: bool = False, tasks: int | None = None,
                 break
             step(f"night {k + 1}: nightly flow (Prefect) over {day}: observe, learn, Ray Tune "
                  "search, gates, approval, promote")
+            judged_against, _ = _store_serving(state)  # after the verify flow's step
             result = nightly(state_dir=str(state.root), since=day, until=day,
                              levers=list(plan.levers), gate_serving=FleetInProcess(handle),
                              approver=DEMO_APPROVER, search=plan.search, seed=k)
-            night = _night_record(state, k + 1, day, serving, result)
+            night = _night_record(state, k + 1, day, judged_against, result)
             summary["nights"].append(night)
             echo(f"      night {k + 1}: {night['headline']}")
             if night["promoted"] or night.get("canary"):

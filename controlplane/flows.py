@@ -427,7 +427,7 @@ def _carry_through(ctx: LoopContext, proposal_ids: list[str], summary: dict[str,
         for _ in range(6):  # the lifecycle has fewer steps than this
             state, verdict = proposal_state(ctx, pid)
             step = next_step(state=state, gate_verdict=verdict, auto_approves=False,
-                             dry_run=dry_run)
+                             dry_run=dry_run, non_interactive=approver is not None)
             if step.action == "gate":
                 entry["gates"] = gate(ctx, pid, dry_run)
                 if dry_run:

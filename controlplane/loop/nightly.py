@@ -215,7 +215,7 @@ class NextStep:
 
 
 def next_step(*, state: str, gate_verdict: str | None, auto_approves: bool,
-              dry_run: bool = False) -> NextStep:
+              dry_run: bool = False, non_interactive: bool = False) -> NextStep:
     """Where a proposal goes next in the nightly run, from its lifecycle state."""
     if state == "proposed":
         return NextStep("gate", "new proposal")
@@ -229,6 +229,12 @@ def next_step(*, state: str, gate_verdict: str | None, auto_approves: bool,
     if state == "awaiting_approval":
         if dry_run:
             return NextStep("stop", "dry run: recorded, not promoted")
+        if non_interactive and gate_verdict != "PASSED":
+            # A named approver of an unattended run approves what passed its gates; a
+            # verdict short of PASSED waits for a platform owner's own decision.
+            return NextStep("stop", f"gates {gate_verdict}: left for a platform owner "
+                            "(`autopilot proposals approve|reject`); an unattended run "
+                            "never approves it")
         if auto_approves:
             return NextStep("auto_approve", "an auto-approval rule applies")
         return NextStep("await_approval", "a platform owner decides")

@@ -193,3 +193,15 @@ def test_canary_first_and_rollout_blocks():
     assert "P-1" in rollout_blocks(R()) and "25%" in rollout_blocks(R())
     assert next_step(state="canary", gate_verdict="PASSED", auto_approves=False).action == \
         "report"
+
+
+def test_an_unattended_run_leaves_a_verdict_short_of_passed_to_an_owner():
+    step = next_step(state="awaiting_approval", gate_verdict="INCONCLUSIVE", auto_approves=False,
+                     non_interactive=True)
+    assert step.action == "stop" and "platform owner" in step.reason
+    passed = next_step(state="awaiting_approval", gate_verdict="PASSED", auto_approves=False,
+                       non_interactive=True)
+    assert passed.action == "await_approval"
+    # Interactively, the owner is asked (the pause-for-input path).
+    assert next_step(state="awaiting_approval", gate_verdict="INCONCLUSIVE",
+                     auto_approves=False).action == "await_approval"
