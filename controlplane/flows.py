@@ -398,18 +398,24 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
             choice = choose(candidates, refused, max_gated, min_saving)
             summary["skipped_candidates"] = choice.skipped
             active_estimate = getattr(candidates, "active_estimate", None)
-            todo = [record_proposal(ctx, c, window_label, predicted_record(c, active_estimate))
-                    for c in choice.chosen]
+            todo = [(c, predicted_record(c, active_estimate)) for c in choice.chosen]
             if not todo and ctx.settings.exploration.enabled:
                 plan = plan_explore(ctx, window, candidates, since, until, min_saving)
                 pick, why = choose_exploration(plan, refused)
                 summary["exploration"] = {**plan.record(), "chosen": pick is not None,
                                           "why": why}
                 if pick is not None:
-                    todo.append(record_proposal(
-                        ctx, pick, window_label,
-                        predicted_record(pick, active_estimate, exploration_budget(plan))))
-            _carry_through(ctx, todo, summary, approver, dry_run)
+                    todo.append((pick, predicted_record(pick, active_estimate,
+                                                        exploration_budget(plan))))
+            # One at a time: a proposal is recorded only when tonight will act on it, so no
+            # proposal is left "proposed" behind a promotion or a canary (the next night
+            # judges against the new policy anyway).
+            for candidate, predicted in todo:
+                pid = record_proposal(ctx, candidate, window_label, predicted)
+                _carry_through(ctx, [pid], summary, approver, dry_run)
+                last = summary["proposals"][-1]
+                if "active_version" in last or "canary" in last:
+                    break
             return summary
         finally:
             release_lease(ctx, holder)

@@ -763,8 +763,12 @@ def quarterly_charts(q: QuarterlyReport) -> list[Chart]:
         ax.bar(range(len(days)), [_num(d.get("spend_total")) or 0.0 for d in q.daily],
                color=colors)
         if any(d["kind"] != "serve" for d in q.daily):
-            ax.bar([], [], color="0.6", label="gate/eval traffic")
-            ax.legend(fontsize=7, loc="upper right")
+            from matplotlib.patches import Patch
+
+            # Handles drawn explicitly: an empty bar series takes the default colour.
+            ax.legend(handles=[Patch(color="tab:blue", label="serve days"),
+                               Patch(color="0.6", label="gate/eval traffic")],
+                      fontsize=7, loc="upper right")
         ax.set_ylabel("spend, $ per day")
         _usd_axis(ax)
         ax.set_ylim(bottom=0)
