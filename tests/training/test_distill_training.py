@@ -110,7 +110,8 @@ def gated(distilled):
         served = gateway.complete({"prompt": distilled["examples"][0].prompt, "max_tokens": 8,
                                    "stop": ["\n"], "autopilot": {
                                        "task_id": "probe", "family": FAMILY,
-                                       "policy_version": 2}})
+                                       # Only gate traffic may name a stored version.
+                                       "purpose": "gate", "policy_version": 2}})
         report = run_gates(candidate=candidate, baseline=baseline, fleet=load_fleet(r.manifest),
                            manifest_dir=Path(r.manifest).parent, suite=suite,
                            serving=InProcessServingPath(gateway), options=GateOptions())
