@@ -99,20 +99,39 @@ def exploration_targets(active: Any, blocked: list[Any], families: list[str]
     return tiers, fams
 
 
+def effective_shadow_rate(policy: Any, family: str) -> float:
+    """The share of a family's tasks that really get a shadow: its shadow rate, or 0 when no
+    tier is left to shadow on (e.g. an escalation order of one tier and no shadow tiers)."""
+    from policies.routing import resolve_routing, shadow_targets
+
+    routing = resolve_routing(policy, family)
+    firsts = {routing.escalation[i] for i in range(len(routing.escalation))}
+    if not any(shadow_targets(routing, t) for t in firsts):
+        return 0.0
+    return routing.shadow_rate
+
+
 def _with_shadows(active: Any, tiers: list[str], families: list[str], all_families: list[str],
                   rate: float) -> Any:
+    """The active policy plus shadows at ``rate`` on ``tiers`` for ``families``; every other
+    family keeps the shadows it really had (naming shadow tiers must not wake a dormant
+    shadow rate elsewhere: that would spend the budget where no candidate needs evidence)."""
     routing = active.spec.routing.model_dump(mode="json")
     routing["shadow_tiers"] = list(tiers)
-    if set(families) >= set(all_families):
-        routing["shadow_rate"] = max(rate, active.spec.routing.shadow_rate)
-    else:
-        overrides = routing.get("families", {})
-        for fam in families:
-            entry = dict(overrides.get(fam, {}))
-            entry["shadow_rate"] = max(rate, float(entry.get("shadow_rate") or 0.0),
-                                       active.spec.routing.shadow_rate)
-            overrides[fam] = entry
-        routing["families"] = overrides
+    if set(families) >= set(all_families):  # every family: one policy-wide rate
+        routing["shadow_rate"] = max([rate, *(effective_shadow_rate(active, f)
+                                              for f in all_families)])
+        tiers_txt = ", ".join(tiers)
+        return active.evolve(author=AUTHOR, routing=routing,
+                             description=f"exploration: shadow {rate:.0%} of tasks on "
+                             f"{tiers_txt}")
+    overrides = routing.get("families", {})
+    for fam in all_families:
+        entry = dict(overrides.get(fam, {}))
+        now = effective_shadow_rate(active, fam)
+        entry["shadow_rate"] = max(rate, now) if fam in families else now
+        overrides[fam] = entry
+    routing["families"] = overrides
     tiers_txt = ", ".join(tiers)
     return active.evolve(author=AUTHOR, routing=routing,
                          description=f"exploration: shadow {rate:.0%} of tasks on {tiers_txt}")
@@ -169,7 +188,7 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     # 1% grid whose replayed spend fits the budget, by bisection.
     from policies.routing import resolve_routing
 
-    now = max(resolve_routing(active, f).shadow_rate for f in fams)  # what runs already
+    now = max(effective_shadow_rate(active, f) for f in fams)  # what really runs already
     low, high = 0, 100
     while low < high:
         mid = (low + high + 1) // 2

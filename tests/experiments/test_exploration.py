@@ -212,5 +212,12 @@ def test_the_budget_holds_when_naming_shadow_tiers_also_wakes_the_active_shadow_
         if plan.candidate is not None:
             assert plan.usd_per_day <= plan.budget_usd_per_day + 1e-12, plan.reason
             assert plan.families == (one,)
+            # The other families' dormant 30% stays dormant: no budget spent where no
+            # candidate needs evidence.
+            from experiments.exploration import effective_shadow_rate
+
+            assert all(effective_shadow_rate(plan.candidate.policy, f) == 0.0
+                       for f in families if f != one)
+            assert effective_shadow_rate(plan.candidate.policy, one) == plan.rate
         else:
             assert "buys a shadow rate" in plan.reason
