@@ -345,6 +345,7 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
         choose_exploration,
         default_window,
         exploration_budget,
+        levers_for_signals,
         predicted_record,
     )
 
@@ -379,6 +380,10 @@ def nightly(state_dir: str, since: str | None = None, until: str | None = None,
             observed = observe(ctx, since, until)
             summary["observed"] = observed["metrics"]
             summary["anomalies"] = spend_anomalies(ctx, since, until)
+            levers, signal = levers_for_signals(levers, summary["anomalies"])
+            if signal:
+                summary["signals"] = [signal]
+                _say(signal)
             if not observed["metrics"]:
                 summary["skipped"] = f"no telemetry in {window_label}"
                 return summary

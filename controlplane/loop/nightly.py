@@ -22,6 +22,7 @@ __all__ = [
     "choose_for_gating",
     "default_window",
     "exploration_budget",
+    "levers_for_signals",
     "next_step",
     "not_again",
     "predicted_record",
@@ -42,6 +43,23 @@ def default_window(today: date) -> tuple[str, str]:
     """The nightly run judges yesterday (UTC): the last complete day of telemetry."""
     day = (today - timedelta(days=1)).isoformat()
     return day, day
+
+
+def levers_for_signals(levers: Any, anomalies: Mapping[str, Any] | None
+                       ) -> tuple[Any, str | None]:
+    """The levers tonight's search covers, given the window's spend anomalies: a family
+    whose spend ran away (a family-scope anomaly) brings the guardrails lever into the search
+    (per-family caps are what stops a runaway), with the reason to report; "all" already
+    covers it."""
+    by_scope = (anomalies or {}).get("by_scope") or {}
+    runaway = int(by_scope.get("family", 0))
+    if not runaway or levers == "all" or (not isinstance(levers, str) and (
+            "all" in levers or "guardrails" in levers)):
+        return levers, None
+    named = [levers] if isinstance(levers, str) else list(levers)
+    return [*named, "guardrails"], (f"{runaway} family spend anomal"
+                                    f"{'y' if runaway == 1 else 'ies'} in the window: the "
+                                    "guardrails lever (per-task caps) is searched tonight")
 
 
 def window_days(since: str, until: str) -> int:

@@ -205,3 +205,18 @@ def test_an_unattended_run_leaves_a_verdict_short_of_passed_to_an_owner():
     # Interactively, the owner is asked (the pause-for-input path).
     assert next_step(state="awaiting_approval", gate_verdict="INCONCLUSIVE",
                      auto_approves=False).action == "await_approval"
+
+
+def test_a_runaway_family_brings_the_guardrails_lever_into_the_search():
+    from controlplane.loop.nightly import levers_for_signals
+
+    runaway = {"by_scope": {"family": 2, "team": 1}}
+    levers, why = levers_for_signals(["routing"], runaway)
+    assert levers == ["routing", "guardrails"] and "2 family spend anomalies" in why
+    assert levers_for_signals("routing", {"by_scope": {"family": 1}})[0] == ["routing",
+                                                                            "guardrails"]
+    for covered in ("all", ["routing", "guardrails"], ["all"]):
+        assert levers_for_signals(covered, runaway) == (covered, None)
+    assert levers_for_signals(["routing"], {"by_scope": {"team": 3}}) == (["routing"], None)
+    assert levers_for_signals(["routing"], {"error": "x"}) == (["routing"], None)
+    assert levers_for_signals(["routing"], None) == (["routing"], None)
