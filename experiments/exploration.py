@@ -105,8 +105,7 @@ def effective_shadow_rate(policy: Any, family: str) -> float:
     from policies.routing import resolve_routing, shadow_targets
 
     routing = resolve_routing(policy, family)
-    firsts = {routing.escalation[i] for i in range(len(routing.escalation))}
-    if not any(shadow_targets(routing, t) for t in firsts):
+    if not any(shadow_targets(routing, t) for t in routing.escalation):
         return 0.0
     return routing.shadow_rate
 
@@ -121,20 +120,17 @@ def _with_shadows(active: Any, tiers: list[str], families: list[str], all_famili
     if set(families) >= set(all_families):  # every family: one policy-wide rate
         routing["shadow_rate"] = max([rate, *(effective_shadow_rate(active, f)
                                               for f in all_families)])
-        tiers_txt = ", ".join(tiers)
-        return active.evolve(author=AUTHOR, routing=routing,
-                             description=f"exploration: shadow {rate:.0%} of tasks on "
-                             f"{tiers_txt}")
-    overrides = routing.get("families", {})
-    for fam in all_families:
-        entry = dict(overrides.get(fam, {}))
-        now = effective_shadow_rate(active, fam)
-        entry["shadow_rate"] = max(rate, now) if fam in families else now
-        overrides[fam] = entry
-    routing["families"] = overrides
-    tiers_txt = ", ".join(tiers)
+    else:
+        overrides = routing.get("families", {})
+        for fam in all_families:
+            entry = dict(overrides.get(fam, {}))
+            now = effective_shadow_rate(active, fam)
+            entry["shadow_rate"] = max(rate, now) if fam in families else now
+            overrides[fam] = entry
+        routing["families"] = overrides
     return active.evolve(author=AUTHOR, routing=routing,
-                         description=f"exploration: shadow {rate:.0%} of tasks on {tiers_txt}")
+                         description=f"exploration: shadow {rate:.0%} of tasks on "
+                         f"{', '.join(tiers)}")
 
 
 def _eval_spend(policy: Any, context: Any) -> float:
@@ -186,8 +182,6 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     # Spend rises with the rate but not always in proportion (naming shadow tiers can let the
     # active policy's own shadow rate reach tiers it could not before): the largest rate on a
     # 1% grid whose replayed spend fits the budget, by bisection.
-    from policies.routing import resolve_routing
-
     now = max(effective_shadow_rate(active, f) for f in fams)  # what really runs already
     low, high = 0, 100
     while low < high:

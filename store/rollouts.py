@@ -32,6 +32,11 @@ def _record(row: Row[Any]) -> RolloutRecord:
                          row.updated_at)
 
 
+def _row(conn: Connection, proposal_id: str) -> Row[Any] | None:
+    return conn.execute(sa.select(rollouts).where(rollouts.c.proposal_id == proposal_id)
+                        ).one_or_none()
+
+
 def _check_share(share: float) -> float:
     share = float(share)
     if not 0.0 < share <= 1.0:
@@ -51,8 +56,7 @@ class RolloutsMixin:
 
     def get_rollout(self, proposal_id: str) -> RolloutRecord | None:
         with self._reading(f"reading the rollout of {proposal_id}") as conn:  # type: ignore[attr-defined]
-            row = conn.execute(sa.select(rollouts).where(rollouts.c.proposal_id == proposal_id)
-                               ).one_or_none()
+            row = _row(conn, proposal_id)
             return None if row is None else _record(row)
 
     def start_rollout(self, proposal_id: str, *, share: float, actor: str,
@@ -82,14 +86,12 @@ class RolloutsMixin:
                 started_at=now, updated_at=now))
             self._move_proposal(conn, now, row, ProposalState.CANARY, actor=actor,  # type: ignore[attr-defined]
                                 reason=reason, extra_payload={"share": share, "step": 1})
-            return _record(conn.execute(sa.select(rollouts).where(
-                rollouts.c.proposal_id == proposal_id)).one())
+            return _record(_row(conn, proposal_id))
 
         return self._write(f"starting the rollout of {proposal_id}", work)  # type: ignore[attr-defined]
 
     def _running(self, conn: Connection, proposal_id: str) -> Row[Any]:
-        row = conn.execute(sa.select(rollouts).where(rollouts.c.proposal_id == proposal_id)
-                           ).one_or_none()
+        row = _row(conn, proposal_id)
         if row is None or row.state != RUNNING:
             state = "none" if row is None else row.state
             raise StoreError(f"proposal {proposal_id} has no running rollout (state {state})")
@@ -111,8 +113,7 @@ class RolloutsMixin:
                         subject=proposal_id,
                         payload={"from": row.share, "to": share, "step": row.step + 1,
                                  "reason": reason})
-            return _record(conn.execute(sa.select(rollouts).where(
-                rollouts.c.proposal_id == proposal_id)).one())
+            return _record(_row(conn, proposal_id))
 
         return self._write(f"advancing the rollout of {proposal_id}", work)  # type: ignore[attr-defined]
 
@@ -141,7 +142,6 @@ class RolloutsMixin:
                                 reason=reason, extra_payload={"share": row.share,
                                                               "step": row.step,
                                                               "stopped_at_canary": True})
-            return _record(conn.execute(sa.select(rollouts).where(
-                rollouts.c.proposal_id == proposal_id)).one())
+            return _record(_row(conn, proposal_id))
 
         return self._write(f"aborting the rollout of {proposal_id}", work)  # type: ignore[attr-defined]

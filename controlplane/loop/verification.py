@@ -178,14 +178,18 @@ def rollout_step(decision: VerifyDecision, *, share: float, steps: tuple[float, 
         return RolloutStep("abort", share, f"canary stopped at {share:.0%}: {decision.message}")
     stats = decision.stats
     tasks = min(stats.get("baseline_tasks", 0), stats.get("candidate_tasks", 0))
-    if decision.outcome == VerifyOutcome.VERIFIED and decision.message.startswith("inconclusive"):
+    out_of_looks = decision.message.startswith("inconclusive")
+    if decision.outcome == VerifyOutcome.VERIFIED and out_of_looks:
         return RolloutStep("abort", share, f"canary stopped at {share:.0%}: still undecided "
                            f"when its looks ran out. {decision.message}")
     high = (stats.get("rel_delta_ci") or [None, None])[1]
     if tasks < min_tasks or high is None or high > margin:
-        need = (f"{tasks} tasks in the smaller arm < {min_tasks}" if tasks < min_tasks
-                else "its cost interval still admits more than "
-                f"+{margin:.0%}" if high is not None else "no Green PR yet in an arm")
+        if tasks < min_tasks:
+            need = f"{tasks} tasks in the smaller arm < {min_tasks}"
+        elif high is None:
+            need = "no Green PR yet in an arm"
+        else:
+            need = f"its cost interval still admits more than +{margin:.0%}"
         return RolloutStep("hold", share, f"holding at {share:.0%}: {need}. "
                            f"{decision.message}")
     later = [s for s in steps if s > share + 1e-9]

@@ -45,7 +45,7 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
     the candidate version, so traffic from before the switch never counts for it.
     """
     from controlplane.loop.promotion import active_proposal
-    from controlplane.loop.verification import VerifyOutcome, verify_decision
+    from controlplane.loop.verification import VerifyOutcome
     from controlplane.views import read_metric_frames
     from store import ProposalState
 
@@ -63,17 +63,9 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
         since = _next_day(b_until)
     cand = read_metric_frames(state, since, until)
 
-    verifier = settings.default_verifier_cost_usd
-    b = task_outcomes(*served_by(base, proposal.baseline_version), fleet,
-                      default_verifier_cost_usd=verifier)
-    c = task_outcomes(*served_by(cand, proposal.candidate_version), fleet,
-                      default_verifier_cost_usd=verifier)
-    look = 1 + len(store.audit_entries(subject=proposal.proposal_id, action="verify.look"))
-    decision = verify_decision(
-        baseline_spend=b[0], baseline_green=b[1], baseline_first_pass=b[2],
-        candidate_spend=c[0], candidate_green=c[1], candidate_first_pass=c[2],
-        predicted_rel_delta=proposal.predicted.cost_per_green_pr_rel_delta, look=look,
-        settings=settings.verify)
+    look, decision = _look(store, proposal, settings, fleet, "verify.look",
+                           baseline=served_by(base, proposal.baseline_version),
+                           candidate=served_by(cand, proposal.candidate_version))
     store.audit_append(actor=actor, action="verify.look", subject=proposal.proposal_id,
                        payload=_finite({"outcome": decision.outcome.value,
                                         "message": decision.message, "stats": decision.stats,
@@ -93,6 +85,25 @@ def verify_promoted(state: Any, store: Any, fleet: Any, *, since: str | None, un
     return result
 
 
+def _look(store: Any, proposal: Any, settings: Any, fleet: Any, action: str, *,
+          baseline: Any, candidate: Any) -> tuple[int, Any]:
+    """The sequential test's next look (numbered by the audit entries ``action`` already
+    holds for the proposal): per-task outcomes of the two (tasks, attempts, calls) frames,
+    priced once, against the proposal's prediction."""
+    from controlplane.loop.verification import verify_decision
+
+    verifier = settings.default_verifier_cost_usd
+    b = task_outcomes(*baseline, fleet, default_verifier_cost_usd=verifier)
+    c = task_outcomes(*candidate, fleet, default_verifier_cost_usd=verifier)
+    look = 1 + len(store.audit_entries(subject=proposal.proposal_id, action=action))
+    decision = verify_decision(
+        baseline_spend=b[0], baseline_green=b[1], baseline_first_pass=b[2],
+        candidate_spend=c[0], candidate_green=c[1], candidate_first_pass=c[2],
+        predicted_rel_delta=proposal.predicted.cost_per_green_pr_rel_delta, look=look,
+        settings=settings.verify)
+    return look, decision
+
+
 def served_by(frames, version: int):
     """The tasks (and their attempts and calls) a policy version served."""
     tasks, attempts, calls = frames
@@ -108,7 +119,7 @@ def verify_canary(state: Any, store: Any, fleet: Any, rollout: Any, *, since: st
     """One look at a running canary: the canary's tasks against the control's on the same
     days (``[since, until]``, default: from the day the rollout started), the same
     sequential test as verify; then abort, hold, advance or promote (``rollout_step``)."""
-    from controlplane.loop.verification import rollout_step, verify_decision
+    from controlplane.loop.verification import rollout_step
     from controlplane.views import read_metric_frames
 
     proposal = store.get_proposal(rollout.proposal_id)
@@ -116,17 +127,9 @@ def verify_canary(state: Any, store: Any, fleet: Any, rollout: Any, *, since: st
     if since is None:
         since = rollout.started_at.date().isoformat()
     frames = read_metric_frames(state, since, until)
-    verifier = settings.default_verifier_cost_usd
-    control = task_outcomes(*served_by(frames, rollout.baseline_version), fleet,
-                            default_verifier_cost_usd=verifier)
-    canary = task_outcomes(*served_by(frames, rollout.candidate_version), fleet,
-                           default_verifier_cost_usd=verifier)
-    look = 1 + len(store.audit_entries(subject=proposal.proposal_id, action="rollout.look"))
-    decision = verify_decision(
-        baseline_spend=control[0], baseline_green=control[1], baseline_first_pass=control[2],
-        candidate_spend=canary[0], candidate_green=canary[1], candidate_first_pass=canary[2],
-        predicted_rel_delta=proposal.predicted.cost_per_green_pr_rel_delta, look=look,
-        settings=settings.verify)
+    look, decision = _look(store, proposal, settings, fleet, "rollout.look",
+                           baseline=served_by(frames, rollout.baseline_version),
+                           candidate=served_by(frames, rollout.candidate_version))
     step = rollout_step(decision, share=rollout.share, steps=tuple(settings.rollout.steps),
                         min_tasks=settings.rollout.min_tasks, margin=settings.verify.margin)
     store.audit_append(actor=actor, action="rollout.look", subject=proposal.proposal_id,
