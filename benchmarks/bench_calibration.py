@@ -100,6 +100,8 @@ def apply_caps(task_spans: list[dict[str, Any]], policy, fleet) -> list[dict[str
     kept: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []  # calls of the attempt being walked
     cut = clipped = False
+    attempts_written = sum(1 for span in task_spans if span["name"] == SPAN_ATTEMPT)
+    verified = 0  # attempts that ran whole: a cut one ends in a refusal, never verified
     for span in task_spans:
         a = span["attributes"]
         shadow = str(a.get(Attr.PURPOSE, Purpose.SERVE)) == str(Purpose.SHADOW)
@@ -129,6 +131,7 @@ def apply_caps(task_spans: list[dict[str, Any]], policy, fleet) -> list[dict[str
             pending = []
             kept.append({**span, "attributes": {**a, Attr.PASSED: a[Attr.PASSED] and not failed}}
                         if failed else span)
+            verified += not cut
             if failed:
                 cut = True
         elif span["name"] == SPAN_TASK:
@@ -136,13 +139,15 @@ def apply_caps(task_spans: list[dict[str, Any]], policy, fleet) -> list[dict[str
                 attrs = {**a, Attr.OUTCOME: str(Outcome.BUDGET_EXCEEDED),
                          Attr.VERIFIER_PASSED: False}
                 attrs.pop(Attr.REVIEW_ACCEPTED, None)
-                # the verifier ran once per span the simulator wrote: keep that share
-                share = (len(kept) + 1) / max(len(task_spans), 1)
+                # the simulator charged one verification per attempt it wrote: keep those
+                # of the attempts that ran whole (a clipped one is verified and fails)
+                share = verified / max(attempts_written, 1)
                 if Attr.VERIFIER_COST_USD in attrs:
                     attrs[Attr.VERIFIER_COST_USD] = float(attrs[Attr.VERIFIER_COST_USD]) * share
                 span = {**span, "attributes": attrs}
             kept.append(span)
         else:  # shadow attempts and their calls: evaluation spend, outside the caps
+            verified += span["name"] == SPAN_ATTEMPT
             kept.append(span)
     return kept
 

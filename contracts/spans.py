@@ -13,6 +13,9 @@ from enum import StrEnum
 
 __all__ = [
     "FEATURE_PREFIX",
+    "GENAI_AGENT_OPERATIONS",
+    "GENAI_CALL_OPERATIONS",
+    "GENAI_PROVIDER",
     "SERVICE_NAME",
     "SPAN_ATTEMPT",
     "SPAN_CALL",
@@ -20,6 +23,7 @@ __all__ = [
     "SPAN_TASK",
     "Attr",
     "CacheStatus",
+    "GenAI",
     "Outcome",
     "Purpose",
     "SpanLimits",
@@ -68,6 +72,34 @@ class Attr:
     OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
     CACHE = "autopilot.cache"
     CACHED_INPUT_TOKENS = "autopilot.cached_input_tokens"
+
+
+class GenAI:
+    """OpenTelemetry GenAI semantic-convention keys the product reads beside its own
+    (``docs/telemetry.md``, "GenAI semantic conventions"). The three it shares with its own
+    contract are ``Attr.REQUEST_MODEL``, ``Attr.INPUT_TOKENS`` and ``Attr.OUTPUT_TOKENS``.
+    Each ``*_OLD`` key is a name earlier conventions (or OpenLLMetry) used for the same
+    value; it is read only when the current key is absent."""
+
+    OPERATION_NAME = "gen_ai.operation.name"
+    PROVIDER_NAME = "gen_ai.provider.name"
+    RESPONSE_MODEL = "gen_ai.response.model"
+    CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+    CACHE_READ_INPUT_TOKENS_OLD = "gen_ai.usage.cache_read_input_tokens"
+    INPUT_TOKENS_OLD = "gen_ai.usage.prompt_tokens"
+    OUTPUT_TOKENS_OLD = "gen_ai.usage.completion_tokens"
+    CONVERSATION_ID = "gen_ai.conversation.id"
+    AGENT_ID = "gen_ai.agent.id"
+    AGENT_NAME = "gen_ai.agent.name"
+
+
+# gen_ai.operation.name values: a model call that generates tokens is an ``llm.call``; an
+# agent invocation is an ``agent.attempt``. Other operations (embeddings, execute_tool,
+# create_agent, ...) are counted as ignored.
+GENAI_CALL_OPERATIONS = ("chat", "text_completion", "generate_content")
+GENAI_AGENT_OPERATIONS = ("invoke_agent",)
+GENAI_PROVIDER = SERVICE_NAME
+"""``gen_ai.provider.name`` of the gateway's calls: the self-hosted fleet is the provider."""
 
 
 class Outcome(StrEnum):

@@ -123,6 +123,7 @@ class QuarterlyReport:
     forecast: list[dict[str, Any]] = field(default_factory=list)
     tier_mix: list[dict[str, Any]] = field(default_factory=list)
     generated_at: str = ""
+    audit_head: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -318,13 +319,19 @@ def _evidence_info(state: StateDir, store: Store, proposal_id: str,
 
 
 def _audit_head(store: Store) -> dict[str, Any]:
+    """The audit chain head when the report is made (an anchor a reader can hand to
+    ``autopilot audit verify --anchor HASH@SEQ``) and whether the log verified: chain, the
+    state tables replayed, the store's anchors."""
     check = store.verify_audit()
     last = store.audit_entries(newest_first=True, limit=1)
     head = last[0] if last else None
     return {"ok": check.ok, "entries": check.entries_checked,
             "seq": None if head is None else head.seq,
             "entry_hash": None if head is None else head.entry_hash,
-            "first_bad_seq": check.first_bad_seq, "reason": check.reason}
+            "ts": None if head is None else head.ts.isoformat(),
+            "anchor": None if head is None else f"{head.entry_hash}@{head.seq}",
+            "first_bad_seq": check.first_bad_seq, "reason": check.reason,
+            "problems": len(check.problems), "anchors_checked": check.anchors_checked}
 
 
 def _detail(e: Any) -> str:
@@ -574,7 +581,7 @@ def gather_quarterly_report(state: StateDir, store: Store, fleet: FleetManifest,
     return QuarterlyReport(quarter, start.isoformat(), end.isoformat(), changes, daily,
                            register_rows, breaches, totals, previous, calibration, teams,
                            repos, anomalies, forecast, mix,
-                           datetime.now(UTC).isoformat(timespec="seconds"))
+                           datetime.now(UTC).isoformat(timespec="seconds"), _audit_head(store))
 
 
 def _team_budgets(store: Store) -> dict[str, float]:
@@ -926,7 +933,7 @@ def _quarterly_context(q: QuarterlyReport, charts: Sequence[Chart],
                              else f"{e['comparator'] or ''} {fmt(e['target'], unit)}".strip(),
                              "status": e["status"]})
     return {"q": q, "t": t, "prev": prev, "summary": summary, "register": register,
-            "charts": charts, "chart_files": chart_files}
+            "charts": charts, "chart_files": chart_files, "head": q.audit_head}
 
 
 def render_quarterly_markdown(q: QuarterlyReport, chart_files: Mapping[str, str] | None = None,

@@ -148,6 +148,10 @@ class Settings(Strict):
     approval_timeout_s: int = Field(
         default=3600, ge=1, description="the nightly flow waits this long; then it is a rejection"
     )
+    require_api_keys: bool = Field(
+        default=False, description="the gateway refuses calls without a valid API key "
+        "(`autopilot keys create`) even on loopback; beyond loopback keys are always required"
+    )
     nightly_cron: str = Field(default="0 2 * * *", description="when the nightly flow runs")
     timezone: str = Field(default="UTC", description="time zone of nightly_cron")
     verify: VerifySettings = Field(
@@ -213,6 +217,12 @@ class StateDir:
     @property
     def database_path(self) -> Path:
         return self.root / "autopilot.db"
+
+    @property
+    def anchors_path(self) -> Path:
+        """The audit chain's head, appended after each promotion and rollback (``store.anchors``):
+        outside the database, checked by ``autopilot audit verify``."""
+        return self.root / "audit" / "anchors.jsonl"
 
     @property
     def prefect_home(self) -> Path:

@@ -10,10 +10,12 @@ Per task and per possible start tier, the attempts of the plan are walked with t
 outcome model's P(pass) (direct method): reach probability, expected spend (each attempt
 priced by the cost model for its tier, variant and cache setting, plus verifier compute),
 P(Green), P(first attempt passes). Guardrail caps apply the gateway's own rule
-(``policies.caps``): an attempt is refused once the task's expected serving spend or tokens
-of the attempts before it *have reached* a cap, so the attempt that crosses a cap runs and
-is paid in full, and the task then ends ``budget_exceeded``. The start distribution
-(routing plus exploration) mixes the plans; the shadow rate adds evaluation spend.
+(``policies.caps``, checked before every call) to each task's realised spend, drawn around
+its mean with the spread the window measured (``_cap_odds``): an attempt runs while the
+spend before it is below the caps, is cut between its calls or clipped at a token cap when
+the cap is reached inside it, and the task then ends ``budget_exceeded``. The start
+distribution (routing plus exploration) mixes the plans; the shadow rate adds evaluation
+spend.
 
 Off-policy correction (doubly robust): where the policy's plan from the logged start tier
 reproduces the logged trajectory up to where it ended, the observed outcome corrects the
@@ -384,55 +386,59 @@ def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
     """Model values of one plan, from every position onward (backward recursion).
 
     ``_G[j]``, ``_C[j]`` ... are the expected green, spend ... of the rest of the plan
-    for a task that has failed positions 0..j-1; position j >= ``_allowed`` is refused by
-    a guardrail cap (``policies.caps``, on the spend of positions 0..j-1; a $ or token cap
-    ends the task ``budget_exceeded``).
+    for a task that has reached position j (positions 0..j-1 ran whole and failed).
+    Position j >= ``_allowed`` is where the logged outcomes stop standing for the plan
+    (``_correct``): the attempt cap refuses it, or a $ or token cap may act there.
+
+    The caps are the gateway's rule (``policies.caps``) applied to a task's realised spend,
+    which the window knows only in distribution (``_cap_odds``): per position, the chance
+    the attempt runs at all and the chance it runs whole (a cap reached between its calls
+    cuts it, a token cap clips its crossing call: either fails it and ends the task
+    ``budget_exceeded``).
     """
     from policies.caps import task_caps_reached
 
     n, A = len(verifier), len(codes)
     costs, probs, unsup = [], [], []
-    spent = np.zeros(n)
-    used = np.zeros(n)
-    allowed = np.full(n, A, dtype=np.int64)
-    cut = np.zeros(n, dtype=bool)  # a $ or token cap ended the plan (not the attempt cap)
     hist = [0.0] * len(ctx.rank_pos)
     for j, code in enumerate(codes):
-        c = price(code)
-        # The gateway's rule (policies.caps): attempt j+1 is refused once the spend of the
-        # attempts before it has reached a cap, never because it would pass one.
-        refuses = dict(task_caps_reached(g, attempt=j + 1, spent_usd=spent,
-                                         spent_tokens=used, max_attempts=A))
-        budget = np.asarray(refuses[Cap.MAX_TOKENS_PER_TASK]
-                            | refuses[Cap.MAX_USD_PER_TASK], dtype=bool)
-        stop = budget | np.asarray(refuses[Cap.MAX_ATTEMPTS_PER_TASK], dtype=bool)
-        first = stop & (allowed == A)
-        allowed[first] = j
-        cut |= first & budget
-        costs.append(c)
+        costs.append(price(code))
         probs.append(ctx.pass_prob(fam_code, code, tuple(hist), j + 1, envelope))
         if visited is not None:
             visited.add((code, tuple(int(h) for h in hist)))
         unsup.append(0.0 if ctx.is_supported(code, tuple(hist)) else 1.0)
-        spent = spent + c
-        used = used + tokens
         hist[ctx.tier_pos[ctx.window.combos[code].tier]] += 1.0
-    cut = cut.astype(float)
-    G = [np.zeros(n)] * (A + 1)
-    C, V, T, E, U = ([np.zeros(n)] * (A + 1) for _ in range(5))
-    G, C, V, T, E, U = list(G), list(C), list(V), list(T), list(E), list(U)
-    E[A] = cut
+    # The attempt cap (the plan already stops at the routing's max_attempts).
+    live = [not dict(task_caps_reached(g, attempt=j + 1, spent_usd=0.0, spent_tokens=0.0,
+                                       max_attempts=A))[Cap.MAX_ATTEMPTS_PER_TASK]
+            for j in range(A)]
+    runs, whole, checked, paid = _cap_odds(ctx, fam_code, costs, tokens, g)
+    allowed = np.full(n, A, dtype=np.int64)
     for j in range(A - 1, -1, -1):
-        live = allowed > j
-        q = 1.0 - probs[j]
-        G[j] = np.where(live, probs[j] + q * G[j + 1], 0.0)
-        C[j] = np.where(live, costs[j] + q * C[j + 1], 0.0)
-        V[j] = np.where(live, verifier + q * V[j + 1], 0.0)
-        T[j] = np.where(live, 1.0 + q * T[j + 1], 0.0)
-        E[j] = np.where(live, q * E[j + 1], cut)
-        U[j] = np.where(live, unsup[j] + q * U[j + 1], 0.0)
-    first_live = allowed > 0
-    serve = np.where(first_live, costs[0], 0.0)
+        sure = live[j] & (whole[j] >= 1.0 - CAP_CERTAIN)
+        allowed = np.where(sure, allowed, j)
+    G = [np.zeros(n) for _ in range(A + 1)]
+    C, V, T, E, U = ([np.zeros(n) for _ in range(A + 1)] for _ in range(5))
+    for j in range(A - 1, -1, -1):
+        if not live[j]:
+            continue
+        reached = whole[j - 1] if j else np.ones(n)  # the attempt before ran whole (failed)
+        r = _given(runs[j], reached)
+        q = _given(whole[j], runs[j])
+        on = q * (1.0 - probs[j])  # ran whole and failed: the plan goes on
+        G[j] = r * q * probs[j] + r * on * G[j + 1]
+        C[j] = _given(paid[j], reached) + r * on * C[j + 1]
+        # A cut attempt ends in the gateway's refusal: the harness verifies nothing (a
+        # clipped answer is verified, and fails).
+        V[j] = _given(checked[j], reached) * verifier + r * on * V[j + 1]
+        T[j] = r + r * on * T[j + 1]
+        # Refused here, or cut (a refusal mid-attempt), or clipped with a step left (the
+        # next is refused): budget_exceeded. A clipped last attempt just fails.
+        cut = _given(runs[j] - checked[j], runs[j])
+        clip = _given(checked[j] - whole[j], runs[j])
+        E[j] = (1.0 - r) + r * (cut + (clip if j + 1 < A else 0.0)) + r * on * E[j + 1]
+        U[j] = r * unsup[j] + r * on * U[j + 1]
+    serve = paid[0] if live[0] else np.zeros(n)
     return {
         "green": G[0] * ctx.window.accept_rate,
         "serve": serve,
@@ -440,10 +446,94 @@ def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
         "verifier": V[0],
         "attempts": T[0],
         "unsupported": U[0],
-        "fpy": np.where(first_live, probs[0], 0.0),
+        "fpy": (whole[0] * probs[0]) if live[0] else np.zeros(n),
         "budget_exceeded": E[0],
         "_G": G, "_C": C, "_V": V, "_T": T, "_E": E, "_costs": costs, "_allowed": allowed,
     }
+
+
+def _given(joint: np.ndarray, condition: np.ndarray) -> np.ndarray:
+    """joint / condition where the condition can happen, else 0 (a state never reached)."""
+    return np.divide(joint, condition, out=np.zeros_like(joint, dtype=float),
+                     where=condition > 0)
+
+
+# Below this chance of a cap acting on an attempt, the logged outcome stands for it.
+CAP_CERTAIN = 0.01
+# Share of an attempt's spend paid when a cap cuts it between calls (calls before the cut).
+CUT_SHARE = 0.5
+
+
+# Draws of each task's attempt spends behind the cap odds (common to every policy replayed
+# on a window, so two policies' odds differ only by their caps and plans).
+CAP_DRAWS = 64
+
+
+def _spend_draws(ctx, n_positions: int) -> np.ndarray:
+    """[CAP_DRAWS, n, positions] multipliers of a task's mean attempt spend: log-normal with
+    the window's measured spread (``Window.attempt_cv``), each (task, position) rescaled to
+    mean exactly 1 over the draws; fixed per window (seeded), extended as plans grow."""
+    draws = getattr(ctx, "_cap_draws", None)
+    if draws is None or draws.shape[2] < n_positions:
+        n = ctx.window.n
+        sigma = float(np.sqrt(np.log1p(float(ctx.window.attempt_cv) ** 2)))
+        rng = np.random.default_rng(20261204)
+        draws = rng.lognormal(-sigma ** 2 / 2.0, sigma, size=(CAP_DRAWS, n, max(n_positions, 8)))
+        draws /= draws.mean(axis=0, keepdims=True)
+        ctx._cap_draws = draws
+    return draws
+
+
+def _cap_odds(ctx, fam_code, costs, tokens, g) -> tuple[list, list, list, list]:
+    """Per plan position, unconditional: P(the attempt runs), P(it runs whole), P(its answer
+    is verified: it was not cut) and the spend it is paid (E[spend; runs]).
+
+    A task's attempt j runs while the spend of attempts 0..j-1 is below every cap (the
+    gateway checks before each call: ``policies.caps``); it runs whole when the spend before
+    its last call is too (``(k - 1) / k`` of the attempt for k calls) and, under a token
+    cap, that call's output fits what is left (the gateway clips it, ``max_tokens_left``,
+    and a clipped answer fails). A cut attempt is paid ``CUT_SHARE`` of its spend. An
+    attempt's spend is the task's mean (shrunk toward its family's, ``Window.spend_scale``)
+    times a draw of the window's measured spread (``_spend_draws``), independent between
+    attempts; $ and tokens move together. No $ or token cap: every attempt runs whole.
+    """
+    from policies.caps import cap_reached
+
+    A = len(costs)
+    n = len(costs[0]) if A else 0
+    if g.max_usd_per_task is None and g.max_tokens_per_task is None:
+        ones = [np.ones(n) for _ in range(A)]
+        return ones, ones, ones, list(costs)
+    w = ctx.window
+    rows = ctx.family_rows[fam_code]
+    scale = w.spend_scale[rows] if w.spend_scale is not None else np.ones(n)
+    k = w.calls_per_attempt[rows] if w.calls_per_attempt is not None else np.ones(n)
+    before = (k - 1.0) / k
+    total = w.input_tokens[rows] + w.output_tokens[rows]
+    out_share = np.divide(w.output_tokens[rows], total, out=np.zeros(n), where=total > 0)
+    clip = np.minimum(before + out_share / k, 1.0)
+    eps = _spend_draws(ctx, A)[:, rows, :]  # [M, n, positions]
+    usd = np.zeros((eps.shape[0], n))
+    tok = np.zeros_like(usd)
+    runs, whole, checked, paid = [], [], [], []
+    for j in range(A):
+        x_usd = costs[j] * scale * eps[:, :, j]
+        x_tok = tokens * scale * eps[:, :, j]
+        run = ~(cap_reached(g.max_usd_per_task, usd) | cap_reached(g.max_tokens_per_task, tok))
+        # cut before its last call, or that call clipped to the tokens left
+        cut = run & (cap_reached(g.max_usd_per_task, usd + before * x_usd)
+                     | cap_reached(g.max_tokens_per_task, tok + before * x_tok))
+        # the gateway clips a call whose output would pass the tokens left (max_tokens_left)
+        clipped = (np.zeros_like(run) if g.max_tokens_per_task is None
+                   else tok + clip * x_tok > g.max_tokens_per_task)
+        done = run & ~cut & ~clipped
+        runs.append(run.mean(axis=0))
+        whole.append(done.mean(axis=0))
+        checked.append((run & ~cut).mean(axis=0))
+        paid.append((np.where(cut, CUT_SHARE, 1.0) * run * costs[j] * eps[:, :, j]).mean(axis=0))
+        usd = usd + x_usd
+        tok = tok + x_tok
+    return runs, whole, checked, paid
 
 
 def _correct(values, codes, lcombo, lpassed, llen, lgreen, price, verifier, p_start, prop,
@@ -488,7 +578,9 @@ def _correct(values, codes, lcombo, lpassed, llen, lgreen, price, verifier, p_st
         passed = agree & lpassed[:, j]
         green += np.where(passed, lgreen, 0.0)
         following = agree & ~lpassed[:, j]
-    serve = np.where(first_match & (allowed > 0), price(codes[0]), 0.0)
+    # A task whose first attempt a cap may act on is carried by the model from the start.
+    serve = np.where(first_match & (allowed > 0), price(codes[0]),
+                     np.where(first_match, values["serve"], 0.0))
     observed = {"green": green, "serve": serve, "rework": cost - serve, "verifier": ver,
                 "attempts": att, "budget_exceeded": exc}
     for name, obs in observed.items():

@@ -92,6 +92,13 @@ class Window:
     # Joint-outcome evidence (``_joint_evidence``): verdicts of a task's attempts read after
     # the failures of its attempts on other tiers (shadow beside serve). None: none built.
     joint_frame: pd.DataFrame | None = None
+    # How one attempt's spend varies (``_spend_spread``), for guardrail caps, which act on
+    # realised spend call by call: calls per attempt [n]; the coefficient of variation of an
+    # attempt's tokens around its task's mean (pooled over tasks seen twice or more); and
+    # each task's mean shrunk toward its family's (empirical Bayes), as a factor [n].
+    calls_per_attempt: np.ndarray | None = None
+    attempt_cv: float = 0.0
+    spend_scale: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -132,7 +139,13 @@ class Window:
             combo_attempts=np.bincount(frame["combo"].to_numpy(), minlength=len(self.combos)),
             state_attempts=_state_attempts(frame, len(self.tiers), joint),
             response_hit_rate=self.response_hit_rate, attempts_frame=frame,
-            notes=list(self.notes), joint_frame=joint)
+            notes=list(self.notes), joint_frame=joint,
+            calls_per_attempt=_rows_of(self.calls_per_attempt, rows),
+            attempt_cv=self.attempt_cv, spend_scale=_rows_of(self.spend_scale, rows))
+
+
+def _rows_of(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[rows]
 
 
 def _parse_features(series: pd.Series) -> list[dict[str, Any]]:
@@ -301,7 +314,8 @@ def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFram
         green=green, accept_rate=accept_rate, combo_attempts=combo_attempts,
         state_attempts=state_attempts,
         response_hit_rate=prices.response_hit_rate, attempts_frame=frame, notes=notes,
-        joint_frame=joint)
+        joint_frame=joint, calls_per_attempt=prices.calls_per_attempt,
+        attempt_cv=prices.attempt_cv, spend_scale=prices.spend_scale)
 
 
 # ---------------------------------------------------------------------------- prices
@@ -318,6 +332,9 @@ class _Prices:
     cost_nocache: np.ndarray  # [n, C]
     cost_prefix: np.ndarray  # [n, C]
     response_hit_rate: dict[str, float]
+    calls_per_attempt: np.ndarray  # [n]
+    attempt_cv: float
+    spend_scale: np.ndarray  # [n]
 
 
 def _combo_codes(frame: pd.DataFrame, lookup: dict, default_variant: dict[str, str]
@@ -493,9 +510,59 @@ def _window_prices(index: pd.Index, fam_codes: np.ndarray, families: list[str],
         m = fam_of_call == i
         if m.any() and response[m].any():
             response_hit_rate[f] = float(response[m].mean())
+    attempt_cv, spend_scale = _spend_spread(
+        a_task[with_calls], spans.n_calls[with_calls],
+        np.bincount(spans.call_attempt[linked], priced.input_tokens[linked]
+                    + priced.output_tokens[linked], minlength=n_att)[with_calls],
+        fam_codes, n)
     return _Prices(input_tokens=inp, output_tokens=out, cached_share=cached_share,
                    cost_nocache=cost_nocache, cost_prefix=cost_prefix,
-                   response_hit_rate=response_hit_rate)
+                   response_hit_rate=response_hit_rate,
+                   calls_per_attempt=np.maximum(calls_per, 1.0), attempt_cv=attempt_cv,
+                   spend_scale=spend_scale)
+
+
+# An attempt's spread where the window cannot measure it (no task seen twice).
+DEFAULT_ATTEMPT_CV = 0.3
+
+
+def _spend_spread(task: np.ndarray, n_calls: np.ndarray, tokens: np.ndarray,
+                  fam_codes: np.ndarray, n: int) -> tuple[float, np.ndarray]:
+    """How an attempt's spend varies, from the attempts with calls (task index, tokens).
+
+    Returns the coefficient of variation of one attempt's tokens around its task's mean
+    (pooled within tasks seen on two attempts or more) and, per task, the factor that shrinks
+    its observed mean toward its family's mean by the share of the spread between tasks that
+    is not one attempt's noise (empirical Bayes). Guardrail caps act on what a task really
+    spends: a task seen once on a long attempt will not spend that much on every attempt.
+    """
+    scale = np.ones(n)
+    ok = (task >= 0) & (n_calls > 0) & (tokens > 0)
+    if ok.sum() < 2:
+        return DEFAULT_ATTEMPT_CV, scale
+    task, tokens = task[ok], tokens[ok].astype(np.float64)
+    count = np.bincount(task, minlength=n).astype(np.float64)
+    mean = np.bincount(task, tokens, minlength=n) / np.maximum(count, 1.0)
+    rel = tokens / mean[task] - 1.0
+    repeated = count[task] >= 2
+    dof = float((count[count >= 2] - 1.0).sum())
+    if dof >= 10:
+        cv = float(np.sqrt((rel[repeated] ** 2).sum() / dof))
+    else:
+        cv = DEFAULT_ATTEMPT_CV
+    seen = count > 0
+    log_mean = np.log(np.where(seen, mean, 1.0))
+    for f in np.unique(fam_codes[seen]):
+        rows = np.flatnonzero(seen & (fam_codes == f))
+        if len(rows) < 5:
+            continue
+        # On the log scale one attempt's noise is the same for small and large tasks.
+        centre = float(np.average(log_mean[rows], weights=count[rows]))
+        noise = np.log1p(cv ** 2) / count[rows]
+        between = max(float(log_mean[rows].var()) - float(noise.mean()), 0.0)
+        keep = between / (between + noise)
+        scale[rows] = np.exp((keep - 1.0) * (log_mean[rows] - centre))
+    return cv, scale
 
 
 JOINT_PURPOSE = "joint"  # purpose of a joint-evidence row (never a span's purpose)

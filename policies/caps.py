@@ -22,7 +22,7 @@ order above; the first that refuses names the refusal (``contracts.guardrails.Ca
 The gateway compares a task's (and a team's) recorded spend *plus* the worst case its calls
 in flight have reserved (``serving.guardrails.BudgetLedger``), so concurrent calls pass a
 cap by less than one reservation; with no call in flight that is exactly this rule, which
-is what the replay walks. Shadow calls are evaluation spend: they never count toward a
+is what the replay walks (on drawn spends: the window knows a task's mean attempt only). Shadow calls are evaluation spend: they never count toward a
 task's caps. A team's daily budget refuses once the team's spend of the day has reached it
 with ``hard_stop`` (``team_budget_reached``); it is not a per-task cap.
 
@@ -85,7 +85,8 @@ def task_refusal(spec: Any, *, attempt: int, spent_usd: float, spent_tokens: flo
 def max_tokens_left(spec: Any, spent_tokens: int, max_tokens: int) -> int:
     """A call's ``max_tokens`` clipped to the task's remaining token budget (at least 1).
 
-    Scalars only: the gateway clips each call; the replay charges a whole attempt."""
+    Scalars only: the gateway clips each call; the replay draws whether an attempt's last
+    call is clipped (``experiments.replay._cap_odds``)."""
     if spec.max_tokens_per_task is None:
         return max_tokens
     return max(1, min(max_tokens, spec.max_tokens_per_task - spent_tokens))

@@ -4,12 +4,15 @@
 guardrail refusals raise ``contracts.guardrails.GuardrailRefusal`` (permanent), refused
 requests raise ``GatewayRequestError`` (permanent), and connection failures or 5xx answers raise
 ``GatewayUnavailable`` (transient: retry with ``contracts.errors.retry_transient``).
+An API key (``api_key``, else ``$AUTOPILOT_API_KEY``) is sent as ``Authorization: Bearer``;
+a gateway that requires keys refuses calls without one (HTTP 401, ``GatewayRequestError``).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -129,11 +132,13 @@ class GatewayClient:
     """Thread-safe: each thread keeps its own keep-alive connection to the gateway.
 
     ``timeout_s`` bounds the wait for an answer (a generation); ``connect_timeout_s`` bounds
-    reaching the gateway at all (TCP connect and TLS handshake)."""
+    reaching the gateway at all (TCP connect and TLS handshake). ``api_key``: the gateway
+    API key to send (default ``$AUTOPILOT_API_KEY``; none: no Authorization header)."""
 
     def __init__(self, base_url: str, timeout_s: float = 120.0, *,
-                 connect_timeout_s: float = 10.0):
+                 connect_timeout_s: float = 10.0, api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
+        self._api_key = api_key or os.environ.get("AUTOPILOT_API_KEY") or None
         self.timeout_s = timeout_s
         self.connect_timeout_s = min(connect_timeout_s, timeout_s)
         parsed = urllib.parse.urlsplit(self.base_url)
@@ -157,6 +162,8 @@ class GatewayClient:
 
     def _send(self, method: str, path: str, data: bytes | None) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         for attempt in (0, 1):
             conn = self._connection(fresh=attempt == 1)
             try:

@@ -2,11 +2,14 @@
 policy needs, and the gateway.
 
 ``start_fleet`` is what ``autopilot serve``, the integration tests, the gates and the
-benchmarks call. It returns a ``FleetHandle`` with the gateway URL.
+benchmarks call. It returns a ``FleetHandle`` with the gateway URL. A gateway that listens
+beyond loopback must require API keys (``serving.apikeys``): ``start_fleet`` refuses to
+start one that would not (``check_listen``), before Ray starts.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -20,7 +23,8 @@ from contracts.errors import PermanentError, TransientError
 from policies.policy import Policy
 from serving.engine import EngineOptions
 
-__all__ = ["FleetHandle", "FleetStartError", "free_port", "start_fleet"]
+__all__ = ["FleetHandle", "FleetStartError", "check_listen", "free_port", "is_loopback",
+           "start_fleet"]
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +38,28 @@ SERVE_THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 
 class FleetStartError(PermanentError):
     """The fleet could not start (no active policy, a tier refused to start ...)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``127.0.0.0/8``, ``::1``) or ``localhost``;
+    anything else (``0.0.0.0``, ``::``, a name, an interface's address) is beyond it."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(host: str, require_keys: bool) -> None:
+    """Refuse a gateway that would listen beyond loopback without requiring API keys."""
+    if not require_keys and not is_loopback(host):
+        raise FleetStartError(
+            f"the gateway would listen on {host!r}, beyond loopback, without requiring API "
+            "keys: anyone who can reach it could spend any team's budget under any name. "
+            "Require keys (--require-keys, or require_api_keys: true in autopilot.yaml) and "
+            "create them with `autopilot keys create --team T`, or listen on 127.0.0.1")
 
 
 def free_port() -> int:
@@ -111,14 +137,17 @@ def start_fleet(manifest_path: str | Path, *, store_url: str, policy_version: in
                 engine_options: EngineOptions | None = None, otlp_endpoint: str | None = None,
                 num_cpus: int | None = 2, host: str = "127.0.0.1", seed: int = 0,
                 throughput_optimized: bool = True,
-                collector: dict[str, Any] | None = None) -> FleetHandle:
+                collector: dict[str, Any] | None = None,
+                require_keys: bool = False) -> FleetHandle:
     """Start the fleet for the active policy (or ``policy_version``) and return its handle.
 
     Starts local Ray (``address="local"``) unless ``ray_address`` is given; ``http_port=0``
     picks a free port. Spans go to ``otlp_endpoint`` (or the OTEL_EXPORTER_OTLP_* variables)
     and otherwise to ``spans_path`` as JSON lines. ``throughput_optimized`` turns on Ray
     Serve's throughput mode for a local Ray this call starts (a cluster keeps its own).
+    ``require_keys``: every call needs a valid API key (required beyond loopback).
     """
+    check_listen(host, require_keys)
     import ray
 
     if throughput_optimized and ray_address is None and not ray.is_initialized():
@@ -178,7 +207,7 @@ def start_fleet(manifest_path: str | Path, *, store_url: str, policy_version: in
                                       spans_path=spans_path, otlp_endpoint=otlp_endpoint,
                                       reload_interval_s=reload_interval_s,
                                       policy_version=policy_version, seed=seed,
-                                      collector=collector),
+                                      collector=collector, require_keys=require_keys),
                   name=GATEWAY_APP, route_prefix="/")
         _wait_healthy(handle.url, 60)
     except BaseException:
@@ -195,14 +224,17 @@ def fleet_summary(handle: FleetHandle) -> dict[str, Any]:
 def serve_until_signalled(manifest_path: Path, *, store_url: str, spans_dir: Path,
                           otlp_endpoint: str | None, collector: dict[str, Any] | None,
                           port: int, ray_address: str | None, reload_interval_s: float,
-                          echo: Any = print) -> None:
+                          echo: Any = print, host: str = "127.0.0.1",
+                          require_keys: bool = False) -> None:
     """``autopilot serve``: start the fleet for the store's active policy, print the URL,
     and shut down cleanly on Ctrl-C or SIGTERM. ``collector``: the gateway's distillation
-    collector config (``serving.gateway``), built by the control plane."""
+    collector config (``serving.gateway``), built by the control plane. Beyond loopback
+    ``require_keys`` must be set (``check_listen``): refused before anything starts."""
     import signal
     import threading
     from datetime import datetime
 
+    check_listen(host, require_keys)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     spans = Path(spans_dir) / f"gateway-{stamp}.jsonl"
     stop = threading.Event()
@@ -213,11 +245,14 @@ def serve_until_signalled(manifest_path: Path, *, store_url: str, spans_dir: Pat
         handle = start_fleet(manifest_path, store_url=store_url, http_port=port,
                              ray_address=ray_address, spans_path=spans,
                              reload_interval_s=reload_interval_s,
-                             otlp_endpoint=otlp_endpoint, collector=collector)
+                             otlp_endpoint=otlp_endpoint, collector=collector, host=host,
+                             require_keys=require_keys)
         try:
             echo(f"gateway: {handle.url}  (started in {handle.start_s:.0f}s; "
                  f"deployments: {', '.join(handle.deployed)})")
             echo(f"spans: {otlp_endpoint or spans}")
+            echo("API keys: " + ("required" if require_keys else
+                                 "optional (loopback; --require-keys to require them)"))
             echo("press Ctrl-C to stop")
             while not stop.wait(0.5):
                 pass

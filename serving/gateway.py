@@ -9,6 +9,12 @@ not running, then swaps the policy in one assignment. It follows a running canar
 way: the canary's version serves its share of new tasks beside the active one. Requests in
 flight keep the policy snapshot they started with.
 
+API keys (``serving.apikeys``): every endpoint but ``/healthz`` checks the caller's key
+against the store (cached ``KEY_TTL_S`` seconds, so a revocation takes effect within
+seconds); with ``require_keys`` a call without a valid key is refused (401), and a
+completion is attributed to its key's team and repo. The reload thread also writes the
+keys' last use back to the store.
+
 This module imports Ray and FastAPI at import time: only ``serving.fleet`` imports it,
 inside ``start_fleet``.
 """
@@ -27,6 +33,7 @@ from ray import serve
 from contracts.errors import PermanentError
 from contracts.manifest import load_fleet
 from policies.policy import validate_against_fleet
+from serving.apikeys import KeyRing
 from serving.engine import EngineOptions
 from serving.gateway_core import GatewayCore, PolicyBook
 from serving.openai_http import complete_response, install_error_handlers, openai_error
@@ -42,6 +49,7 @@ __all__ = ["GATEWAY_APP", "GatewayIngress", "gateway_application"]
 _log = logging.getLogger(__name__)
 GATEWAY_APP = "gateway"
 api = install_error_handlers(FastAPI(title="fleet-autopilot gateway"))
+KEY_TTL_S = 2.0  # how long a key read from the store is trusted (revocation delay)
 
 
 def _collector(config: dict[str, Any] | None):
@@ -67,7 +75,7 @@ class GatewayIngress:
     def __init__(self, manifest_path: str, store_url: str, engine_options: dict[str, Any],
                  spans_path: str | None, otlp_endpoint: str | None, reload_interval_s: float,
                  policy_version: int | None, seed: int = 0,
-                 collector: dict[str, Any] | None = None):
+                 collector: dict[str, Any] | None = None, require_keys: bool = False):
         from store import Store
         from telemetry.otel import configure_tracing
 
@@ -83,6 +91,7 @@ class GatewayIngress:
                 raise PermanentError("the store has no active policy: activate one first")
             initial = record.policy
         self.pinned_version = policy_version  # a fixed version never reloads
+        self.keys = KeyRing(self.store.find_api_key, require=require_keys, ttl_s=KEY_TTL_S)
         self.provider = configure_tracing(otlp_endpoint=otlp_endpoint, jsonl_path=spans_path)
         tracer = self.provider.get_tracer("serving.gateway")
         book = PolicyBook(initial, self._load_version)
@@ -128,6 +137,10 @@ class GatewayIngress:
     # ------------------------------------------------------------------------ reload
     def _reload_loop(self) -> None:
         while not self._stop.wait(self.reload_interval_s):
+            try:
+                self.store.mark_api_keys_used(self.keys.take_used())
+            except Exception as exc:  # noqa: BLE001 - a usage note never stops serving
+                _log.warning("could not record API key use: %s", exc)
             if self.pinned_version is not None:
                 continue
             try:
@@ -177,17 +190,18 @@ class GatewayIngress:
     # --------------------------------------------------------------------- endpoints
     @api.post("/v1/completions")
     async def completions(self, request: Request):
-        return await complete_response(request, "completion", self.core.complete)
+        return await complete_response(request, "completion", self.core.complete, self.keys)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
-        return await complete_response(request, "chat", self.core.complete)
+        return await complete_response(request, "chat", self.core.complete, self.keys)
 
     @api.post("/autopilot/verified")
     async def verified(self, request: Request):
         """The harness's verifier verdict on one attempt: ``{task_id, attempt, passed}``.
         A passed attempt of an opted-in family is added to the distillation training set
         (the gateway's own record of the call; docs/distillation.md)."""
+        await self.keys.identify_async(request.headers)  # AccessRefused: 401 in OpenAI's shape
         try:
             body = await request.json()
             task_id, attempt, passed = body["task_id"], body["attempt"], body["passed"]
@@ -204,12 +218,14 @@ class GatewayIngress:
                 "reload_error": self.reload_error}
 
     @api.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
+    async def models(self, request: Request) -> dict[str, Any]:
+        await self.keys.identify_async(request.headers)
         ids = ["auto", *self.fleet.tier_names]
         return {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
 
     @api.get("/autopilot/policy")
-    async def policy(self) -> dict[str, Any]:
+    async def policy(self, request: Request) -> dict[str, Any]:
+        await self.keys.identify_async(request.headers)
         p = self.core.policies.active
         canary = self.core.policies.canary
         return {"version": p.metadata.version, "content_hash": p.content_hash,
@@ -218,14 +234,16 @@ class GatewayIngress:
                     "content_hash": canary[0].content_hash, "share": canary[1]}}
 
     @api.get("/autopilot/stats")
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, request: Request) -> dict[str, Any]:
+        await self.keys.identify_async(request.headers)
         return {"cache": self.core.cache.stats(), "tasks": len(self.core.routes),
                 "deployments": sorted(k.app_name for k in self._handles),
                 "reload_error": self.reload_error}
 
     @api.post("/autopilot/flush")
-    async def flush(self) -> dict[str, Any]:
+    async def flush(self, request: Request) -> dict[str, Any]:
         """Export finished spans now (the batch processor otherwise waits up to 5 s)."""
+        await self.keys.identify_async(request.headers)
         ok = await asyncio.to_thread(self.provider.force_flush)
         return {"flushed": bool(ok)}
 
@@ -240,7 +258,7 @@ def gateway_application(manifest_path: str | Path, store_url: str, *,
                         engine_options: EngineOptions, spans_path: str | Path | None,
                         otlp_endpoint: str | None = None, reload_interval_s: float = 2.0,
                         policy_version: int | None = None, seed: int = 0,
-                        collector: dict[str, Any] | None = None):
+                        collector: dict[str, Any] | None = None, require_keys: bool = False):
     deployment = serve.deployment(
         GatewayIngress, name="Gateway", num_replicas=1,
         ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024,
@@ -251,4 +269,5 @@ def gateway_application(manifest_path: str | Path, store_url: str, *,
     return deployment.bind(str(Path(manifest_path).resolve()), store_url,
                            engine_options.as_dict(),
                            str(spans_path) if spans_path is not None else None, otlp_endpoint,
-                           float(reload_interval_s), policy_version, seed, collector)
+                           float(reload_interval_s), policy_version, seed, collector,
+                           bool(require_keys))

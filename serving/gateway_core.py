@@ -32,7 +32,7 @@ from typing import Any
 
 from contracts.errors import PermanentError
 from contracts.manifest import FleetManifest
-from contracts.spans import SPAN_CALL, Attr, CacheStatus, Purpose
+from contracts.spans import GENAI_PROVIDER, SPAN_CALL, Attr, CacheStatus, GenAI, Purpose
 from policies.policy import Policy
 from policies.routing import (
     attempt_tier_probabilities,
@@ -415,8 +415,15 @@ class GatewayCore:
                              r: dict[str, Any], purpose: str) -> None:
         from telemetry.otel import set_span_attributes
 
+        # GenAI semantic conventions beside the product's own keys: the model asked for
+        # ("auto" or a tier) and the one that served (tier/variant, as the answer's
+        # "model"), the operation, the provider (the fleet) and the cache-read tokens.
         set_span_attributes(span, {
-            Attr.REQUEST_MODEL: f"{r['tier']}/{r['variant']}",
+            Attr.REQUEST_MODEL: req.model,
+            GenAI.RESPONSE_MODEL: f"{r['tier']}/{r['variant']}",
+            GenAI.OPERATION_NAME: "chat" if req.kind == "chat" else "text_completion",
+            GenAI.PROVIDER_NAME: GENAI_PROVIDER,
+            GenAI.CACHE_READ_INPUT_TOKENS: int(r["cached_input_tokens"]),
             Attr.INPUT_TOKENS: int(r["input_tokens"]),
             Attr.OUTPUT_TOKENS: int(r["output_tokens"]),
             Attr.TIER: r["tier"],

@@ -8,7 +8,10 @@ core and answers JSON, or server-sent events in OpenAI's chunk shape for ``strea
 as meant: 400 for a bad or unsupported request, 403 for a guardrail refusal (final: the
 SDKs retry 429), 404 for an unknown model, 503 for a tier that cannot start.
 ``install_error_handlers`` gives unknown paths (404), wrong methods (405), FastAPI's
-validation errors (422) and uncaught exceptions (500) the same shape.
+validation errors (422) and uncaught exceptions (500) the same shape. With a
+``serving.apikeys.KeyRing`` the caller's API key is checked before the body is read (401
+``invalid_api_key``) and the parsed request is attributed to the key's team and repo (403
+for a repo or purpose outside the key) before the core sees it.
 
 The Ray Serve ingress (``serving.gateway``) and the tests (a plain FastAPI app over a
 ``GatewayCore`` with fake tiers) use the same functions. Imports FastAPI, never Ray.
@@ -29,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts.errors import PermanentError, TransientError
 from contracts.guardrails import GuardrailRefusal
 from policies.policy import DocumentError
+from serving.apikeys import AccessRefused, KeyRing, attribute
 from serving.engine import UnknownAdapter
 from serving.gateway_core import UnknownModel
 from serving.protocol import (
@@ -63,6 +67,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     """The HTTP answer to an exception raised while serving a completion."""
     if isinstance(exc, BadRequest):
         return JSONResponse(status_code=400, content=exc.as_error())
+    if isinstance(exc, AccessRefused):
+        return JSONResponse(status_code=exc.status, content=exc.as_error())
     if isinstance(exc, GuardrailRefusal):
         return JSONResponse(status_code=GUARDRAIL_STATUS, content=exc.as_error())
     if isinstance(exc, UnknownModel):
@@ -90,11 +96,17 @@ async def _events(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
 
 
 async def complete_response(request: Request, kind: str,
-                            complete: Callable[[ParsedRequest], Awaitable[dict[str, Any]]]
-                            ) -> Response:
+                            complete: Callable[[ParsedRequest], Awaitable[dict[str, Any]]],
+                            keys: KeyRing | None = None) -> Response:
     """Serve one ``/v1/completions`` (``kind`` "completion") or ``/v1/chat/completions``
     ("chat") request with ``complete`` (``GatewayCore.complete``). A refusal is known
-    before any byte is sent, so a streamed request is refused with a plain error status."""
+    before any byte is sent, so a streamed request is refused with a plain error status.
+    ``keys``: check the caller's API key and attribute the request to it (None: no check,
+    the request's own fields)."""
+    try:
+        identity = None if keys is None else await keys.identify_async(request.headers)
+    except AccessRefused as exc:
+        return error_response(exc)
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -102,6 +114,7 @@ async def complete_response(request: Request, kind: str,
                             fields=["<body>"])
     try:
         parsed = parse_request(body, kind, request.headers.get("traceparent"))  # type: ignore[arg-type]
+        parsed = attribute(parsed, identity)
         result = await complete(parsed)
     except Exception as exc:  # noqa: BLE001 - every refusal is answered in OpenAI's shape
         return error_response(exc)
@@ -128,6 +141,10 @@ def install_error_handlers(app: FastAPI) -> FastAPI:
                                 code="method_not_allowed", headers=exc.headers)
         kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
         return openai_error(exc.status_code, str(exc.detail), kind=kind, headers=exc.headers)
+
+    @app.exception_handler(AccessRefused)
+    async def _access_refused(request: Request, exc: AccessRefused) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,12 +1,15 @@
 """The autopilot's record: policy versions and the active pointer, proposals and their
 lifecycle, gate evidence, approvals, leases, the calibration record (predicted against
-realised per verify look), spend anomalies, and the hash-chained audit log.
+realised per verify look), spend anomalies, the gateway's API keys (hashed; ``keys.py``),
+and the hash-chained audit log, replayed against the state tables on verification and
+anchored outside the database (``anchors.py``).
 
 SQLite under the state directory by default (``Store.for_state_dir``), PostgreSQL by URL
 (``Store.open``). Rule violations raise ``StoreError`` subclasses (permanent); a busy or
 unreachable database raises ``StoreBusy`` (transient).
 """
 
+from store.anchors import Anchor, AnchorError, parse_anchor_text, read_anchor_file
 from store.database import DATABASE_FILENAME, Store, display_url
 from store.errors import (
     DecisionAlreadyRecorded,
@@ -20,6 +23,7 @@ from store.errors import (
     StoreError,
     StoreIntegrityError,
 )
+from store.keys import API_KEY_PREFIX, ApiKeyRecord, key_id_of
 from store.records import (
     ALLOWED_TRANSITIONS,
     ActivationRecord,
@@ -42,10 +46,14 @@ from store.schema import SCHEMA_VERSION, register_migration
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "API_KEY_PREFIX",
     "DATABASE_FILENAME",
     "SCHEMA_VERSION",
     "ActivationRecord",
+    "Anchor",
+    "AnchorError",
     "AnomalyRecord",
+    "ApiKeyRecord",
     "ApprovalRecord",
     "AuditEntry",
     "AuditVerification",
@@ -70,6 +78,9 @@ __all__ = [
     "StoreError",
     "StoreIntegrityError",
     "display_url",
+    "key_id_of",
+    "parse_anchor_text",
     "proposal_id_for",
+    "read_anchor_file",
     "register_migration",
 ]

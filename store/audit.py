@@ -5,7 +5,8 @@ with ``ts`` as ISO-8601 UTC to the microsecond and ``prev_hash`` the previous en
 (64 zeros for entry 1). Changing any field of an entry changes its hash; removing or
 reordering entries breaks the ``prev_hash`` links or the seq run; removing entries from
 the end disagrees with the chain head. What a chain alone cannot catch is a rewrite of an
-entry and of everything after it, head included; anchoring the head elsewhere would.
+entry and of everything after it, head included: anchors kept outside the database catch it
+(``store.anchors``), and the state tables are checked against the log by ``store.replay``.
 """
 
 from __future__ import annotations

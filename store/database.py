@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from contracts.documents import DocumentError, canonical_json
 from contracts.prediction import Prediction
 from policies.policy import Policy, load_policy
+from store.anchors import ANCHOR_FILE, Anchor, append_anchor, read_anchor_file
 from store.audit import AuditSeqConflict, append_entry, row_to_entry, verify_chain
 from store.errors import (
     DecisionAlreadyRecorded,
@@ -38,6 +40,7 @@ from store.errors import (
     StoreIntegrityError,
     translate_database_errors,
 )
+from store.keys import ApiKeysMixin
 from store.records import (
     ALLOWED_TRANSITIONS,
     ActivationRecord,
@@ -55,11 +58,14 @@ from store.records import (
     ProposalState,
     proposal_id_for,
 )
+from store.replay import StateRows, is_store_action, proposal_problems, state_problems
 from store.rollouts import RolloutsMixin
 from store.schema import (
+    GENESIS_HASH,
     activations,
     active_policy,
     anomalies,
+    api_keys,
     approvals,
     audit_entries,
     audit_head,
@@ -70,12 +76,14 @@ from store.schema import (
     prepare_schema,
     proposals,
     read_schema_version,
+    rollouts,
 )
 
 __all__ = ["DATABASE_FILENAME", "Store", "display_url"]
 
 DATABASE_FILENAME = "autopilot.db"
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 # Connection execution option that makes the SQLite "begin" hook take the write lock.
 _WRITE_OPTION = "autopilot_write"
@@ -324,17 +332,21 @@ def _approval_record(row: Row[Any]) -> ApprovalRecord:
     )
 
 
-class Store(RolloutsMixin):
+class Store(RolloutsMixin, ApiKeysMixin):
     """The autopilot's record. Open with ``Store.open(url)`` or ``Store.for_state_dir(dir)``.
 
     Thread-safe: every call checks a connection out of the engine's pool for its own
     transaction. ``clock`` (aware UTC datetimes) is injectable for tests of expiry.
+    ``anchor_file``: where the audit chain's head is appended after every promotion,
+    rollback and end of a canary, and which ``verify_audit`` checks (``store.anchors``).
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utc_now):
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utc_now,
+                 anchor_file: str | Path | None = None):
         self._engine = engine
         self._clock = clock
         self._display_url = engine.url.render_as_string(hide_password=True)
+        self._anchor_file = None if anchor_file is None else Path(anchor_file)
 
     # ------------------------------------------------------------------------ opening
     @classmethod
@@ -344,10 +356,14 @@ class Store(RolloutsMixin):
         *,
         clock: Callable[[], datetime] = _utc_now,
         busy_timeout_s: float = 30.0,
+        anchor_file: str | Path | None = None,
     ) -> Store:
         """Connect, then create the schema (fresh database) or migrate it (older one).
 
         A database whose schema is newer than this code is refused with SchemaVersionError.
+        ``anchor_file`` defaults, for a SQLite file, to ``audit/anchors.jsonl`` beside it
+        (the state directory's, for the embedded default); other databases have none unless
+        given one.
         """
         display = display_url(url)
         with translate_database_errors(f"opening store {display}"):
@@ -355,9 +371,13 @@ class Store(RolloutsMixin):
             if parsed.get_backend_name() == "sqlite":
                 engine = sa.create_engine(parsed, connect_args={"timeout": busy_timeout_s})
                 _configure_sqlite(engine, busy_timeout_s)
+                database = parsed.database
+                if anchor_file is None and database and database != ":memory:" \
+                        and not database.startswith("file:"):
+                    anchor_file = Path(database).expanduser().resolve().parent / ANCHOR_FILE
             else:
                 engine = sa.create_engine(parsed, pool_pre_ping=True)
-        store = cls(engine, clock=clock)
+        store = cls(engine, clock=clock, anchor_file=anchor_file)
         try:
             store._prepare()
         except BaseException:
@@ -386,6 +406,11 @@ class Store(RolloutsMixin):
     def url(self) -> str:
         """The database URL with any password hidden."""
         return self._display_url
+
+    @property
+    def anchor_file(self) -> Path | None:
+        """Where this store appends the audit chain's head (None: nowhere)."""
+        return self._anchor_file
 
     def schema_version(self) -> int:
         with self._reading("reading the schema version") as conn:
@@ -486,6 +511,7 @@ class Store(RolloutsMixin):
                 conn, now, actor=actor or policy.metadata.author, action="policy.put",
                 subject=f"policy/v{version}",
                 payload={"version": version, "content_hash": policy.content_hash,
+                         "yaml_sha256": hashlib.sha256(yaml_text.encode("utf-8")).hexdigest(),
                          "parent_version": policy.metadata.parent_version,
                          "author": policy.metadata.author},
             )
@@ -553,7 +579,9 @@ class Store(RolloutsMixin):
         def work(conn: Connection, now: datetime) -> ActivationRecord:
             return self._activate(conn, now, version, actor, reason, proposal_id)
 
-        return self._write(f"activating policy v{version}", work)
+        record = self._write(f"activating policy v{version}", work)
+        self._write_anchor()
+        return record
 
     def promote(self, proposal_id: str, *, actor: str, reason: str) -> ActivationRecord:
         """Activate an approved proposal's candidate; the proposal becomes ``active``."""
@@ -587,6 +615,7 @@ class Store(RolloutsMixin):
                 proposal, version, current_version))
             if proposal_move[1] is ProposalState.ACTIVE:
                 self._check_promotion_evidence(conn, proposal, current_version)
+                self._check_promotion_audit(conn, proposal, current_version)
         elif current_version == version:
             assert current is not None
             row = conn.execute(
@@ -654,6 +683,47 @@ class Store(RolloutsMixin):
             raise PromotionRefused(
                 f"proposal {proposal.proposal_id}: its evidence bundle {sha[:12]} does not "
                 f"back it: {'; '.join(problems)}; policy v{current_version} stays active")
+
+    def _check_promotion_audit(self, conn: Connection, proposal: Row[Any],
+                               current_version: int | None) -> None:
+        """Refuse to promote (or start the canary of) a proposal whose approval, state or
+        candidate do not match the audit log: a forged or edited approval row, a state set
+        outside the store, a candidate policy row edited since it was stored. Cheap: this
+        proposal's entries (by subject) and its candidate's ``policy.put`` only."""
+        pid = proposal.proposal_id
+        entries, problems = [], []
+        for row in conn.execute(sa.select(audit_entries).where(audit_entries.c.subject == pid)
+                                .order_by(audit_entries.c.seq)):
+            try:
+                entries.append(row_to_entry(row))
+            except ValueError:
+                problems.append(f"audit entry #{row.seq} of proposal {pid} is not JSON: altered")
+        approval = conn.execute(
+            sa.select(approvals).where(approvals.c.proposal_id == pid)).one_or_none()
+        problems += proposal_problems(proposal, entries, approval, check_hashes=True)
+        if approval is None:
+            problems.append(f"proposal {pid} has no approval row")
+        elif approval.decision != Decision.APPROVE.value:
+            problems.append(f"the decision on proposal {pid} is {approval.decision}")
+        candidate = self._policy_row(conn, proposal.candidate_version)
+        if candidate.content_hash != proposal.candidate_hash:
+            problems.append(f"policy v{candidate.version}'s row says hash "
+                            f"{candidate.content_hash[:12]} but the proposal was gated on "
+                            f"{proposal.candidate_hash[:12]}")
+        put = conn.execute(
+            sa.select(audit_entries)
+            .where(audit_entries.c.subject == f"policy/v{candidate.version}",
+                   audit_entries.c.action == "policy.put")
+            .order_by(audit_entries.c.seq).limit(1)).one_or_none()
+        recorded = None if put is None else json.loads(put.payload_json).get("content_hash")
+        if recorded != candidate.content_hash:
+            problems.append(f"policy v{candidate.version}'s row says hash "
+                            f"{candidate.content_hash[:12]} but the audit log recorded "
+                            f"{'none' if recorded is None else recorded[:12]} when it was stored")
+        if problems:
+            raise PromotionRefused(
+                f"proposal {pid} does not match the audit log, so it is not promoted: "
+                f"{'; '.join(problems)}; policy v{current_version} stays active")
 
     @staticmethod
     def _proposal_move_for_activation(
@@ -1276,6 +1346,9 @@ class Store(RolloutsMixin):
         _require_text("actor", actor)
         _require_text("action", action)
         _require_text("subject", subject)
+        if is_store_action(action):
+            raise StoreError(f"audit action {action!r} is the store's own: it is written only "
+                             "with the change it records (the replay in verify_audit trusts it)")
 
         def work(conn: Connection, now: datetime) -> AuditEntry:
             return self._audit(conn, now, actor=actor, action=action, subject=subject,
@@ -1305,15 +1378,78 @@ class Store(RolloutsMixin):
         with self._reading("reading the audit log") as conn:
             return [row_to_entry(row) for row in conn.execute(query).all()]
 
-    def verify_audit(self) -> AuditVerification:
-        """Recompute the chain; report the first entry that was altered, removed or moved."""
+    def verify_audit(self, *, anchors: Iterable[Anchor] = (), state: bool = True,
+                     anchor_file: bool = True) -> AuditVerification:
+        """Recompute the chain (the first entry altered, removed or moved); replay the log
+        against the state tables (``store.replay``: every disagreement, by name); and check
+        each anchor (``anchors``, and those of this store's anchor file unless
+        ``anchor_file`` is False): the log must still hold that entry with that hash."""
+        problems: list[str] = []
+        anchors = list(anchors)
+        if anchor_file and self._anchor_file is not None:
+            try:
+                anchors += read_anchor_file(self._anchor_file)
+            except (OSError, StoreError) as err:
+                problems.append(f"the anchor file cannot be read: {err}")
         with self._reading("verifying the audit log") as conn:
             head = conn.execute(
                 sa.select(audit_head.c.last_seq, audit_head.c.last_hash)
                 .where(audit_head.c.slot == 1)
             ).one_or_none()
-            rows = conn.execute(sa.select(audit_entries).order_by(audit_entries.c.seq))
-            return verify_chain(rows, head)
+            rows = conn.execute(sa.select(audit_entries).order_by(audit_entries.c.seq)).all()
+            chain = verify_chain(rows, head)
+            if not chain.ok and chain.reason:
+                problems.append(chain.reason)
+            problems += _anchor_problems(rows, anchors)
+            if state:
+                entries = []
+                for row in rows:
+                    try:
+                        entries.append(row_to_entry(row))
+                    except ValueError:
+                        continue  # the chain check names it
+                problems += state_problems(entries, StateRows(
+                    policies=conn.execute(sa.select(policies).order_by(policies.c.version)
+                                          ).all(),
+                    active=conn.execute(sa.select(active_policy)).one_or_none(),
+                    activations=conn.execute(sa.select(activations)
+                                             .order_by(activations.c.activation_id)).all(),
+                    proposals=conn.execute(sa.select(proposals)
+                                           .order_by(proposals.c.created_at,
+                                                     proposals.c.proposal_id)).all(),
+                    approvals=conn.execute(sa.select(approvals)).all(),
+                    evidence=conn.execute(sa.select(evidence).order_by(evidence.c.sha256)
+                                          ).all(),
+                    rollouts=conn.execute(sa.select(rollouts)).all(),
+                    api_keys=conn.execute(sa.select(api_keys)).all(),
+                ))
+        return AuditVerification(
+            ok=chain.ok and not problems, entries_checked=chain.entries_checked,
+            first_bad_seq=chain.first_bad_seq,
+            reason=chain.reason or (problems[0] if problems else None),
+            problems=tuple(problems), anchors_checked=len(anchors))
+
+    def audit_anchor(self) -> Anchor:
+        """The chain head now (the last entry's seq, hash and time) as an anchor to keep
+        outside the database; seq 0 and the genesis hash for an empty log."""
+        with self._reading("reading the audit chain head") as conn:
+            last = conn.execute(sa.select(audit_entries.c.seq, audit_entries.c.entry_hash,
+                                          audit_entries.c.ts)
+                                .order_by(audit_entries.c.seq.desc()).limit(1)).one_or_none()
+        if last is None:
+            return Anchor(0, GENESIS_HASH, anchored_at=self._now().isoformat())
+        return Anchor(last.seq, last.entry_hash, last.ts.isoformat(),
+                      self._now().isoformat())
+
+    def _write_anchor(self) -> None:
+        """Append the chain head to the anchor file, after a change committed. A failure
+        is logged, not raised: the change itself stands (``verify_audit`` checks the file)."""
+        if self._anchor_file is None:
+            return
+        try:
+            append_anchor(self._anchor_file, self.audit_anchor(), anchored_at=self._now())
+        except (OSError, StoreError) as err:
+            _log.warning("could not append the audit anchor to %s: %s", self._anchor_file, err)
 
     # ------------------------------------------------------------------------- lookups
     @staticmethod
@@ -1338,6 +1474,30 @@ class Store(RolloutsMixin):
         if row is None:
             raise NotFoundError(f"evidence bundle {sha256} is not in the store")
         return row
+
+
+def _anchor_problems(rows: Sequence[Row[Any]], anchors: Iterable[Anchor]) -> list[str]:
+    """Each anchor whose entry the log no longer holds with that hash."""
+    hashes = {row.seq: row.entry_hash for row in rows}
+    last = max(hashes, default=0)
+    problems = []
+    for anchor in anchors:
+        where = f"anchor {anchor.entry_hash[:12]}@{anchor.seq}"
+        if anchor.source:
+            where += f" ({anchor.source})"
+        if anchor.seq == 0:
+            if not GENESIS_HASH.startswith(anchor.entry_hash):
+                problems.append(f"{where}: entry 0 is the genesis hash {GENESIS_HASH[:12]}")
+            continue
+        found = hashes.get(anchor.seq)
+        if found is None:
+            problems.append(f"{where}: the log ends at entry {last}, so entry {anchor.seq} is "
+                            "gone: the log was truncated" if anchor.seq > last else
+                            f"{where}: entry {anchor.seq} is missing from the log")
+        elif not anchor.matches(found):
+            problems.append(f"{where}: entry {anchor.seq} now hashes to {found[:12]}: the log "
+                            f"was rewritten at or before entry {anchor.seq}")
+    return problems
 
 
 def _state(value: ProposalState | str) -> ProposalState:

@@ -186,12 +186,24 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class AuditVerification:
-    """``entries_checked`` counts the entries examined, the failing one included."""
+    """``entries_checked`` counts the entries examined, the failing one included.
+
+    ``first_bad_seq`` and ``reason`` are the chain's first break (``reason`` is the first
+    problem when the chain holds); ``problems`` lists every one found: the chain's break, each
+    anchor the log no longer holds, each disagreement of the state tables with the log
+    replayed. ``anchors_checked`` counts the anchors compared."""
 
     ok: bool
     entries_checked: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    problems: tuple[str, ...] = ()
+    anchors_checked: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "entries_checked": self.entries_checked,
+                "first_bad_seq": self.first_bad_seq, "reason": self.reason,
+                "problems": list(self.problems), "anchors_checked": self.anchors_checked}
 
 
 @dataclass(frozen=True)

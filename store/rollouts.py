@@ -78,8 +78,10 @@ class RolloutsMixin:
                 raise PromotionRefused(
                     f"proposal {proposal_id} was gated against policy v{row.baseline_version} "
                     f"but v{None if current is None else current.version} is active now")
-            # The same evidence checks as a promotion, before any traffic sees the candidate.
+            # The same audit and evidence checks as a promotion, before any traffic sees the
+            # candidate.
             self._check_promotion_evidence(conn, row, current.version)  # type: ignore[attr-defined]
+            self._check_promotion_audit(conn, row, current.version)  # type: ignore[attr-defined]
             conn.execute(sa.insert(rollouts).values(
                 proposal_id=proposal_id, candidate_version=row.candidate_version,
                 baseline_version=row.baseline_version, share=share, step=1, state=RUNNING,
@@ -128,7 +130,9 @@ class RolloutsMixin:
             return self._activate(conn, now, row.candidate_version, actor, reason,  # type: ignore[attr-defined]
                                   proposal_id)
 
-        return self._write(f"completing the rollout of {proposal_id}", work)  # type: ignore[attr-defined]
+        record = self._write(f"completing the rollout of {proposal_id}", work)  # type: ignore[attr-defined]
+        self._write_anchor()  # type: ignore[attr-defined]
+        return record
 
     def abort_rollout(self, proposal_id: str, *, actor: str, reason: str) -> RolloutRecord:
         """Stop the canary: new tasks all go to the active policy, which never moved."""
@@ -144,4 +148,6 @@ class RolloutsMixin:
                                                               "stopped_at_canary": True})
             return _record(_row(conn, proposal_id))
 
-        return self._write(f"aborting the rollout of {proposal_id}", work)  # type: ignore[attr-defined]
+        record = self._write(f"aborting the rollout of {proposal_id}", work)  # type: ignore[attr-defined]
+        self._write_anchor()  # type: ignore[attr-defined]
+        return record

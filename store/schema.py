@@ -28,7 +28,7 @@ __all__ = [
     "register_migration",
 ]
 
-SCHEMA_VERSION = 4  # v2: the calibration table; v3: spend anomalies; v4: rollouts
+SCHEMA_VERSION = 5  # v2: calibration; v3: spend anomalies; v4: rollouts; v5: API keys
 GENESIS_HASH = "0" * 64  # prev_hash of audit entry 1
 
 # A migration takes a connection inside the upgrade transaction and moves the schema from
@@ -268,6 +268,26 @@ anomalies = sa.Table(
                         name="anomalies_one_row_per_period"),
 )
 
+# Gateway API keys (``store/keys.py``): each bound to a team (and optionally repos) and a
+# purpose (``serve``, or ``gate``: may name a policy version). Only the SHA-256 of the secret
+# is kept; the secret itself is shown once, at creation. A revoked key keeps its row (the
+# audit log and spans name its id), with ``revoked_at`` set.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("name", NAME, nullable=False),
+    sa.Column("team", NAME, nullable=False, index=True),
+    sa.Column("repos_json", sa.Text, nullable=False),
+    sa.Column("purpose", sa.String(16), nullable=False),
+    sa.Column("secret_sha256", HASH, nullable=False),
+    sa.Column("created_by", NAME, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_by", NAME, nullable=True),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+)
+
 STORE_TABLES = frozenset(metadata.tables)
 _SCHEMA_VERSION_KEY = "schema_version"
 
@@ -341,3 +361,9 @@ def _v2_to_v3(conn: Connection) -> None:
 def _v3_to_v4(conn: Connection) -> None:
     """v4 adds progressive delivery (the rollouts table; no existing row changes)."""
     rollouts.create(conn, checkfirst=True)
+
+
+@register_migration(4)
+def _v4_to_v5(conn: Connection) -> None:
+    """v5 adds the gateway's API keys (a new table; no existing row changes)."""
+    api_keys.create(conn, checkfirst=True)

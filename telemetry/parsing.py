@@ -12,7 +12,10 @@ small pieces, which are parsed line by line with orjson; so one bad line costs a
 re-parses, never the good lines around it. OTLP/JSON goes through the line-by-line path.
 Both paths feed the same column rules, so a span is judged the same way whichever path it
 took. A span the rules refuse becomes a quarantine record with a stable ``Reason`` code;
-``check_span`` applies the same rules to one span dict.
+``check_span`` applies the same rules to one span dict. Spans following the OpenTelemetry
+GenAI semantic conventions are read onto the product's contract before the rules run: a
+model call or agent invocation of another name as ``llm.call`` or ``agent.attempt``, and
+each absent product attribute from the GenAI key standing in for it (``GENAI_FALLBACKS``).
 
 Hostile input: what a span may carry is bounded (``contracts.spans.SpanLimits``: line size,
 nesting depth, attribute count, string length) before any parser builds columns from it.
@@ -55,12 +58,15 @@ import pyarrow.json as pa_json
 
 from contracts.spans import (
     FEATURE_PREFIX,
+    GENAI_AGENT_OPERATIONS,
+    GENAI_CALL_OPERATIONS,
     SPAN_ATTEMPT,
     SPAN_CALL,
     SPAN_NAMES,
     SPAN_TASK,
     Attr,
     CacheStatus,
+    GenAI,
     Outcome,
     Purpose,
     SpanLimits,
@@ -80,6 +86,7 @@ __all__ = [
     "check_span",
     "coerce_feature",
     "otlp_span_to_flat",
+    "read_otlp_request",
     "read_span_file",
 ]
 
@@ -134,6 +141,7 @@ class Ignored(StrEnum):
     """Why input was read and not stored, without being at fault (stable codes too)."""
 
     OTHER_SPAN_NAME = "other_span_name"  # the SDK's own spans, a framework's
+    GENAI_OTHER_OPERATION = "genai_other_operation"  # a GenAI span that is no model call
     EMPTY_OTLP_REQUEST = "empty_otlp_request"  # an export request that holds no span
 
 
@@ -167,6 +175,18 @@ ATTRIBUTE_KINDS: dict[str, str] = {
     Attr.PASSED: _BOOL, Attr.PURPOSE: _STR, Attr.PROPENSITY: _FLOAT,
     Attr.REQUEST_MODEL: _STR, Attr.INPUT_TOKENS: _INT, Attr.OUTPUT_TOKENS: _INT,
     Attr.CACHE: _STR, Attr.CACHED_INPUT_TOKENS: _INT,
+    # GenAI semantic conventions: read where the product's own attribute is absent
+    GenAI.OPERATION_NAME: _STR, GenAI.RESPONSE_MODEL: _STR, GenAI.CONVERSATION_ID: _STR,
+    GenAI.CACHE_READ_INPUT_TOKENS: _INT, GenAI.CACHE_READ_INPUT_TOKENS_OLD: _INT,
+    GenAI.INPUT_TOKENS_OLD: _INT, GenAI.OUTPUT_TOKENS_OLD: _INT,
+}
+# product attribute <- the GenAI keys that stand in for it when it is absent, in order
+GENAI_FALLBACKS: dict[str, tuple[str, ...]] = {
+    Attr.TASK_ID: (GenAI.CONVERSATION_ID,),
+    Attr.REQUEST_MODEL: (GenAI.RESPONSE_MODEL,),
+    Attr.INPUT_TOKENS: (GenAI.INPUT_TOKENS_OLD,),
+    Attr.OUTPUT_TOKENS: (GenAI.OUTPUT_TOKENS_OLD,),
+    Attr.CACHED_INPUT_TOKENS: (GenAI.CACHE_READ_INPUT_TOKENS, GenAI.CACHE_READ_INPUT_TOKENS_OLD),
 }
 _TOP_KINDS = {"name": _STR, "trace_id": _STR, "span_id": _STR, "parent_span_id": _STR,
               "start_time_unix_nano": _INT, "end_time_unix_nano": _INT}
@@ -796,8 +816,13 @@ def _judge(batch: _RawBatch, source: str, out: Normalised) -> None:
         (int(i), Rejection(Reason.MISSING_NAME, "span has no name (or one that is not a string)"))
         for i in np.flatnonzero(missing)]
     kind_rows = {kind: _np(pc.equal(name.values, kind)) for kind in SPAN_NAMES}
+    mapped, genai_other = _genai_kinds(cols, missing)
+    for kind, rows in mapped.items():
+        kind_rows[kind] |= rows
+    _genai_fallbacks(cols, mapped[SPAN_CALL])
     known = np.logical_or.reduce(list(kind_rows.values()))
-    out.ignore(Ignored.OTHER_SPAN_NAME, int((~known & ~missing).sum()))
+    out.ignore(Ignored.GENAI_OTHER_OPERATION, int(genai_other.sum()))
+    out.ignore(Ignored.OTHER_SPAN_NAME, int((~known & ~missing & ~genai_other).sum()))
     rejected = ~known  # ignored and nameless spans are not judged further
     rejections += _apply_rules(COMMON_RULES, cols, known, rejected)
     day = _days(_num(cols["start_time_unix_nano"], 0))
@@ -821,9 +846,69 @@ def _judge(batch: _RawBatch, source: str, out: Normalised) -> None:
             out.tables[TABLE_OF_SPAN[kind]].append(_to_table(kind, cols, day, features, keep))
     if rejections:
         rejections.sort(key=lambda r: r[0])
+        rejections = _name_genai(rejections, cols, mapped)
         origins = batch.origin([i for i, _ in rejections])
         for (_, rej), (line, original) in zip(rejections, origins):
             out.reject(rej.reason, rej.message, source, line, original)
+
+
+# ---------------------------------------------------------------- GenAI conventions
+def _genai_kinds(cols: _Cols, missing: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Spans named otherwise than the product's that carry ``gen_ai.operation.name``: the
+    rows read as each product span kind (a model call as ``llm.call``, an agent invocation
+    as ``agent.attempt``), and the rows of any other GenAI operation (counted as ignored)."""
+    op = cols[GenAI.OPERATION_NAME]
+    product = _np(pc.is_in(cols["name"].values, value_set=pa.array(list(SPAN_NAMES))))
+    genai = ~op.null & ~product & ~missing
+    if not genai.any():
+        none = np.zeros(cols.n, bool)
+        return {SPAN_CALL: none, SPAN_ATTEMPT: none}, none
+    call = genai & _np(pc.is_in(op.values, value_set=pa.array(list(GENAI_CALL_OPERATIONS))))
+    agent = genai & _np(pc.is_in(op.values, value_set=pa.array(list(GENAI_AGENT_OPERATIONS))))
+    return {SPAN_CALL: call, SPAN_ATTEMPT: agent}, genai & ~call & ~agent
+
+
+def _genai_fallbacks(cols: _Cols, genai_calls: np.ndarray) -> None:
+    """Each product attribute that is absent (null, and not of a wrong type) takes the
+    first GenAI key standing in for it that is present, wrong type included (so a bad
+    GenAI value is judged as the product's would be). An absent ``autopilot.cache`` is
+    ``prefix`` when cached input tokens were read, else ``miss``, on a span that reports
+    GenAI cache reads or was read as a call through the conventions (``genai_calls``)."""
+    reports_cache = genai_calls | (~cols[GenAI.CACHE_READ_INPUT_TOKENS].null
+                                   | ~cols[GenAI.CACHE_READ_INPUT_TOKENS_OLD].null)
+    cache = cols[Attr.CACHE]
+    derive = reports_cache & cache.null & ~cache.wrong_type
+    for key, stand_ins in GENAI_FALLBACKS.items():
+        col = cols[key]
+        for stand_in in stand_ins:
+            take = col.null & ~col.wrong_type
+            if not take.any():
+                break
+            other = cols[stand_in]
+            use = take & (~other.null | other.wrong_type)
+            if use.any():
+                col = _Col(pc.if_else(pa.array(use), other.values, col.values),
+                           np.where(use, other.wrong_type, col.wrong_type))
+        cols.c[key] = col
+    if derive.any():
+        cached = _num(cols[Attr.CACHED_INPUT_TOKENS], 0)
+        status = np.where(cached > 0, str(CacheStatus.PREFIX), str(CacheStatus.MISS))
+        cols.c[Attr.CACHE] = _Col(pc.if_else(pa.array(derive), pa.array(status, pa.string()),
+                                             cache.values), cache.wrong_type)
+
+
+def _name_genai(rejections: list[tuple[int, Rejection]], cols: _Cols,
+                mapped: dict[str, np.ndarray]) -> list[tuple[int, Rejection]]:
+    """A rejected span that was read through the GenAI conventions says so."""
+    out = []
+    for i, rej in rejections:
+        kind = next((k for k, rows in mapped.items() if rows[i]), None)
+        if kind is not None:
+            rej = Rejection(rej.reason, (
+                f"{rej.message} (a GenAI {GenAI.OPERATION_NAME}="
+                f"{cols[GenAI.OPERATION_NAME].values[i].as_py()!r} span read as {kind})"))
+        out.append((i, rej))
+    return out
 
 
 def check_span(span: Mapping[str, Any], limits: SpanLimits | None = None,
@@ -1510,6 +1595,16 @@ def _otlp_request(request: dict[str, Any], raw: bytes, line: int, batch: _Collec
     if units == 0:
         out.seen += 1
         out.ignore(Ignored.EMPTY_OTLP_REQUEST)
+
+
+def read_otlp_request(request: Mapping[str, Any], raw: bytes, source: str, out: Normalised,
+                      line: int = 1) -> None:
+    """Judge one OTLP/JSON export request already parsed (``request``; ``raw`` is its
+    JSON text) into ``out``, as a line of a span file holding it is judged: the OTLP/HTTP
+    receiver reads a request body this way, so its verdicts are the ingester's."""
+    batch = _Collect(source, out)
+    batch.take(_screen(raw, out.bounds.limits, parsed=request), raw, line)
+    batch.judge()
 
 
 def _otlp_span_rejection(span: Any, limits: SpanLimits, measure_size: bool

@@ -341,29 +341,40 @@ def _verbose_option(fn):
               default=None, help="Fleet manifest (default: the state dir's fleet.yaml).")
 @click.option("--port", type=int, default=8000, show_default=True,
               help="Gateway HTTP port (0: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the gateway listens on; beyond loopback API keys are required.")
+@click.option("--require-keys", is_flag=True, default=False,
+              help="Refuse calls without a valid API key (`autopilot keys create`); always "
+                   "on beyond loopback, else from require_api_keys in autopilot.yaml.")
 @click.option("--ray-address", default=None,
               help="Connect to this Ray cluster (default: start local Ray).")
 @click.option("--reload-interval", type=float, default=2.0, show_default=True,
               help="Seconds between polls of the store's active policy.")
 @_verbose_option
 @click.pass_obj
-def serve(obj: Context, fleet_file: str | None, port: int, ray_address: str | None,
-          reload_interval: float, verbose: bool) -> None:
+def serve(obj: Context, fleet_file: str | None, port: int, host: str, require_keys: bool,
+          ray_address: str | None, reload_interval: float, verbose: bool) -> None:
     """Start the fleet (tier deployments + gateway) for the active policy; Ctrl-C stops it."""
     from controlplane.loop.distill import gateway_collector_config
     from controlplane.runlog import engine_logs_to_file
-    from serving.fleet import serve_until_signalled
+    from serving.fleet import FleetStartError, check_listen, serve_until_signalled
 
     obj.require_init()
     state = obj.state
     settings = state.settings()
+    require_keys = require_keys or settings.require_api_keys
+    try:
+        check_listen(host, require_keys)  # refused before Ray or any engine starts
+    except FleetStartError as exc:
+        raise click.ClickException(str(exc)) from None
     with engine_logs_to_file(state.logs_dir, "serve", verbose=verbose) as (echo, _log):
         serve_until_signalled(Path(fleet_file) if fleet_file else state.fleet_path,
                               store_url=state.store_url(), spans_dir=state.spans_dir,
                               otlp_endpoint=settings.otlp_endpoint,
                               collector=gateway_collector_config(settings, state.root),
                               port=port, ray_address=ray_address,
-                              reload_interval_s=reload_interval, echo=echo)
+                              reload_interval_s=reload_interval, echo=echo, host=host,
+                              require_keys=require_keys)
 
 
 # --------------------------------------------------------------------------------- drive
@@ -442,15 +453,65 @@ def audit() -> None:
     """The append-only, hash-chained audit log."""
 
 
+def _anchors_of(values: tuple[str, ...]) -> list:
+    """``--anchor`` values: a file (an ``audit anchor --out`` file, or JSON lines of
+    anchors) or ``HASH@SEQ``."""
+    from store import parse_anchor_text, read_anchor_file
+
+    anchors = []
+    for value in values:
+        path = Path(value).expanduser()
+        if path.is_file():
+            anchors += read_anchor_file(path)
+        elif "@" in value:
+            anchors += parse_anchor_text(value, source="--anchor")
+        else:
+            raise click.BadParameter(f"{value!r}: no such file, and not HASH@SEQ",
+                                     param_hint="--anchor")
+    return anchors
+
+
 @audit.command("verify")
+@click.option("--anchor", "anchor_values", multiple=True, metavar="FILE|HASH@SEQ",
+              help="An anchor kept outside the database (`autopilot audit anchor --out`, a "
+                   "report's audit head): the log must still hold that entry with that "
+                   "hash. Repeatable; the state dir's audit/anchors.jsonl is always checked.")
 @click.pass_obj
-def audit_verify(obj: Context) -> None:
-    """Recompute the hash chain; exit 1 if any entry was altered, removed or reordered."""
-    result = obj.store().verify_audit()
-    data = result.__dict__ if hasattr(result, "__dict__") else dict(result)
-    obj.emit(data, title="audit verify")
-    if not data.get("ok"):
+def audit_verify(obj: Context, anchor_values: tuple[str, ...]) -> None:
+    """Recompute the hash chain, replay the log against the state tables (active policy,
+    stored policies, proposals, approvals, evidence, canaries) and check every anchor;
+    exit 1 naming each disagreement."""
+    anchors = _anchors_of(anchor_values)
+    store = obj.store()
+    result = store.verify_audit(anchors=anchors)
+    head = store.audit_anchor()
+    data = {**result.as_dict(), "head_seq": head.seq, "head_hash": head.entry_hash,
+            "anchor_file": None if store.anchor_file is None else str(store.anchor_file)}
+    if obj.as_json:
+        obj.emit(data)
+    else:
+        obj.emit({**data, "problems": "\n".join(result.problems) or "-"},
+                 title="audit verify")
+    if not result.ok:
         sys.exit(1)
+
+
+@audit.command("anchor")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False),
+              help="Also write the anchor to this file (JSON), for `audit verify --anchor`.")
+@click.pass_obj
+def audit_anchor(obj: Context, out_file: str | None) -> None:
+    """Print the audit chain head (seq, hash, time) as JSON: keep it outside the database
+    (a file, a ticket) and a truncated or rewritten log fails `audit verify --anchor`."""
+    import json
+
+    from contracts.files import atomic_write_text
+
+    anchor = obj.store().audit_anchor().as_dict()
+    text = json.dumps(anchor, indent=2, sort_keys=True)
+    if out_file:
+        atomic_write_text(Path(out_file).expanduser(), text + "\n", fsync=True)
+    click.echo(text)
 
 
 @audit.command("log")

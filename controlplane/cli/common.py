@@ -51,7 +51,7 @@ class Context:
         from store import Store
 
         self.require_init()
-        return Store.open(self.state.store_url())
+        return Store.open(self.state.store_url(), anchor_file=self.state.anchors_path)
 
 
 def weights(text: str | None, *, key=str) -> dict:

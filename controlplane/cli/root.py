@@ -8,7 +8,7 @@ import click
 
 from contracts.documents import DocumentError
 from contracts.errors import AutopilotError
-from controlplane.cli import commands, distill, loop, spend
+from controlplane.cli import commands, distill, keys, loop, receive, spend
 from controlplane.cli.common import Context, accept_json_everywhere
 from controlplane.settings import resolve_state_dir
 
@@ -25,7 +25,8 @@ def cli(ctx: click.Context, state_dir: str | None, as_json: bool) -> None:
     ctx.obj = Context(resolve_state_dir(state_dir), as_json)
 
 
-for _command in (*commands.COMMANDS, *loop.COMMANDS, distill.distill, *spend.COMMANDS):
+for _command in (*commands.COMMANDS, *loop.COMMANDS, distill.distill, *spend.COMMANDS,
+                 *keys.COMMANDS, *receive.COMMANDS):
     cli.add_command(_command)
 commands.policy.add_command(loop.policy_rollback)
 accept_json_everywhere(cli)  # `--json` before or after the subcommand; days checked

@@ -72,7 +72,7 @@ class LoopContext:
         from telemetry import TelemetryWarehouse
 
         state = StateDir(Path(state_dir))
-        store = Store.open(state.store_url())
+        store = Store.open(state.store_url(), anchor_file=state.anchors_path)
         try:
             yield cls(state=state, store=store, fleet=load_fleet(state.fleet_path),
                       settings=state.settings(),

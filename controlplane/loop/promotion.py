@@ -8,7 +8,9 @@ No promotion without the proposal's own evidence: ``promote_approved`` reads the
 proposal's verdict was recorded with and refuses (``PromotionRefused``, the active policy
 unchanged) unless it judged this candidate against this baseline on the pinned gate suite,
 outside a dry run, with the verdict recorded (``evidence_problems``); the store checks the
-candidate and baseline again in the promotion's transaction.
+candidate and baseline again in the promotion's transaction, and refuses there too a
+proposal whose approval, state or candidate policy does not match the audit log (a forged
+or edited approval row is never promoted; ``store.replay.proposal_problems``).
 """
 
 from __future__ import annotations

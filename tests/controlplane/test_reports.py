@@ -88,3 +88,32 @@ def test_the_change_is_marked_on_the_first_day_served_under_it():
     versions = [("2026-12-02", "2"), ("2026-12-01", "1"), ("2026-12-03", "2")]
     assert first_day_served(versions, 2) == "2026-12-02"
     assert first_day_served(versions, 3) is None
+
+
+def test_every_report_prints_the_audit_chain_head_as_an_anchor(promoted):
+    # The head (seq and hash) is printed in the change and the quarterly report, in a form
+    # `autopilot audit verify --anchor` takes (issue 14, defect 6).
+    state, store, fleet, pid = promoted
+    head = store.audit_anchor()
+    quarter = f"{store.get_proposal(pid).created_at.year}Q" \
+              f"{(store.get_proposal(pid).created_at.month - 1) // 3 + 1}"
+    change = write_change_report(state, store, fleet, pid)
+    quarterly = write_quarterly_report(state, store, fleet, quarter)
+    for out in (change, quarterly):
+        for kind in ("markdown", "html"):
+            text = Path(out[kind]).read_text(encoding="utf-8")
+            assert f"#{head.seq}" in text and head.entry_hash in text, (out[kind])
+            assert f"--anchor {head.entry_hash}@{head.seq}" in text
+            assert "the state tables" in text and "NOT verified" not in text
+
+
+def test_a_report_says_when_the_state_disagrees_with_the_audit_log(promoted):
+    import sqlalchemy as sa
+
+    state, store, fleet, pid = promoted
+    engine = sa.create_engine(state.store_url())
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE active_policy SET version = 1")
+    engine.dispose()
+    md = Path(write_change_report(state, store, fleet, pid)["markdown"]).read_text("utf-8")
+    assert "NOT verified" in md and "active policy pointer says v1" in md

@@ -135,6 +135,9 @@ def test_replay_refuses_and_charges_what_the_gateway_does(guardrails):
     policy = _policy(**guardrails)
     gateway, clipped = _through_gateway(policy, recorded)
     window = _window(recorded)
+    # Every attempt spends exactly its recorded tokens here (no spread between attempts):
+    # the replay's cap odds are then the gateway's rule, task by task.
+    window.attempt_cv, window.spend_scale = 0.0, None
     ctx = ReplayContext(window, _never_passes(window), min_support=0)
     values = replay_policy(policy, ctx, doubly_robust=False)
 

@@ -52,6 +52,8 @@ def test_two_tier_cascade_matches_hand_computation():
 
     fleet = load_fleet(TWO_TIER_FLEET)
     window = build_window(*_frames(10), fleet)
+    # Attempts spend exactly their tokens (no spread): caps bind as hand-computed below.
+    window.attempt_cv, window.spend_scale = 0.0, None
     # $1 per GPU-second and 1 token/s: S costs 4 * 1 = $4 an attempt, L costs 4 * 10 = $40.
     c_s, c_l = 4.0 * 1 * 3.6 / 3600, 4.0 * 10 * 3.6 / 3600
     p_s, p_l = 0.7, 0.9
