@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contracts.guardrails import Cap
 from experiments.outcomes import OutcomeModels
 from experiments.window import Window
 
@@ -98,6 +97,8 @@ class ReplayContext:
         self.tier_pos = {c.tier: self.rank_pos[c.rank] for c in window.combos}
         self.tokens = window.input_tokens + window.output_tokens
         self._prob_cache: dict[tuple, np.ndarray] = {}
+        # (family, plan position) -> spend draws for the cap odds (``_spend_draws``)
+        self.cap_draws: dict[tuple[int, int], np.ndarray] = {}
 
     def is_supported(self, combo: int, hist: tuple[float, ...]) -> bool:
         """Observed often enough: the combination, and it after these failures."""
@@ -388,7 +389,9 @@ def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
     ``_G[j]``, ``_C[j]`` ... are the expected green, spend ... of the rest of the plan
     for a task that has reached position j (positions 0..j-1 ran whole and failed).
     Position j >= ``_allowed`` is where the logged outcomes stop standing for the plan
-    (``_correct``): the attempt cap refuses it, or a $ or token cap may act there.
+    (``_correct``): a $ or token cap may act there. The attempt cap needs nothing here: the
+    plan already stops at the routing's ``max_attempts``, which ``resolve_routing`` bounds by
+    ``max_attempts_per_task``.
 
     The caps are the gateway's rule (``policies.caps``) applied to a task's realised spend,
     which the window knows only in distribution (``_cap_odds``): per position, the chance
@@ -396,8 +399,6 @@ def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
     cuts it, a token cap clips its crossing call: either fails it and ends the task
     ``budget_exceeded``).
     """
-    from policies.caps import task_caps_reached
-
     n, A = len(verifier), len(codes)
     costs, probs, unsup = [], [], []
     hist = [0.0] * len(ctx.rank_pos)
@@ -408,20 +409,14 @@ def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
             visited.add((code, tuple(int(h) for h in hist)))
         unsup.append(0.0 if ctx.is_supported(code, tuple(hist)) else 1.0)
         hist[ctx.tier_pos[ctx.window.combos[code].tier]] += 1.0
-    # The attempt cap (the plan already stops at the routing's max_attempts).
-    live = [not dict(task_caps_reached(g, attempt=j + 1, spent_usd=0.0, spent_tokens=0.0,
-                                       max_attempts=A))[Cap.MAX_ATTEMPTS_PER_TASK]
-            for j in range(A)]
     runs, whole, checked, paid = _cap_odds(ctx, fam_code, costs, tokens, g)
     allowed = np.full(n, A, dtype=np.int64)
     for j in range(A - 1, -1, -1):
-        sure = live[j] & (whole[j] >= 1.0 - CAP_CERTAIN)
+        sure = whole[j] >= 1.0 - CAP_CERTAIN
         allowed = np.where(sure, allowed, j)
     G = [np.zeros(n) for _ in range(A + 1)]
     C, V, T, E, U = ([np.zeros(n) for _ in range(A + 1)] for _ in range(5))
     for j in range(A - 1, -1, -1):
-        if not live[j]:
-            continue
         reached = whole[j - 1] if j else np.ones(n)  # the attempt before ran whole (failed)
         r = _given(runs[j], reached)
         q = _given(whole[j], runs[j])
@@ -438,7 +433,7 @@ def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
         clip = _given(checked[j] - whole[j], runs[j])
         E[j] = (1.0 - r) + r * (cut + (clip if j + 1 < A else 0.0)) + r * on * E[j + 1]
         U[j] = r * unsup[j] + r * on * U[j + 1]
-    serve = paid[0] if live[0] else np.zeros(n)
+    serve = paid[0]
     return {
         "green": G[0] * ctx.window.accept_rate,
         "serve": serve,
@@ -446,7 +441,7 @@ def _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
         "verifier": V[0],
         "attempts": T[0],
         "unsupported": U[0],
-        "fpy": (whole[0] * probs[0]) if live[0] else np.zeros(n),
+        "fpy": whole[0] * probs[0],
         "budget_exceeded": E[0],
         "_G": G, "_C": C, "_V": V, "_T": T, "_E": E, "_costs": costs, "_allowed": allowed,
     }
@@ -464,23 +459,29 @@ CAP_CERTAIN = 0.01
 CUT_SHARE = 0.5
 
 
-# Draws of each task's attempt spends behind the cap odds (common to every policy replayed
-# on a window, so two policies' odds differ only by their caps and plans).
-CAP_DRAWS = 64
+# Draws of each task's attempt spend behind the cap odds: stratified (every draw a quantile
+# of the spread, in a random order per task and position), so few suffice.
+CAP_DRAWS = 32
 
 
-def _spend_draws(ctx, n_positions: int) -> np.ndarray:
-    """[CAP_DRAWS, n, positions] multipliers of a task's mean attempt spend: log-normal with
-    the window's measured spread (``Window.attempt_cv``), each (task, position) rescaled to
-    mean exactly 1 over the draws; fixed per window (seeded), extended as plans grow."""
-    draws = getattr(ctx, "_cap_draws", None)
-    if draws is None or draws.shape[2] < n_positions:
-        n = ctx.window.n
+def _spend_draws(ctx, fam_code: int, position: int) -> np.ndarray:
+    """[CAP_DRAWS, tasks of the family] multipliers of each task's mean attempt spend at one
+    plan position: the log-normal of the window's measured spread (``Window.attempt_cv``),
+    mean exactly 1. Seeded by (family, position) and kept on the context, so every policy
+    replayed on the window sees the same draws whatever the length of its plans."""
+    key = (fam_code, position)
+    draws = ctx.cap_draws.get(key)
+    if draws is None:
+        from scipy.special import ndtri
+
         sigma = float(np.sqrt(np.log1p(float(ctx.window.attempt_cv) ** 2)))
-        rng = np.random.default_rng(20261204)
-        draws = rng.lognormal(-sigma ** 2 / 2.0, sigma, size=(CAP_DRAWS, n, max(n_positions, 8)))
-        draws /= draws.mean(axis=0, keepdims=True)
-        ctx._cap_draws = draws
+        levels = np.exp(sigma * ndtri((np.arange(CAP_DRAWS) + 0.5) / CAP_DRAWS))
+        levels /= levels.mean()
+        n_f = len(ctx.family_rows[fam_code])
+        rng = np.random.default_rng([20261204, fam_code, position])
+        order = rng.random((CAP_DRAWS, n_f)).argsort(axis=0)
+        draws = levels[order].astype(np.float32)
+        ctx.cap_draws[key] = draws
     return draws
 
 
@@ -495,7 +496,7 @@ def _cap_odds(ctx, fam_code, costs, tokens, g) -> tuple[list, list, list, list]:
     and a clipped answer fails). A cut attempt is paid ``CUT_SHARE`` of its spend. An
     attempt's spend is the task's mean (shrunk toward its family's, ``Window.spend_scale``)
     times a draw of the window's measured spread (``_spend_draws``), independent between
-    attempts; $ and tokens move together. No $ or token cap: every attempt runs whole.
+    positions; $ and tokens move together. No $ or token cap: every attempt runs whole.
     """
     from policies.caps import cap_reached
 
@@ -512,27 +513,34 @@ def _cap_odds(ctx, fam_code, costs, tokens, g) -> tuple[list, list, list, list]:
     total = w.input_tokens[rows] + w.output_tokens[rows]
     out_share = np.divide(w.output_tokens[rows], total, out=np.zeros(n), where=total > 0)
     clip = np.minimum(before + out_share / k, 1.0)
-    eps = _spend_draws(ctx, A)[:, rows, :]  # [M, n, positions]
-    usd = np.zeros((eps.shape[0], n))
-    tok = np.zeros_like(usd)
+    f32 = np.float32
+    before, clip = before.astype(f32), clip.astype(f32)
+    # Per cap the policy sets: its limit, each position's mean attempt spend in its unit, and
+    # whether the gateway clips the crossing call (token caps: ``max_tokens_left``).
+    units = [(g.max_usd_per_task, [(c * scale).astype(f32) for c in costs], False),
+             (g.max_tokens_per_task, [(tokens * scale).astype(f32)] * A, True)]
+    units = [(limit, means, clips) for limit, means, clips in units if limit is not None]
+    spent = [np.zeros((CAP_DRAWS, n), dtype=f32) for _ in units]
     runs, whole, checked, paid = [], [], [], []
     for j in range(A):
-        x_usd = costs[j] * scale * eps[:, :, j]
-        x_tok = tokens * scale * eps[:, :, j]
-        run = ~(cap_reached(g.max_usd_per_task, usd) | cap_reached(g.max_tokens_per_task, tok))
-        # cut before its last call, or that call clipped to the tokens left
-        cut = run & (cap_reached(g.max_usd_per_task, usd + before * x_usd)
-                     | cap_reached(g.max_tokens_per_task, tok + before * x_tok))
-        # the gateway clips a call whose output would pass the tokens left (max_tokens_left)
-        clipped = (np.zeros_like(run) if g.max_tokens_per_task is None
-                   else tok + clip * x_tok > g.max_tokens_per_task)
+        eps = _spend_draws(ctx, fam_code, j)
+        run = np.ones((CAP_DRAWS, n), dtype=bool)
+        cut = np.zeros_like(run)  # a cap reached before the attempt's last call
+        clipped = np.zeros_like(run)  # its last call's output passes the tokens left
+        for i, (limit, means, clips) in enumerate(units):
+            x = means[j] * eps
+            run &= ~cap_reached(limit, spent[i])
+            cut |= cap_reached(limit, spent[i] + before * x)
+            if clips:
+                clipped |= spent[i] + clip * x > limit
+            spent[i] = spent[i] + x
+        cut &= run
         done = run & ~cut & ~clipped
         runs.append(run.mean(axis=0))
         whole.append(done.mean(axis=0))
         checked.append((run & ~cut).mean(axis=0))
-        paid.append((np.where(cut, CUT_SHARE, 1.0) * run * costs[j] * eps[:, :, j]).mean(axis=0))
-        usd = usd + x_usd
-        tok = tok + x_tok
+        paid.append(costs[j] * ((run * eps).mean(axis=0)
+                                - (1.0 - CUT_SHARE) * (cut * eps).mean(axis=0)))
     return runs, whole, checked, paid
 
 

@@ -3,22 +3,11 @@ tables, through the same ingest path as ``autopilot ingest`` (``telemetry.receiv
 
 from __future__ import annotations
 
-import ipaddress
-
 import click
 
 from controlplane.cli.common import Context
 
 __all__ = ["COMMANDS", "receive"]
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command()
@@ -44,10 +33,11 @@ def receive(obj: Context, host: str, port: int, max_body_bytes: int, flush_secon
     import uvicorn
 
     from controlplane.bootstrap import record_ingest
+    from serving.fleet import is_loopback
     from telemetry.receiver import TRACES_PATH, OtlpReceiver
 
     obj.require_init()
-    if not _loopback(host):
+    if not is_loopback(host):
         click.echo(f"warning: listening on {host}, not loopback; the receiver has no "
                    "authentication", err=True)
     with OtlpReceiver(obj.state.telemetry_dir, max_body_bytes=max_body_bytes,

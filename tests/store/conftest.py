@@ -13,6 +13,7 @@ from store import Store
 from store.schema import metadata
 
 PG_URL = os.environ.get("AUTOPILOT_TEST_PG_URL")
+STARTER_POLICY = Path(__file__).resolve().parents[2] / "controlplane" / "starter" / "policy.yaml"
 
 
 def _reset_postgres(url: str) -> None:
@@ -54,3 +55,17 @@ def raw(store_url: str):
     engine = sa.create_engine(store_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def policies(store):
+    """v1 (the starter policy, active), v2 and v3 (S on int8, then int4), stored."""
+    from policies.policy import load_policy
+
+    v1 = load_policy(STARTER_POLICY)
+    v2 = v1.evolve(author="autopilot", quantization={"S": "int8"})
+    v3 = v2.evolve(author="autopilot", quantization={"S": "int4"})
+    for p in (v1, v2, v3):
+        store.put_policy(p)
+    store.activate(1, actor="init", reason="initial policy")
+    return {1: v1, 2: v2, 3: v3}

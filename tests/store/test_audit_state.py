@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from policies.policy import Policy, load_policy
+from policies.policy import load_policy
 from store import (
     Anchor,
     AnchorError,
@@ -37,24 +37,13 @@ from store.schema import (
     audit_entries,
     audit_head,
     evidence,
-    policies,
     proposals,
     rollouts,
 )
+from store.schema import policies as policy_rows
 
 STARTER_POLICY = Path(__file__).resolve().parents[2] / "controlplane" / "starter" / "policy.yaml"
 WINDOW = "2026-01-01T00:00:00Z/2026-01-02T00:00:00Z"
-
-
-@pytest.fixture
-def pols(store: Store) -> dict[int, Policy]:
-    v1 = load_policy(STARTER_POLICY)
-    v2 = v1.evolve(author="autopilot", quantization={"S": "int8"})
-    v3 = v2.evolve(author="autopilot", quantization={"S": "int4"})
-    for p in (v1, v2, v3):
-        store.put_policy(p)
-    store.activate(1, actor="init", reason="initial policy")
-    return {1: v1, 2: v2, 3: v3}
 
 
 def _awaiting(store: Store, candidate: int = 2, window: str = WINDOW) -> str:
@@ -86,7 +75,7 @@ def _problems(store: Store) -> str:
 
 
 # --------------------------------------------------------------------------- clean store
-def test_a_clean_store_through_its_whole_lifecycle_verifies(store: Store, pols):
+def test_a_clean_store_through_its_whole_lifecycle_verifies(store: Store, policies):
     promoted = _awaiting(store)
     store.record_decision(promoted, approver="owner", decision="approve", reason="cheaper")
     store.promote(promoted, actor="autopilot", reason="gates passed")
@@ -99,7 +88,7 @@ def test_a_clean_store_through_its_whole_lifecycle_verifies(store: Store, pols):
     assert result.entries_checked == len(store.audit_entries())
 
 
-def test_a_canary_and_its_rollback_verify(store: Store, pols):
+def test_a_canary_and_its_rollback_verify(store: Store, policies):
     pid = _awaiting(store)
     store.record_decision(pid, approver="owner", decision="approve", reason="ok")
     store.start_rollout(pid, share=0.1, actor="autopilot", reason="canary")
@@ -111,7 +100,7 @@ def test_a_canary_and_its_rollback_verify(store: Store, pols):
     assert result.ok and result.problems == (), result.problems
 
 
-def test_the_policy_put_entry_records_the_yaml_text_hash(store: Store, pols):
+def test_the_policy_put_entry_records_the_yaml_text_hash(store: Store, policies):
     put = store.audit_entries(action="policy.put", subject="policy/v2")[0]
     import hashlib
 
@@ -120,63 +109,63 @@ def test_the_policy_put_entry_records_the_yaml_text_hash(store: Store, pols):
 
 
 # --------------------------------------------------------------------- active pointer
-def test_an_edited_active_pointer_is_named(store: Store, raw: sa.Engine, pols):
+def test_an_edited_active_pointer_is_named(store: Store, raw: sa.Engine, policies):
     _sql(raw, sa.update(active_policy).values(version=2))
     found = _problems(store)
     assert ("active policy pointer says v2 but the last promote/rollback entry in the audit "
             "log (entry #4) says v1") in found
 
 
-def test_a_deleted_active_pointer_is_named(store: Store, raw: sa.Engine, pols):
+def test_a_deleted_active_pointer_is_named(store: Store, raw: sa.Engine, policies):
     _sql(raw, sa.delete(active_policy))
     assert "no active policy pointer" in _problems(store)
 
 
-def test_an_edited_activation_row_is_named(store: Store, raw: sa.Engine, pols):
+def test_an_edited_activation_row_is_named(store: Store, raw: sa.Engine, policies):
     _sql(raw, sa.update(activations).values(actor="x", version=3))
     assert "activation #1: its version is 3 but the audit log recorded 1" in _problems(store)
 
 
 # ------------------------------------------------------------------------- stored policy
-def test_an_edited_policy_yaml_is_named(store: Store, raw: sa.Engine, pols):
+def test_an_edited_policy_yaml_is_named(store: Store, raw: sa.Engine, policies):
     yaml = store.get_policy(2).yaml_text
     assert "int8" in yaml
-    _sql(raw, sa.update(policies).where(policies.c.version == 2)
+    _sql(raw, sa.update(policy_rows).where(policy_rows.c.version == 2)
          .values(yaml_text=yaml.replace("int8", "int4")))
     found = _problems(store)
-    assert (f"policy v2: stored YAML hashes to {pols[3].content_hash[:12]} but its row says "
-            f"{pols[2].content_hash[:12]}") in found
+    assert (f"policy v2: stored YAML hashes to {policies[3].content_hash[:12]} but its row says "
+            f"{policies[2].content_hash[:12]}") in found
 
 
-def test_an_edited_policy_hash_is_named(store: Store, raw: sa.Engine, pols):
-    _sql(raw, sa.update(policies).where(policies.c.version == 2)
+def test_an_edited_policy_hash_is_named(store: Store, raw: sa.Engine, policies):
+    _sql(raw, sa.update(policy_rows).where(policy_rows.c.version == 2)
          .values(content_hash="f" * 64))
     found = _problems(store)
     assert (f"policy v2: its row says hash ffffffffffff but the audit log recorded "
-            f"{pols[2].content_hash[:12]} when it was stored (entry #2)") in found
+            f"{policies[2].content_hash[:12]} when it was stored (entry #2)") in found
 
 
 def test_yaml_and_hash_forged_together_are_named_by_the_audit_entry(
-        store: Store, raw: sa.Engine, pols):
+        store: Store, raw: sa.Engine, policies):
     # The row is self-consistent (it reads back fine); only the log knows it changed.
-    forged = pols[3].model_copy(update={"metadata": pols[2].metadata})
-    _sql(raw, sa.update(policies).where(policies.c.version == 2)
+    forged = policies[3].model_copy(update={"metadata": policies[2].metadata})
+    _sql(raw, sa.update(policy_rows).where(policy_rows.c.version == 2)
          .values(yaml_text=forged.to_yaml(), content_hash=forged.content_hash))
     assert store.get_policy(2).content_hash == forged.content_hash  # reads back fine
     found = _problems(store)
     assert (f"policy v2: its row says hash {forged.content_hash[:12]} but the audit log "
-            f"recorded {pols[2].content_hash[:12]}") in found
+            f"recorded {policies[2].content_hash[:12]}") in found
 
 
 def test_a_metadata_only_yaml_edit_is_named_by_the_text_hash(
-        store: Store, raw: sa.Engine, pols):
+        store: Store, raw: sa.Engine, policies):
     yaml = store.get_policy(2).yaml_text
-    _sql(raw, sa.update(policies).where(policies.c.version == 2)
+    _sql(raw, sa.update(policy_rows).where(policy_rows.c.version == 2)
          .values(yaml_text=yaml + "# edited\n"))
     assert "policy v2: stored YAML text has sha256" in _problems(store)
 
 
-def test_a_policy_row_without_its_entry_is_named(store: Store, raw: sa.Engine, pols):
+def test_a_policy_row_without_its_entry_is_named(store: Store, raw: sa.Engine, policies):
     _sql(raw, sa.delete(audit_entries).where(audit_entries.c.seq == 3))
     assert "policy v3: row exists with no policy.put entry" in _problems(store)
 
@@ -189,7 +178,7 @@ def _forge_approval(raw: sa.Engine, pid: str, approver: str = "mallory") -> None
          sa.update(proposals).where(proposals.c.proposal_id == pid).values(state="approved"))
 
 
-def test_a_forged_approval_is_named_and_not_promoted(store: Store, raw: sa.Engine, pols):
+def test_a_forged_approval_is_named_and_not_promoted(store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     _forge_approval(raw, pid)
     found = _problems(store)
@@ -207,7 +196,7 @@ def test_a_forged_approval_is_named_and_not_promoted(store: Store, raw: sa.Engin
 
 
 def test_a_rejection_turned_into_an_approval_is_named_and_not_promoted(
-        store: Store, raw: sa.Engine, pols):
+        store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     store.record_decision(pid, approver="owner", decision="reject", reason="too risky")
     _sql(raw,
@@ -221,7 +210,7 @@ def test_a_rejection_turned_into_an_approval_is_named_and_not_promoted(
     assert _active_version(raw) == 1
 
 
-def test_an_approval_with_another_approver_is_not_promoted(store: Store, raw: sa.Engine, pols):
+def test_an_approval_with_another_approver_is_not_promoted(store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     store.record_decision(pid, approver="intern", decision="approve", reason="lgtm")
     _sql(raw, sa.update(approvals).where(approvals.c.proposal_id == pid)
@@ -233,7 +222,7 @@ def test_an_approval_with_another_approver_is_not_promoted(store: Store, raw: sa
 
 
 def test_an_altered_decision_entry_is_not_trusted_by_promotion(
-        store: Store, raw: sa.Engine, pols):
+        store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     store.record_decision(pid, approver="owner", decision="reject", reason="no")
     entry = store.audit_entries(subject=pid, action="proposal.rejected")[0]
@@ -248,7 +237,7 @@ def test_an_altered_decision_entry_is_not_trusted_by_promotion(
     assert _active_version(raw) == 1
 
 
-def test_a_deleted_approval_row_is_named(store: Store, raw: sa.Engine, pols):
+def test_a_deleted_approval_row_is_named(store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     store.record_decision(pid, approver="owner", decision="approve", reason="ok")
     _sql(raw, sa.delete(approvals).where(approvals.c.proposal_id == pid))
@@ -258,11 +247,11 @@ def test_a_deleted_approval_row_is_named(store: Store, raw: sa.Engine, pols):
         store.promote(pid, actor="autopilot", reason="approved")
 
 
-def test_an_edited_candidate_policy_is_not_promoted(store: Store, raw: sa.Engine, pols):
+def test_an_edited_candidate_policy_is_not_promoted(store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     store.record_decision(pid, approver="owner", decision="approve", reason="ok")
-    forged = pols[3].model_copy(update={"metadata": pols[2].metadata})
-    _sql(raw, sa.update(policies).where(policies.c.version == 2)
+    forged = policies[3].model_copy(update={"metadata": policies[2].metadata})
+    _sql(raw, sa.update(policy_rows).where(policy_rows.c.version == 2)
          .values(yaml_text=forged.to_yaml(), content_hash=forged.content_hash))
     with pytest.raises(PromotionRefused, match="but the proposal was gated on"):
         store.promote(pid, actor="autopilot", reason="approved")
@@ -270,7 +259,7 @@ def test_an_edited_candidate_policy_is_not_promoted(store: Store, raw: sa.Engine
 
 
 # ------------------------------------------------------------- proposals, evidence, canary
-def test_an_edited_gate_verdict_is_named(store: Store, raw: sa.Engine, pols):
+def test_an_edited_gate_verdict_is_named(store: Store, raw: sa.Engine, policies):
     pid = store.create_proposal(candidate_version=2, baseline_version=1, lever="quantization",
                                 window=WINDOW, actor="autopilot").proposal_id
     store.record_gate(pid, GateVerdict.FAILED, actor="gates")
@@ -282,7 +271,7 @@ def test_an_edited_gate_verdict_is_named(store: Store, raw: sa.Engine, pols):
     assert f"proposal {pid}: state is awaiting_approval but its last audited" in found
 
 
-def test_a_proposal_inserted_outside_the_store_is_named(store: Store, raw: sa.Engine, pols):
+def test_a_proposal_inserted_outside_the_store_is_named(store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     with raw.connect() as conn:
         row = conn.execute(sa.select(proposals).where(proposals.c.proposal_id == pid)).one()
@@ -293,19 +282,19 @@ def test_a_proposal_inserted_outside_the_store_is_named(store: Store, raw: sa.En
 
 
 def test_an_evidence_row_inserted_outside_the_store_is_named(
-        store: Store, raw: sa.Engine, pols):
+        store: Store, raw: sa.Engine, policies):
     import hashlib
 
     text = '{"forged": true}'
     sha = hashlib.sha256(text.encode()).hexdigest()
-    _sql(raw, sa.insert(evidence).values(sha256=sha, candidate_hash=pols[2].content_hash,
+    _sql(raw, sa.insert(evidence).values(sha256=sha, candidate_hash=policies[2].content_hash,
                                          proposal_id=None, json_text=text,
                                          stored_at=datetime.now(UTC)))
     assert f"evidence bundle {sha[:12]}: row exists with no evidence.put entry" \
         in _problems(store)
 
 
-def test_a_raised_canary_share_is_named(store: Store, raw: sa.Engine, pols):
+def test_a_raised_canary_share_is_named(store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     store.record_decision(pid, approver="owner", decision="approve", reason="ok")
     store.start_rollout(pid, share=0.1, actor="autopilot", reason="canary")
@@ -332,7 +321,7 @@ def _truncate_to(raw: sa.Engine, seq: int) -> None:
 
 
 def test_a_truncated_log_with_a_rewritten_head_is_caught_by_an_anchor(
-        store: Store, raw: sa.Engine, pols):
+        store: Store, raw: sa.Engine, policies):
     pid = _awaiting(store)
     store.record_decision(pid, approver="owner", decision="approve", reason="ok")
     store.promote(pid, actor="autopilot", reason="approved")
@@ -347,7 +336,7 @@ def test_a_truncated_log_with_a_rewritten_head_is_caught_by_an_anchor(
             f"entry {anchor.seq} is gone: the log was truncated") in result.problems
 
 
-def test_a_rewritten_head_entry_is_caught_by_an_anchor(store: Store, raw: sa.Engine, pols):
+def test_a_rewritten_head_entry_is_caught_by_an_anchor(store: Store, raw: sa.Engine, policies):
     anchor = store.audit_anchor()
     last = store.audit_entries()[-1]
     payload = {**last.payload, "reason": "rewritten"}
@@ -366,7 +355,7 @@ def test_a_rewritten_head_entry_is_caught_by_an_anchor(store: Store, raw: sa.Eng
             f"before entry {anchor.seq}") in result.problems[0]
 
 
-def test_anchors_hold_on_a_clean_log(store: Store, pols):
+def test_anchors_hold_on_a_clean_log(store: Store, policies):
     anchors = [store.audit_anchor()]
     pid = _awaiting(store)
     anchors.append(store.audit_anchor())

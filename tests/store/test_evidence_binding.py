@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from contracts.documents import canonical_json
-from policies.policy import Policy, load_policy
+from policies.policy import Policy
 from store import (
     Decision,
     EvidenceMismatch,
@@ -28,19 +27,7 @@ from store import (
 )
 from store.schema import evidence, proposals
 
-STARTER_POLICY = Path(__file__).resolve().parents[2] / "controlplane" / "starter" / "policy.yaml"
 SCHEMA = "autopilot.gate-evidence"
-
-
-@pytest.fixture
-def policies(store: Store) -> dict[int, Policy]:
-    v1 = load_policy(STARTER_POLICY)
-    v2 = v1.evolve(author="autopilot", quantization={"S": "int8"})
-    v3 = v2.evolve(author="autopilot", quantization={"S": "int4"})
-    for p in (v1, v2, v3):
-        store.put_policy(p)
-    store.activate(1, actor="init", reason="initial policy")
-    return {1: v1, 2: v2, 3: v3}
 
 
 def bundle(candidate: Policy, baseline: Policy, overall: str = "PASSED", **extra) -> dict:
