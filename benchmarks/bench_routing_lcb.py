@@ -109,6 +109,91 @@ def clustered_weights(clusters: np.ndarray, replicates: int, seed: int) -> np.nd
     return rng.poisson(1.0, size=(replicates, n_c)).astype(np.float32)[:, clusters]
 
 
+def run_nights(args, start, fleet, train, test, ladder, static_cpg, best_single) -> list[dict]:
+    """The nightly loop's own decisions, night after night, from ``start``: each night logs
+    ``--repeats`` tasks per training problem under the active policy, the window holds the
+    last ``--window-nights`` nights, the search runs on it, and the night does what the
+    product's nightly does (``controlplane.loop.nightly``): the best candidate that
+    ``choose_for_gating`` admits is promoted (the gates are taken as PASSED: this fleet has
+    no engines), else the exploration change (``plan_exploration``, the default 2% budget)
+    when one is planned, else nothing. Each promotion's prediction is checked against the
+    truth on the logged problems (exact expectations, full information), and the held-out
+    problems give the night's cost per Green PR as a ratio to the best static policy."""
+    import pandas as pd
+
+    from controlplane.loop.nightly import choose_exploration, choose_for_gating
+    from experiments.exploration import plan_exploration
+    from experiments.search import search_candidates
+    from experiments.window import build_window
+
+    active, logs, rows = start, [], []
+    print(f"\nThe nightly loop, {args.nights} nights from the logging policy (window: "
+          f"{args.window_nights} nights of {args.repeats} tasks per training problem):",
+          flush=True)
+    for night in range(1, args.nights + 1):
+        t0 = time.perf_counter()
+        logs.append(simulate_log(active, fleet, train, args.repeats, seed=1000 + night,
+                                 ladder=ladder))
+        recent = logs[-args.window_nights:]
+        window = build_window(*(pd.concat([f[i] for f in recent], ignore_index=True)
+                                for i in range(3)), fleet)
+        result = search_candidates(window, fleet, active,
+                                   levers=("routing", "guardrails", "all"), candidates=8,
+                                   trials=args.trials, per_trial=args.per_trial,
+                                   executor=args.executor, progress=False)
+        before = exact_value(active, fleet, train, ladder)
+        gating = choose_for_gating(list(result), proposed_hashes={})
+        change, action, predicted = None, "nothing", None
+        if gating.chosen:
+            change = gating.chosen[0]
+            action, predicted = f"promote {change.lever}", change.deltas.cost_per_green_pr
+            print("    promoted: " + change.policy.spec.model_dump_json(exclude_defaults=True))
+        else:
+            plan = plan_exploration(result, window, active, days=len(recent))
+            change, why = choose_exploration(plan, {})
+            action = (f"explore {','.join(plan.tiers)} at {plan.rate:.0%} "
+                      f"(${plan.usd_per_day:.2f}/day of ${plan.budget_usd_per_day:.2f})"
+                      if change is not None else f"nothing ({why})")
+        if change is not None:
+            active = change.policy
+        after = exact_value(active, fleet, train, ladder)
+        true_delta = after.cost_per_green / before.cost_per_green - 1.0
+        held = exact_value(active, fleet, test, ladder)
+        row = {"night": night, "action": action, "tasks": window.n,
+               "predicted": predicted, "true": true_delta,
+               "inside": None if predicted is None else predicted.covers(true_delta),
+               "green": held.green_rate, "cpg": held.cost_per_green,
+               "x_static": held.cost_per_green / static_cpg,
+               "routing": active.spec.routing.model_dump_json(exclude_defaults=True),
+               "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        pred = ("" if predicted is None else
+                f" predicted {100 * predicted.point:+.1f}% [{100 * predicted.low:+.1f}, "
+                f"{100 * predicted.high:+.1f}] true {100 * true_delta:+.1f}% "
+                f"{'inside' if row['inside'] else 'OUTSIDE'};")
+        print(f"  night {night}: {action};{pred} held-out Green {held.green_rate:.3f} "
+              f"$/Green {held.cost_per_green:.5f} = {row['x_static']:.2f}x best static "
+              f"({row['seconds']:.0f} s)", flush=True)
+    print(f"\n{'night':>5s} {'action':44s} {'predicted d$/Green':>24s} {'true':>7s} "
+          f"{'Green':>6s} {'$/Green':>9s} {'x static':>8s}")
+    for r in rows:
+        p = r["predicted"]
+        pred = "" if p is None else (f"{100 * p.point:+.1f}% [{100 * p.low:+.1f}, "
+                                     f"{100 * p.high:+.1f}]")
+        true = "" if p is None else f"{100 * r['true']:+.1f}%"
+        print(f"{r['night']:5d} {r['action'][:44]:44s} {pred:>24s} {true:>7s} "
+              f"{r['green']:6.3f} {r['cpg']:9.5f} {r['x_static']:8.2f}")
+    promoted = [r for r in rows if r["predicted"] is not None]
+    last = rows[-1]
+    print(f"promotions inside their predicted 90% interval: "
+          f"{sum(bool(r['inside']) for r in promoted)}/{len(promoted)}")
+    print(f"night {last['night']}: {last['x_static']:.2f}x the best static policy at Green "
+          f"{last['green']:.3f} (aim <= 1.15x at Green >= {best_single:.3f}: "
+          f"{'MET' if last['x_static'] <= 1.15 and last['green'] >= best_single - 1e-9 else 'NOT MET'})"
+          f"; routing {last['routing']}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="/work/shared/data")
@@ -120,6 +205,10 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--per-trial", type=int, default=40)
     ap.add_argument("--executor", default="tune", choices=["tune", "inline"])
+    ap.add_argument("--nights", type=int, default=0,
+                    help="also run the nightly loop this many nights from the logging policy")
+    ap.add_argument("--window-nights", type=int, default=3,
+                    help="nights of telemetry each night's window holds")
     args = ap.parse_args(argv)
 
     from experiments.estimator import estimate
@@ -209,6 +298,9 @@ def main(argv=None) -> int:
           f"aim $/Green <= 1.15x the best static policy: "
           f"{'MET' if v.cost_per_green <= 1.15 * static_cpg else 'NOT MET'} "
           f"({v.cost_per_green / static_cpg:.2f}x)", flush=True)
+
+    if args.nights:
+        run_nights(args, logging, fleet, train, test, ladder, static_cpg, best_single)
 
     # ------------------------------------------------------------------ honesty
     judged = [(f"cascade {'>'.join(names)}", policy(names, len(names))),

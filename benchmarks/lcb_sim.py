@@ -179,9 +179,10 @@ def simulate_log(policy, fleet, problems: pd.DataFrame, repeats: int, seed: int,
                 if _refused(policy, j, spent, used):
                     break
                 tier = step.tier
-                inp, out = tokens_of(ladder, tier)
-                passed = bool(rng.random() < row[f"p_{tier}"])
-                price = attempt_cost(fleet, tier, ladder)
+                inp, out, clipped = _clipped_tokens(policy, ladder, tier, used)
+                draw = rng.random()
+                passed = not clipped and bool(draw < row[f"p_{tier}"])
+                price = tokens_cost(fleet, tier, inp, out)
                 attempts.append((tid, j, tier, "bf16", passed, "serve", probs[j - 1][tier],
                                  price))
                 calls.append((tid, j, tier, "bf16", inp, out))
@@ -213,6 +214,23 @@ def simulate_log(policy, fleet, problems: pd.DataFrame, repeats: int, seed: int,
     return t, a, c
 
 
+def tokens_cost(fleet, tier: str, input_tokens: int, output_tokens: int) -> float:
+    e = fleet.economics(tier)
+    return input_tokens * e.usd_per_input_token + output_tokens * e.usd_per_output_token
+
+
+def _clipped_tokens(policy, ladder: Ladder, tier: str, used_tokens: int
+                    ) -> tuple[int, int, bool]:
+    """(input, output tokens, clipped) of an attempt on ``tier`` after ``used_tokens``: the
+    gateway clips the call's output to the task's remaining token cap
+    (``policies.caps.max_tokens_left``); a clipped answer is cut short and fails."""
+    from policies.caps import max_tokens_left
+
+    inp, out = tokens_of(ladder, tier)
+    left = max_tokens_left(policy.spec.guardrails, used_tokens, out)
+    return inp, min(out, left), left < out
+
+
 def _refused(policy, attempt: int, spent_usd: float, used_tokens: int) -> bool:
     """The gateway's guardrail rule for a task's next attempt (``policies.caps``)."""
     from policies.caps import task_refusal
@@ -237,10 +255,15 @@ def exact_value(policy, fleet, problems: pd.DataFrame, ladder: Ladder = DSCODER3
     """The policy's exact expected value per task on these problems (full information),
     vectorised over the problems that share a family and features. Shadow copies (eval
     spend) are counted when ``shadow``."""
-    from policies.routing import first_tier_probabilities, resolve_routing, shadow_tier, tier_plan
+    from policies.routing import (
+        first_tier_probabilities,
+        resolve_routing,
+        shadow_targets,
+        shadow_tier,
+        tier_plan,
+    )
 
     price = {t: attempt_cost(fleet, t, ladder) for t in ladder.names}
-    tokens = {t: sum(tokens_of(ladder, t)) for t in ladder.names}
     green = fpy = cost = 0.0
     keys = problems.apply(lambda r: (r["platform"], r["difficulty"]), axis=1)
     for (family, difficulty), rows in problems.groupby(keys.to_numpy(), sort=False):
@@ -256,16 +279,19 @@ def exact_value(policy, fleet, problems: pd.DataFrame, ladder: Ladder = DSCODER3
             for j, step in enumerate(plan, start=1):
                 if _refused(policy, j, spent, used):
                     break
-                cost += p_start * float((reach * (price[step.tier] + VERIFIER_USD)).sum())
-                green += p_start * float((reach * p[step.tier]).sum())
+                inp, out, clipped = _clipped_tokens(policy, ladder, step.tier, used)
+                paid = tokens_cost(fleet, step.tier, inp, out)
+                p_pass = 0.0 * p[step.tier] if clipped else p[step.tier]
+                cost += p_start * float((reach * (paid + VERIFIER_USD)).sum())
+                green += p_start * float((reach * p_pass).sum())
                 if j == 1:
-                    fpy += p_start * float(p[step.tier].sum())
-                spent += price[step.tier]
-                used += tokens[step.tier]
-                reach = reach * (1.0 - p[step.tier])
+                    fpy += p_start * float(p_pass.sum())
+                spent += paid
+                used += inp + out
+                reach = reach * (1.0 - p_pass)
             if shadow and routing.shadow_rate > 0:
                 first = plan[0].tier
-                others = [t for t in routing.escalation if t != first]
+                others = shadow_targets(routing, first)  # shadow_tiers when named
                 for m in range(len(others)):
                     tier = shadow_tier(policy, family, first, 0.0, (m + 0.5) / len(others))
                     if tier is not None:

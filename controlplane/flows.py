@@ -5,7 +5,8 @@ gates, fleet) or one pure decision from ``controlplane.loop``; only I/O tasks re
 only on ``TransientError``. A rerun over the same window is harmless: proposals are keyed
 by (candidate, baseline, window) and promotion of an active proposal is a no-op; a lease in
 the store keeps two nightly runs from overlapping. Schedules live in
-``controlplane.deploy``, not here.
+``controlplane.deploy``, not here; so does the nightly's end-of-run hook that asks for the
+verify run (``verify_after_nightly``) and the quarter a scheduled report covers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from contracts.errors import TransientError
 from contracts.prediction import Prediction
+from controlplane.schedules import quarter_that_ended, verify_after_nightly
 from controlplane.loop.approvals import Approval
 from controlplane.loop.context import LoopContext
 
@@ -329,7 +331,8 @@ def write_report(ctx: LoopContext, proposal_id: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ flows
-@flow(name="autopilot-nightly", log_prints=True)
+@flow(name="autopilot-nightly", log_prints=True, on_completion=[verify_after_nightly],
+      on_failure=[verify_after_nightly], on_crashed=[verify_after_nightly])
 def nightly(state_dir: str, since: str | None = None, until: str | None = None,
             levers: list[str] | str = "all", max_gated: int = 2, min_saving: float = 0.02,
             gateway_url: str | None = None, approver: str | None = None,
@@ -498,8 +501,13 @@ def write_quarterly(ctx: LoopContext, quarter: str) -> dict[str, str]:
 
 @flow(name="autopilot-quarterly-report", log_prints=True)
 def quarterly_report(state_dir: str, quarter: str | None = None) -> dict[str, str]:
+    """The review of ``quarter``, by default the last whole quarter as of today in the
+    schedule's time zone (the run on the first day of a quarter reports the one that
+    ended)."""
+    from zoneinfo import ZoneInfo
+
     with LoopContext.open(state_dir) as ctx:
         if quarter is None:
-            today = ctx.clock().date()
-            quarter = f"{today.year}Q{(today.month - 1) // 3 + 1}"
+            quarter = quarter_that_ended(
+                ctx.clock().astimezone(ZoneInfo(ctx.settings.timezone)))
         return write_quarterly(ctx, quarter)

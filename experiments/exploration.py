@@ -74,9 +74,13 @@ def blocked_candidates(candidates: list[Any], min_saving: float) -> list[Any]:
 def exploration_targets(active: Any, blocked: list[Any], families: list[str]
                         ) -> tuple[list[str], list[str]]:
     """(tiers, families) the blocked candidates need evidence on: per family whose routing
-    a candidate changes, the tiers of its escalation order that the active policy does not
-    start that family on. Ordered as they first appear."""
-    from policies.routing import resolve_routing, start_index
+    a candidate changes, the tiers of its escalation order that the active policy never
+    serves that family on, and its first tier when the active policy does not start there.
+    A tier the active plan already serves shows its verdicts on the tasks that reach it (a
+    shadow on the new tiers before it then shows them after the candidate's failures too),
+    so shadowing it again buys little and, on a fleet whose top tier costs hundreds of
+    times the others, would spend the whole budget. Ordered as they first appear."""
+    from policies.routing import attempt_tiers, resolve_routing, start_index
 
     tiers: list[str] = []
     fams: list[str] = []
@@ -87,10 +91,18 @@ def exploration_targets(active: Any, blocked: list[Any], families: list[str]
             if mine.escalation == theirs.escalation and mine.thresholds == theirs.thresholds \
                     and mine.forced_start == theirs.forced_start:
                 continue
-            # Without score weights every task of the family starts on one tier.
-            started = ({theirs.escalation[start_index(theirs, {})]} if not theirs.weights
-                       else set())
-            wanted = [t for t in mine.escalation if t not in started]
+            # A fixed router (or one without cut points, or a forced start) starts every
+            # task of the family on one tier and walks one plan; a score router's start
+            # depends on each task: then no tier is known to serve them all.
+            one_plan = (theirs.forced_start is not None or theirs.router == "fixed"
+                        or not theirs.thresholds or not theirs.weights)
+            first = start_index(theirs, {})
+            started = {theirs.escalation[first]} if one_plan else set()
+            served = set(attempt_tiers(theirs, first)) if one_plan else set()
+            if theirs.exploration_rate > 0:
+                served = started  # explored starts walk other plans too
+            wanted = [t for i, t in enumerate(mine.escalation)
+                      if t not in served or (i == 0 and t not in started)]
             if not wanted:
                 continue
             if fam not in fams:
@@ -112,20 +124,24 @@ def effective_shadow_rate(policy: Any, family: str) -> float:
 
 def _with_shadows(active: Any, tiers: list[str], families: list[str], all_families: list[str],
                   rate: float) -> Any:
-    """The active policy plus shadows at ``rate`` on ``tiers`` for ``families``; every other
-    family keeps the shadows it really had (naming shadow tiers must not wake a dormant
+    """The active policy with the shadows of ``families`` replaced by shadows at ``rate`` on
+    ``tiers`` (the budget pays for all of them); every other family keeps the shadows it
+    really had (naming shadow tiers must not wake a dormant
     shadow rate elsewhere: that would spend the budget where no candidate needs evidence)."""
     routing = active.spec.routing.model_dump(mode="json")
     routing["shadow_tiers"] = list(tiers)
     if set(families) >= set(all_families):  # every family: one policy-wide rate
-        routing["shadow_rate"] = max([rate, *(effective_shadow_rate(active, f)
-                                              for f in all_families)])
+        routing["shadow_rate"] = rate
+        for entry in routing.get("families", {}).values():
+            entry.pop("shadow_rate", None)
     else:
         overrides = routing.get("families", {})
         for fam in all_families:
             entry = dict(overrides.get(fam, {}))
-            now = effective_shadow_rate(active, fam)
-            entry["shadow_rate"] = max(rate, now) if fam in families else now
+            # The change replaces the shadows of the families it explores (its budget pays
+            # for all of them); the others keep what really runs.
+            entry["shadow_rate"] = rate if fam in families else effective_shadow_rate(active,
+                                                                                     fam)
             overrides[fam] = entry
         routing["families"] = overrides
     return active.evolve(author=AUTHOR, routing=routing,
@@ -137,6 +153,28 @@ def _eval_spend(policy: Any, context: Any) -> float:
     return float(replay_policy(policy, context).eval.sum())
 
 
+def _without_shadows(policy: Any) -> Any:
+    """``policy`` with no shadow anywhere (to tell whether shadows on some tiers would run
+    at all)."""
+    routing = policy.spec.routing.model_dump(mode="json")
+    routing["shadow_rate"] = 0.0
+    routing.pop("shadow_tiers", None)
+    for entry in routing.get("families", {}).values():
+        if entry.get("shadow_rate") is not None:
+            entry["shadow_rate"] = 0.0
+    return policy.evolve(author=AUTHOR, routing=routing)
+
+
+def _already_shadowed(policy: Any, family: str, tiers: list[str]) -> float:
+    """The share of ``family``'s tasks ``policy`` already shadows on a pool that holds every
+    one of ``tiers`` (shadows elsewhere buy none of the evidence wanted)."""
+    from policies.routing import resolve_routing
+
+    routing = resolve_routing(policy, family)
+    pool = set(routing.shadow_tiers or routing.escalation)
+    return effective_shadow_rate(policy, family) if set(tiers) <= pool else 0.0
+
+
 def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: float = 0.02,
                      min_saving: float = 0.02, days: int = 1, level: float = 0.9
                      ) -> ExplorationPlan:
@@ -146,7 +184,9 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     active policy's like any candidate's)."""
     from experiments.search import Candidate
 
-    blocked = blocked_candidates(list(result), min_saving)
+    # The ranked candidates, then those the search held back only for support (the best
+    # ideas the window cannot confirm are exactly what exploration is for).
+    blocked = blocked_candidates([*result, *getattr(result, "unsupported", [])], min_saving)
     if not blocked:
         return ExplorationPlan(None, "no promising candidate is blocked by thin evidence")
     context, weights, active_est = result.context, result.weights, result.active_estimate
@@ -174,7 +214,9 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
         policy = _with_shadows(active, tiers, fams, families, rate)
         return (_eval_spend(policy, context) - base_eval) / max(days, 1)
 
-    if usd_day(1.0) <= 0:
+    silent = _without_shadows(active)
+    if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0), context) \
+            <= _eval_spend(silent, context):
         return ExplorationPlan(None, f"the tiers the blocked candidates need ({', '.join(tiers)}) "
                                "already serve those tasks first: a shadow adds no evidence, "
                                "thin support on them is not what blocks", tiers=tuple(tiers),
@@ -182,7 +224,7 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     # Spend rises with the rate but not always in proportion (naming shadow tiers can let the
     # active policy's own shadow rate reach tiers it could not before): the largest rate on a
     # 1% grid whose replayed spend fits the budget, by bisection.
-    now = max(effective_shadow_rate(active, f) for f in fams)  # what really runs already
+    now = max(_already_shadowed(active, f, tiers) for f in fams)  # what really runs already
     low, high = 0, 100
     while low < high:
         mid = (low + high + 1) // 2

@@ -45,6 +45,11 @@ __all__ = ["Candidate", "SearchResult", "feasibility_reasons", "lever_context", 
            "escalation_seeds", "rank_key", "risk_level", "risk_reasons", "search_candidates"]
 
 INFEASIBLE_PENALTY = 1e3
+# Below this share of a candidate's attempts on observed states its estimate leans on the
+# outcome model where the window is silent: it cannot be promoted, only explored.
+MIN_SUPPORT = 0.99
+# How many promising candidates held back only by support the result keeps for exploration.
+UNSUPPORTED_KEPT = 6
 AUTHOR = "autopilot-search"
 # Escalation orders replayed per family to see where a routing of its own could save
 # (cheapest orders first: single tiers, then pairs ...).
@@ -136,6 +141,9 @@ class SearchResult(list):
         # follow-up estimate (an exploration change) is paired with the same resamples.
         self.context: ReplayContext | None = None
         self.weights: np.ndarray | None = None
+        # Candidates that beat every ranked one on the outcome model's word but lean on
+        # states the window never showed: never proposed, only what exploration aims at.
+        self.unsupported: list[Candidate] = []
 
 
 def _family_spend_and_saving(window: Window, fleet, active, context: ReplayContext
@@ -218,12 +226,15 @@ def lever_context(window: Window, fleet, *, sample: int = 2000, seed: int = 0,
 
 
 def objective(summary: dict[str, float], active: dict[str, float], margin: float,
-              fpy_margin: float | None = None) -> float:
+              fpy_margin: float | None = None, *, count_support: bool = True) -> float:
     """Cost per Green PR, plus a large penalty per unit of non-inferiority violated.
 
     ``margin``: the relative drop of Green PRs tolerated (``gates.non_inferiority_margin``).
     ``fpy_margin``: the absolute drop of FPY tolerated (``gates.fpy_margin``); None, the
     default, leaves FPY out of the objective (it is reported, never constrains).
+    ``count_support=False``: the same objective as if every state were observed (what a
+    candidate would be worth if the evidence it lacks confirmed the outcome model: the
+    value exploration buys evidence for, never a ranking for promotion).
     """
     green_rel = summary["green_prs"] / max(active["green_prs"], 1e-12) - 1.0
     violation = max(0.0, -margin - green_rel)
@@ -233,7 +244,8 @@ def objective(summary: dict[str, float], active: dict[str, float], margin: float
     if not np.isfinite(value):
         return INFEASIBLE_PENALTY * 10
     # Mass on unobserved combinations cannot be trusted: it costs like a violation.
-    violation += max(0.0, 0.99 - summary["support"])
+    if count_support:
+        violation += max(0.0, MIN_SUPPORT - summary["support"])
     return value * (1.0 + INFEASIBLE_PENALTY * violation) if violation > 0 else value
 
 
@@ -336,7 +348,9 @@ class _Evaluator:
         summary = point_summary(replay_policy(policy, self.ctx))
         return {"point": point, "hash": policy.content_hash, **summary,
                 "objective": objective(summary, self.active_summary, self.margin,
-                                       self.fpy_margin)}
+                                       self.fpy_margin),
+                "objective_if_observed": objective(summary, self.active_summary, self.margin,
+                                                   self.fpy_margin, count_support=False)}
 
     def neighbours(self, center: dict[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
         rng = random.Random(seed)
@@ -504,6 +518,44 @@ def _run_inline(evaluator: _Evaluator, trials: int, per_trial: int, seed: int,
     return out
 
 
+def _unsupported_candidates(evaluated, ranked, ctx, lever_ctx, active_policy, active_summary,
+                            active_est, window, weights, level, margin, fpy_margin, widen
+                            ) -> list[Candidate]:
+    """The best few candidates whose only fault is support: feasible and cheaper than the
+    best ranked candidate (or the active policy) if the outcome model is right on the states
+    the window never showed. Estimated like any candidate, marked infeasible with the reason:
+    exploration (``experiments.exploration``) buys the evidence they lack."""
+    best = min([active_summary["cost_per_green_pr"],
+                *(c.estimate.cost_per_green_pr.point for c in ranked if c.feasible)])
+    pool = sorted((e for e in evaluated
+                   if e[2]["support"] < MIN_SUPPORT
+                   and e[2]["objective_if_observed"] < INFEASIBLE_PENALTY
+                   and e[2]["cost_per_green_pr"] < best),
+                  key=lambda e: e[2]["cost_per_green_pr"])
+    seen: set[tuple] = {(round(c.estimate.cost_per_green_pr.point, 9),) for c in ranked}
+    out: list[Candidate] = []
+    for label, names, r in pool:
+        key = (round(r["cost_per_green_pr"], 9),)
+        if key in seen or r["hash"] == active_policy.content_hash:
+            continue
+        seen.add(key)
+        ev = _Evaluator(ctx, lever_ctx, active_policy, names, active_summary, margin)
+        policy = ev.policy(r["point"])
+        factor = max([1.0, *((widen or {}).get(n, 1.0) for n in (label, *names))])
+        est = estimate(policy, window, context=ctx, weights=weights, level=level,
+                       widen=factor)
+        deltas = compare(est, active_est)
+        reasons = [*feasibility_reasons(deltas, margin, fpy_margin),
+                   f"support {est.support:.3f} < {MIN_SUPPORT}: the window never showed "
+                   "part of what it would do"]
+        out.append(Candidate(policy=policy, lever=label, point=r["point"], estimate=est,
+                             deltas=deltas, feasible=False, risk="high", reasons=reasons,
+                             risk_reasons=risk_reasons(est, deltas, active_est)))
+        if len(out) >= UNSUPPORTED_KEPT:
+            break
+    return out
+
+
 def search_candidates(window, fleet, active_policy, *,
                       levers: str | Sequence[str] = ("routing",), candidates: int = 10,
                       trials: int = 8, per_trial: int = 32, seed: int = 0,
@@ -605,5 +657,8 @@ def search_candidates(window, fleet, active_policy, *,
     # Ranked by the pessimistic end of the interval, not the point (see rank_key).
     result.sort(key=rank_key)
     del result[candidates:]
+    result.unsupported = _unsupported_candidates(
+        evaluated, result, ctx, lever_ctx, active_policy, active_summary, active_est,
+        window, weights, level, margin, fpy_margin, widen)
     result.seconds = time.perf_counter() - t0
     return result

@@ -514,7 +514,7 @@ def _window_prices(index: pd.Index, fam_codes: np.ndarray, families: list[str],
         a_task[with_calls], spans.n_calls[with_calls],
         np.bincount(spans.call_attempt[linked], priced.input_tokens[linked]
                     + priced.output_tokens[linked], minlength=n_att)[with_calls],
-        fam_codes, n)
+        fam_codes, n, combo=a_combo[with_calls])
     return _Prices(input_tokens=inp, output_tokens=out, cached_share=cached_share,
                    cost_nocache=cost_nocache, cost_prefix=cost_prefix,
                    response_hit_rate=response_hit_rate,
@@ -527,7 +527,8 @@ DEFAULT_ATTEMPT_CV = 0.3
 
 
 def _spend_spread(task: np.ndarray, n_calls: np.ndarray, tokens: np.ndarray,
-                  fam_codes: np.ndarray, n: int) -> tuple[float, np.ndarray]:
+                  fam_codes: np.ndarray, n: int, combo: np.ndarray | None = None
+                  ) -> tuple[float, np.ndarray]:
     """How an attempt's spend varies, from the attempts with calls (task index, tokens).
 
     Returns the coefficient of variation of one attempt's tokens around its task's mean
@@ -535,12 +536,20 @@ def _spend_spread(task: np.ndarray, n_calls: np.ndarray, tokens: np.ndarray,
     its observed mean toward its family's mean by the share of the spread between tasks that
     is not one attempt's noise (empirical Bayes). Guardrail caps act on what a task really
     spends: a task seen once on a long attempt will not spend that much on every attempt.
+
+    ``combo``: each attempt's tier x variant. Tiers answer at their own length (a reasoning
+    model's attempt is many times a small model's), and the replay already prices each
+    attempt on its own tier: that difference is no noise. Each attempt's tokens are first
+    divided by its combo's typical ratio to the task's level (log scale, from the tasks seen
+    on two combos or more), so only the spread the replay does not model is measured.
     """
     scale = np.ones(n)
     ok = (task >= 0) & (n_calls > 0) & (tokens > 0)
     if ok.sum() < 2:
         return DEFAULT_ATTEMPT_CV, scale
     task, tokens = task[ok], tokens[ok].astype(np.float64)
+    if combo is not None:
+        tokens = tokens / _combo_levels(task, tokens, combo[ok], n)
     count = np.bincount(task, minlength=n).astype(np.float64)
     mean = np.bincount(task, tokens, minlength=n) / np.maximum(count, 1.0)
     rel = tokens / mean[task] - 1.0
@@ -563,6 +572,27 @@ def _spend_spread(task: np.ndarray, n_calls: np.ndarray, tokens: np.ndarray,
         keep = between / (between + noise)
         scale[rows] = np.exp((keep - 1.0) * (log_mean[rows] - centre))
     return cv, scale
+
+
+def _combo_levels(task: np.ndarray, tokens: np.ndarray, combo: np.ndarray, n: int,
+                  rounds: int = 3) -> np.ndarray:
+    """Per attempt, its combo's multiplicative level (geometric mean 1 over the attempts):
+    log tokens = task level + combo level + noise, fitted by a few rounds of alternating
+    means. A combo never seen with another on one task keeps level 1."""
+    log_t = np.log(tokens)
+    c = np.where(combo >= 0, combo, int(combo.max(initial=0)) + 1)
+    n_c = int(c.max(initial=0)) + 1
+    per_task = np.bincount(task, minlength=n).astype(np.float64)
+    per_combo = np.bincount(c, minlength=n_c).astype(np.float64)
+    level = np.zeros(n_c)
+    for _ in range(rounds):
+        task_level = np.bincount(task, log_t - level[c], minlength=n) / np.maximum(per_task, 1)
+        level = np.bincount(c, log_t - task_level[task], minlength=n_c) / np.maximum(per_combo,
+                                                                                      1)
+        level -= np.average(level[c])
+    # Only combos that share tasks with others are identified apart from the task levels.
+    shared = np.bincount(c, (per_task[task] >= 2).astype(np.float64), minlength=n_c) > 0
+    return np.exp(np.where(shared, level, 0.0)[c])
 
 
 JOINT_PURPOSE = "joint"  # purpose of a joint-evidence row (never a span's purpose)

@@ -38,6 +38,7 @@ from typing import Any
 from contracts.guardrails import TASK_CAPS, Cap
 
 __all__ = [
+    "CAP_TOLERANCE",
     "TASK_CAPS",
     "cap_reached",
     "max_tokens_left",
@@ -47,11 +48,18 @@ __all__ = [
 ]
 
 
+# Spend is summed in floating point, in whatever order calls settle (and again when a
+# restarted ledger adds up what the store kept): a spend within this share of the cap has
+# reached it, so the verdict never hangs on the order of a sum.
+CAP_TOLERANCE = 1e-9
+
+
 def cap_reached(limit: float | None, spent: Any) -> Any:
-    """True where ``spent`` has reached ``limit`` (``spent >= limit``); no cap: False."""
+    """True where ``spent`` has reached ``limit`` (``spent >= limit``, up to
+    ``CAP_TOLERANCE`` of it); no cap: False."""
     if limit is None:
         return False
-    return spent >= limit
+    return spent >= limit * (1.0 - CAP_TOLERANCE)
 
 
 def task_caps_reached(spec: Any, *, attempt: Any, spent_usd: Any, spent_tokens: Any,

@@ -15,6 +15,16 @@ seconds); with ``require_keys`` a call without a valid key is refused (401), and
 completion is attributed to its key's team and repo. The reload thread also writes the
 keys' last use back to the store.
 
+The gateway application (``GATEWAY_APP``) and every tier it deploys on a reload carry the
+fleet's owner marker (``serving.tiers.fleet_owner``): on a shared cluster it never reuses
+or replaces another owner's application of the same name.
+
+Budgets, task routes and the response cache live in one named Ray actor per (store,
+fleet) that every replica calls (``serving.shared_state``), kept in the store, so any
+number of replicas (``gateway_application``'s ``num_replicas``, or
+``$AUTOPILOT_GATEWAY_REPLICAS`` where the caller passes none) agree on them and a
+redeployed gateway keeps them.
+
 This module imports Ray and FastAPI at import time: only ``serving.fleet`` imports it,
 inside ``start_fleet``.
 """
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,18 +49,70 @@ from serving.engine import EngineOptions
 from serving.gateway_core import GatewayCore, PolicyBook
 from serving.openai_http import complete_response, install_error_handlers, openai_error
 from serving.tiers import (
+    OWNER_KEY,
+    PRODUCT_OWNER,
     DeploymentKey,
     deploy_tiers,
+    owner_config,
     required_deployments,
-    running_apps,
 )
 
-__all__ = ["GATEWAY_APP", "GatewayIngress", "gateway_application"]
+__all__ = ["GATEWAY_APP", "REPLICAS_ENV", "REPLICA_HEADER", "GatewayIngress", "gateway_application",
+           "gateway_replicas"]
 
 _log = logging.getLogger(__name__)
 GATEWAY_APP = "gateway"
 api = install_error_handlers(FastAPI(title="fleet-autopilot gateway"))
+REPLICA_HEADER = "x-autopilot-replica"
+
+
+class _ReplicaHeader:
+    """Names the replica that answered (``x-autopilot-replica``), so a client or a test can
+    see its calls spread over the replicas. Plain ASGI: no per-request task or buffering."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.replica: bytes | None = None
+
+    def _replica(self) -> bytes:
+        if self.replica is None:
+            try:
+                self.replica = serve.get_replica_context().replica_id.unique_id.encode()
+            except Exception:  # noqa: BLE001 - outside Serve (direct tests): no name
+                self.replica = b"local"
+        return self.replica
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (REPLICA_HEADER.encode(), self._replica())]}
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
+api.add_middleware(_ReplicaHeader)
 KEY_TTL_S = 2.0  # how long a key read from the store is trusted (revocation delay)
+REPLICAS_ENV = "AUTOPILOT_GATEWAY_REPLICAS"
+
+
+def gateway_replicas(requested: int | None = None) -> int:
+    """The gateway's replica count: ``requested``, else ``$AUTOPILOT_GATEWAY_REPLICAS``,
+    else 1 (the state is shared, so any count serves the same budgets)."""
+    raw = requested if requested is not None else os.environ.get(REPLICAS_ENV, "1")
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise PermanentError(f"the gateway needs at least one replica (got {raw!r} from "
+                             f"{'the caller' if requested is not None else REPLICAS_ENV})")
+    return count
 
 
 def _collector(config: dict[str, Any] | None):
@@ -75,11 +138,14 @@ class GatewayIngress:
     def __init__(self, manifest_path: str, store_url: str, engine_options: dict[str, Any],
                  spans_path: str | None, otlp_endpoint: str | None, reload_interval_s: float,
                  policy_version: int | None, seed: int = 0,
-                 collector: dict[str, Any] | None = None, require_keys: bool = False):
+                 collector: dict[str, Any] | None = None, require_keys: bool = False,
+                 owner: str = PRODUCT_OWNER, shared_state: bool = True):
+        from serving.shared_state import connect_shared_state
         from store import Store
         from telemetry.otel import configure_tracing
 
         self.manifest_path = manifest_path
+        self.owner = owner  # tiers deployed on a reload are the fleet's, like the gateway
         self.fleet = load_fleet(Path(manifest_path))
         self.engine_options = EngineOptions(**engine_options)
         self.store = Store.open(store_url)
@@ -95,8 +161,13 @@ class GatewayIngress:
         self.provider = configure_tracing(otlp_endpoint=otlp_endpoint, jsonl_path=spans_path)
         tracer = self.provider.get_tracer("serving.gateway")
         book = PolicyBook(initial, self._load_version)
+        # shared_state=False keeps the state in this replica (one replica only; the
+        # benchmark's in-process baseline).
+        state = (connect_shared_state(store_url, self.fleet.metadata.name,
+                                      cache_entries=initial.spec.cache.response.max_entries)
+                 if shared_state else None)
         self.core = GatewayCore(self.fleet, book, self._call_tier, tracer=tracer, seed=seed,
-                                collector=_collector(collector))
+                                collector=_collector(collector), state=state)
         self._handles: dict[DeploymentKey, Any] = {}
         self._deploy_locks: dict[DeploymentKey, asyncio.Lock] = {}
         self._deploy_thread_lock = threading.Lock()
@@ -115,12 +186,14 @@ class GatewayIngress:
         return policy
 
     # ------------------------------------------------------------------ tier handles
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve hands over ``user_config``: only the owner marker (``serving.tiers``)."""
+        self.owner = config.get(OWNER_KEY, self.owner)
+
     def _deploy(self, keys: list[DeploymentKey]) -> None:
         with self._deploy_thread_lock:
-            running = running_apps()
-            missing = [k for k in keys if running.get(k.app_name) != "RUNNING"]
-            if missing:
-                deploy_tiers(self.manifest_path, missing, self.engine_options)
+            # deploy_tiers skips what runs as ours and refuses another owner's application
+            deploy_tiers(self.manifest_path, keys, self.engine_options, owner=self.owner)
 
     async def _call_tier(self, key: DeploymentKey, request: dict[str, Any]) -> dict[str, Any]:
         handle = self._handles.get(key)
@@ -236,7 +309,8 @@ class GatewayIngress:
     @api.get("/autopilot/stats")
     async def stats(self, request: Request) -> dict[str, Any]:
         await self.keys.identify_async(request.headers)
-        return {"cache": self.core.cache.stats(), "tasks": len(self.core.routes),
+        state = await self.core.state.stats()
+        return {"cache": state["cache"], "tasks": state["tasks"],
                 "deployments": sorted(k.app_name for k in self._handles),
                 "reload_error": self.reload_error}
 
@@ -258,16 +332,26 @@ def gateway_application(manifest_path: str | Path, store_url: str, *,
                         engine_options: EngineOptions, spans_path: str | Path | None,
                         otlp_endpoint: str | None = None, reload_interval_s: float = 2.0,
                         policy_version: int | None = None, seed: int = 0,
-                        collector: dict[str, Any] | None = None, require_keys: bool = False):
+                        collector: dict[str, Any] | None = None, require_keys: bool = False,
+                        owner: str = PRODUCT_OWNER, num_replicas: int | None = None,
+                        shared_state: bool = True):
+    """The gateway's Serve application (bound, not yet running). ``num_replicas``: see
+    ``gateway_replicas``; ``shared_state=False`` (one replica only) keeps budgets, routes
+    and the cache in the replica's memory, as a baseline to measure the shared one by."""
+    replicas = gateway_replicas(num_replicas)
+    if not shared_state and replicas != 1:
+        raise PermanentError(f"{replicas} gateway replicas need the shared state: each "
+                             "replica would keep its own budgets")
     deployment = serve.deployment(
-        GatewayIngress, name="Gateway", num_replicas=1,
+        GatewayIngress, name="Gateway", num_replicas=replicas,
         ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024,
         max_constructor_retry_count=1,
         # Spans are the per-request record; Serve's access log would add a write per call.
         logging_config={"enable_access_log": False},
+        user_config=owner_config(owner),
     )
     return deployment.bind(str(Path(manifest_path).resolve()), store_url,
                            engine_options.as_dict(),
                            str(spans_path) if spans_path is not None else None, otlp_endpoint,
                            float(reload_interval_s), policy_version, seed, collector,
-                           bool(require_keys))
+                           bool(require_keys), owner, bool(shared_state))

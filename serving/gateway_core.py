@@ -14,8 +14,10 @@ its share, and keeps that version), its ``clock_offset_ns`` moves span times onl
 budget day is the gateway's clock), and a request without a team is held against
 ``serving.guardrails.UNATTRIBUTED_TEAM``. Gate traffic may name a stored policy version.
 Every call reserves its worst case before it runs and settles after
-(``serving.guardrails.BudgetLedger``), with no ``await`` between the check and the
-reservation, so concurrent calls overspend a cap by at most one request's reservation.
+(``serving.guardrails.BudgetLedger``); the task's route, the check and the reservation are
+one step of the gateway's state (``serving.shared_state``: this process's own, or one
+actor every replica calls), so concurrent calls overspend a cap by at most one request's
+reservation, however many replicas serve them.
 """
 
 from __future__ import annotations
@@ -43,17 +45,15 @@ from policies.routing import (
     tier_plan,
 )
 from serving.cache import CacheScope, ResponseCache, cache_allowed
-from serving.guardrails import (
-    BudgetLedger,
-    Reservation,
-    attributed_team,
-    budget_alert_level,
-    call_cost_usd,
-    check_call,
-    clip_max_tokens,
-    worst_case_cost,
-)
+from serving.guardrails import BudgetLedger, attributed_team, call_cost_usd
 from serving.protocol import ParsedRequest, completion_body
+from serving.shared_state import (
+    Admission,
+    GatewayState,
+    LocalStateClient,
+    TaskRoute,
+    worst_case_of,
+)
 from serving.tiers import DeploymentKey
 
 __all__ = [
@@ -94,16 +94,6 @@ def variant_digests(fleet: FleetManifest, tier: str, variant: str) -> tuple[str,
 
     v = fleet.tier(tier).variant(variant)
     return _digest(v.files), {a.name: _digest(a.files) for a in v.adapters}
-
-
-@dataclass(frozen=True)
-class TaskRoute:
-    """What the gateway decided at a task's first attempt (kept for its later attempts)."""
-
-    policy_version: int
-    start: int
-    start_propensity: float
-    shadow_tier: str | None
 
 
 @dataclass(frozen=True)
@@ -166,7 +156,7 @@ class PolicyBook:
 class GatewayCore:
     def __init__(self, fleet: FleetManifest, policies: PolicyBook, call_tier: TierCaller, *,
                  tracer: Any = None, seed: int = 0, clock: Callable[[], float] = time.time,
-                 max_tasks: int = 200_000, collector: Any = None):
+                 max_tasks: int = 200_000, collector: Any = None, state: Any = None):
         self.fleet = fleet
         # Distillation training set (serving.collector.VerifiedCollector); None: off.
         self.collector = collector
@@ -175,18 +165,33 @@ class GatewayCore:
         self.tracer = tracer
         self.seed = seed
         self.clock = clock
-        self.cache = ResponseCache(policies.active.spec.cache.response.max_entries)
-        self.ledger = BudgetLedger(max_tasks=max_tasks)
-        self.routes: OrderedDict[str, TaskRoute] = OrderedDict()
+        # Budgets, routes and the response cache: this process's own by default, or a
+        # client of the state every replica shares (serving.shared_state).
+        self.state = state or LocalStateClient(GatewayState(
+            max_tasks, policies.active.spec.cache.response.max_entries))
         self.max_tasks = max_tasks
         self._digests: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
 
+    def _local_state(self) -> GatewayState:
+        if self.state.shared:
+            raise AttributeError("this gateway's state is shared: read it through self.state")
+        return self.state.state
+
+    @property
+    def ledger(self) -> BudgetLedger:
+        return self._local_state().ledger
+
+    @property
+    def routes(self) -> OrderedDict[str, TaskRoute]:
+        return self._local_state().routes
+
+    @property
+    def cache(self) -> ResponseCache:
+        return self._local_state().cache
+
     # ----------------------------------------------------------------------- routing
-    def _task_route(self, policy: Policy, req: ParsedRequest) -> TaskRoute:
-        route = self.routes.get(req.task_id)
-        if route is not None:
-            self.routes.move_to_end(req.task_id)
-            return route
+    def _new_task_route(self, policy: Policy, req: ParsedRequest) -> TaskRoute:
+        """The route a task starts on (what it was recorded with wins: ``complete``)."""
         family = req.ctx.family or ""
         explore, pick, shadow_draw, shadow_pick = task_draws(req.task_id, self.seed)
         if req.ctx.purpose != "serve":
@@ -196,16 +201,22 @@ class GatewayCore:
         start, propensity = choose_start(policy, family, req.ctx.features, explore, pick)
         first = tier_plan(policy, family, req.ctx.features, start=start)[0].tier
         shadow = shadow_tier(policy, family, first, shadow_draw, shadow_pick)
-        route = TaskRoute(policy.metadata.version, start, propensity, shadow)
-        self.routes[req.task_id] = route
-        while len(self.routes) > self.max_tasks:
-            self.routes.popitem(last=False)
-        return route
+        return TaskRoute(policy.metadata.version, start, propensity, shadow)
 
     async def route(self, req: ParsedRequest) -> tuple[Policy, RouteDecision]:
-        """The policy snapshot and the tier this attempt uses."""
+        """The policy snapshot and the tier this attempt uses (as this replica knows the
+        task's route; ``complete`` settles it with the state)."""
+        policy, decision, _ = await self._plan(req, None)
+        return policy, decision
+
+    async def _plan(self, req: ParsedRequest, recorded: TaskRoute | None,
+                    ) -> tuple[Policy, RouteDecision, TaskRoute | None]:
+        """The policy snapshot, this attempt's decision, and the task's route it follows
+        (``recorded``, else the one this replica knows, else a new one; None for a call
+        that names its tier)."""
         named = self._named_version(req)
-        if named is None and req.ctx.purpose == "serve" and req.task_id not in self.routes:
+        known = recorded or self.state.known_route(req.task_id)
+        if named is None and req.ctx.purpose == "serve" and known is None:
             policy = self.policies.for_new_task(req.task_id)  # a canary's share, or active
         else:
             policy = await self.policies.get(named)
@@ -218,22 +229,23 @@ class GatewayCore:
             tier = req.model
             variant = self.fleet.tier(tier).variant(policy.spec.quantization.get(tier)).name
             adapter = routing.adapter if tier == routing.adapter_tier else None
-            return policy, RouteDecision(tier, variant, adapter, 1.0, routing.max_attempts, None)
-        route = self._task_route(policy, req)
+            return policy, RouteDecision(tier, variant, adapter, 1.0, routing.max_attempts,
+                                         None), None
+        route = known or self._new_task_route(policy, req)
         if route.policy_version != policy.metadata.version and named is None:
             # A task keeps the policy it started under, so its attempts escalate consistently.
             policy = await self.policies.get(route.policy_version)
             routing = resolve_routing(policy, family)
         plan = tier_plan(policy, family, req.ctx.features, start=route.start)
         if req.attempt > len(plan):
-            return policy, RouteDecision(plan[-1].tier, "", None, 0.0, len(plan), None)
+            return policy, RouteDecision(plan[-1].tier, "", None, 0.0, len(plan), None), route
         step = plan[req.attempt - 1]
         variant = self.fleet.tier(step.tier).variant(step.variant).name
         probs = attempt_tier_probabilities(policy, family, req.ctx.features)
         propensity = probs[req.attempt - 1].get(step.tier, 0.0)
         shadow = route.shadow_tier if req.attempt == 1 and req.ctx.purpose == "serve" else None
         return policy, RouteDecision(step.tier, variant, step.adapter, propensity,
-                                     routing.max_attempts, shadow)
+                                     routing.max_attempts, shadow), route
 
     @staticmethod
     def _named_version(req: ParsedRequest) -> int | None:
@@ -248,41 +260,46 @@ class GatewayCore:
         return datetime.fromtimestamp(self.clock(), tz=UTC).strftime("%Y-%m-%d")
 
     async def complete(self, req: ParsedRequest) -> dict[str, Any]:
-        policy, decision = await self.route(req)
-        # From here to the reservations nothing awaits: the check and the reservation are
-        # one step of the event loop, so no concurrent call sees the spend without them.
-        guard = policy.spec.guardrails
-        team = attributed_team(req.ctx.team, serve=req.ctx.purpose != "gate")
-        usage = self.ledger.task(req.task_id)
-        day = self._day()
-        refusal = check_call(guard, attempt=req.attempt, max_attempts=decision.max_attempts,
-                             usage=usage, team=team,
-                             team_spent_usd=self.ledger.team_exposure(team, day))
-        if refusal is not None:
-            raise refusal
-        max_tokens = clip_max_tokens(guard, usage, req.max_tokens)
-        targets = [(decision.tier, decision.variant, decision.adapter, req.ctx.purpose,
-                    req.ctx.traceparent, True)]
-        if decision.shadow_tier is not None:
-            s_tier = decision.shadow_tier
-            s_variant = self.fleet.tier(s_tier).variant(policy.spec.quantization.get(s_tier)).name
-            targets.append((s_tier, s_variant, None, str(Purpose.SHADOW),
-                            req.ctx.shadow_traceparent or req.ctx.traceparent, False))
-        reservations = []
-        for tier, variant, _, _, _, for_task in targets:
-            tokens, usd = worst_case_cost(self.fleet, tier, variant, prompt=req.prompt,
-                                          max_tokens=max_tokens)
-            reservations.append(self.ledger.reserve(req.task_id, team, day, tokens=tokens,
-                                                    usd=usd, counts_for_task=for_task))
+        recorded = None
+        for _ in range(2):
+            policy, decision, route = await self._plan(req, recorded)
+            guard = policy.spec.guardrails
+            team = attributed_team(req.ctx.team, serve=req.ctx.purpose != "gate")
+            day = self._day()
+            targets = [(decision.tier, decision.variant, decision.adapter, req.ctx.purpose,
+                        req.ctx.traceparent, True)]
+            if decision.shadow_tier is not None:
+                s_tier = decision.shadow_tier
+                s_variant = self.fleet.tier(s_tier).variant(
+                    policy.spec.quantization.get(s_tier)).name
+                targets.append((s_tier, s_variant, None, str(Purpose.SHADOW),
+                                req.ctx.shadow_traceparent or req.ctx.traceparent, False))
+            # The route, the caps' check and the worst-case reservations are one step of
+            # the state (serving.shared_state): no concurrent call sees the spend without
+            # this call's share, in this replica or another.
+            admitted = await self.state.admit(Admission(
+                req.task_id, team, day, req.attempt, decision.max_attempts, req.max_tokens,
+                guard, tuple((for_task, worst_case_of(self.fleet, tier, variant, req.prompt))
+                             for tier, variant, _, _, _, for_task in targets), route))
+            if not admitted.conflicts(route):
+                break
+            recorded = admitted.route  # the task started elsewhere: follow its plan
+        else:  # pragma: no cover - a recorded route never changes, so one retry agrees
+            raise PermanentError(f"task {req.task_id}: its route changed while admitting")
+        admitted.raise_refusal()
+        max_tokens = admitted.max_tokens
+        budget = guard.team_budgets.get(team) if team is not None else None
+        settled: set[int] = set()
         try:
             results = await asyncio.gather(*[
                 self._call(policy, req, tier, variant, adapter, max_tokens, purpose=purpose,
-                           traceparent=parent, reservation=r)
-                for (tier, variant, adapter, purpose, parent, _), r
-                in zip(targets, reservations, strict=True)])
+                           traceparent=parent, ticket=ticket, budget=budget, settled=settled)
+                for (tier, variant, adapter, purpose, parent, _), ticket
+                in zip(targets, admitted.tickets, strict=True)])
         finally:
-            for r in reservations:  # a failed or cancelled call gives its hold back
-                self.ledger.release(r)
+            unsettled = tuple(t for t in admitted.tickets if t not in settled)
+            if unsettled:  # a failed or cancelled call gives its hold back
+                await self._release(unsettled)
         main = results[0]
         if self.collector is not None:
             self.collector.remember(
@@ -294,7 +311,6 @@ class GatewayCore:
             shadow = results[1]
             fields["shadow"] = {**self._autopilot_fields(policy, shadow, None),
                                 "text": shadow["text"]}
-        self._check_team_alert(policy, team, day)
         return completion_body(
             req.kind, text=main["text"], finish_reason=main.get("finish_reason"),
             model=f"{main['tier']}/{main['variant']}", input_tokens=main["input_tokens"],
@@ -318,15 +334,11 @@ class GatewayCore:
             "cost_usd": r["cost_usd"], "shadow": None,
         }
 
-    def _check_team_alert(self, policy: Policy, team: str | None, day: str) -> None:
-        budget = policy.spec.guardrails.team_budgets.get(team) if team else None
-        if budget is None:
-            return
-        spent = self.ledger.team_spent(team, day)
-        level = budget_alert_level(budget, spent)
-        if self.ledger.new_alert(team, day, level):
-            _log.warning("team %s reached %.0f%% of its daily budget: $%.6f of $%.6f",
-                         team, 100 * (level or 0), spent, budget.usd_per_day)
+    async def _release(self, tickets: tuple[int, ...]) -> None:
+        try:
+            await self.state.release(tickets)
+        except Exception as exc:  # noqa: BLE001 - never hide the call's own error
+            _log.error("could not release reservations %s: %s", tickets, exc)
 
     def _digest(self, tier: str, variant: str) -> tuple[str, dict[str, str]]:
         key = (tier, variant)
@@ -336,7 +348,8 @@ class GatewayCore:
 
     async def _call(self, policy: Policy, req: ParsedRequest, tier: str, variant: str,
                     adapter: str | None, max_tokens: int, *, purpose: str,
-                    traceparent: str | None, reservation: Reservation) -> dict[str, Any]:
+                    traceparent: str | None, ticket: int, budget: Any,
+                    settled: set[int]) -> dict[str, Any]:
         started = time.perf_counter()
         spec = policy.spec.cache.response
         prefix = bool(policy.spec.cache.prefix.get(tier, False))
@@ -352,12 +365,11 @@ class GatewayCore:
             hit = None
             now = self.clock()
             if use_cache:
-                if self.cache.max_entries != spec.max_entries:
-                    self.cache.resize(spec.max_entries)
-                hit = self.cache.get(scope, req.prompt, now, mode=spec.mode,
-                                     threshold=spec.similarity_threshold)
+                hit = await self.state.cache_get(scope, req.prompt, now, mode=spec.mode,
+                                                 threshold=spec.similarity_threshold,
+                                                 max_entries=spec.max_entries)
             if hit is not None:
-                value = hit[0].value
+                value = hit
                 out = {"text": value["text"], "finish_reason": value.get("finish_reason"),
                        "input_tokens": value["input_tokens"],
                        "output_tokens": value["output_tokens"],
@@ -370,17 +382,23 @@ class GatewayCore:
                      "adapter": adapter})
                 cache = str(CacheStatus.PREFIX if out["cached_input_tokens"] > 0
                             else CacheStatus.MISS)
-                if use_cache:
-                    self.cache.put(scope, req.prompt, out, now, spec.ttl_s)
             cost = call_cost_usd(self.fleet, tier, variant, input_tokens=out["input_tokens"],
                                  cached_input_tokens=out["cached_input_tokens"],
                                  output_tokens=out["output_tokens"], cache=cache)
             # Release the worst case, record the actual (on the task, team and day reserved;
-            # the gateway's own shadow call counts for the team only).
-            self.ledger.settle(reservation,
-                               tokens=(out["input_tokens"] + out["output_tokens"]
-                                       if cache != CacheStatus.RESPONSE else 0),
-                               usd=cost, attempt=req.attempt)
+            # the gateway's own shadow call counts for the team only) and keep a fresh
+            # answer in the cache, in one step of the state.
+            alert = await self.state.settle(
+                ticket, tokens=(out["input_tokens"] + out["output_tokens"]
+                                if cache != CacheStatus.RESPONSE else 0),
+                usd=cost, attempt=req.attempt, budget=budget,
+                cache_put=((scope, req.prompt, out, now, spec.ttl_s)
+                           if use_cache and hit is None else None))
+            settled.add(ticket)
+            if alert is not None:
+                _log.warning("team %s reached %.0f%% of its daily budget: $%.6f of $%.6f",
+                             attributed_team(req.ctx.team, serve=req.ctx.purpose != "gate"),
+                             100 * alert[0], alert[1], budget.usd_per_day)
             result = {**out, "tier": tier, "variant": variant, "adapter": adapter,
                       "cache": cache, "cost_usd": cost,
                       "latency_ms": (time.perf_counter() - started) * 1000.0}

@@ -11,13 +11,22 @@ after one try, and ``deploy_tiers`` raises ``TierStartFailed`` naming the file.
 that would need an API-priced variant (no weights: the local engine cannot serve it) with
 ``ApiTierNotServable`` naming the tier, before anything starts; ``deploy_tiers`` refuses
 such a key too, so no engine ever tries to load one.
+
+Ownership on a shared cluster: every application the product deploys (tiers here, the
+gateway in ``serving.gateway``) carries its owner in each deployment's ``user_config``
+(``{OWNER_KEY: "fleet-autopilot/<fleet id>"}``, the fleet id a hash of the store URL, see
+``fleet_owner``). Application names are cluster-wide, so an application of a name the
+product needs that carries another owner (or none: another team's) is never replaced or
+reused: ``refuse_foreign`` raises ``ApplicationNotOurs`` instead, and a fleet deletes only
+applications carrying its own owner.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +37,22 @@ from policies.policy import Policy
 from serving.engine import EngineOptions
 
 __all__ = [
+    "OWNER_KEY",
+    "PRODUCT_OWNER",
     "ApiTierNotServable",
+    "ApplicationNotOurs",
     "DeploymentKey",
+    "ServeApp",
     "TierStartFailed",
+    "cluster_apps",
     "deploy_tiers",
+    "fleet_owner",
+    "owner_config",
     "policy_tiers",
+    "refuse_foreign",
     "required_deployments",
     "running_apps",
+    "serve_client",
     "tier_application",
 ]
 
@@ -55,6 +73,40 @@ class ApiTierNotServable(TierStartFailed):
             f"tier {tier!r} (variant {variant!r}) is API-priced: it has no weights, so the "
             "local engine (vLLM) cannot serve it; remove it from the policy's escalation "
             "orders and distillation, or give the variant self-hosted economics and weights")
+
+
+#: The key of the ownership marker in every product deployment's ``user_config``.
+OWNER_KEY = "autopilot_owner"
+#: The owner of applications deployed without a fleet (``deploy_tiers`` called directly).
+PRODUCT_OWNER = "fleet-autopilot"
+
+
+def fleet_owner(store_url: str) -> str:
+    """The owner marker of the fleet serving ``store_url``: one store is one fleet, so a
+    restart after a crash recognises (and reuses or deletes) its own applications, while
+    another team's autopilot (another store) on the same cluster is someone else. The URL is
+    hashed: it may hold a database password, and the marker is visible cluster-wide."""
+    return f"{PRODUCT_OWNER}/{hashlib.sha256(store_url.encode()).hexdigest()[:16]}"
+
+
+def owner_config(owner: str) -> dict[str, str]:
+    """The ``user_config`` that marks a deployment as ``owner``'s."""
+    return {OWNER_KEY: owner}
+
+
+class ApplicationNotOurs(PermanentError):
+    """A Serve application of a name the fleet needs exists on the cluster and belongs to
+    someone else (another team, another autopilot fleet): refused, never replaced."""
+
+    def __init__(self, names: Mapping[str, str | None], owner: str):
+        self.names, self.owner = dict(names), owner
+        listed = ", ".join(f"{name!r} ({f'owner {o!r}' if o else 'no autopilot owner'})"
+                           for name, o in self.names.items())
+        super().__init__(
+            f"Serve application(s) {listed} already run on this cluster and were not "
+            f"deployed by this fleet ({owner!r}); refusing to replace them. Use another "
+            "cluster, or have their owner delete them (`serve.delete(name)`) if they are "
+            "left over")
 
 
 def refuse_api_priced(fleet: FleetManifest, keys: Iterable[DeploymentKey]) -> None:
@@ -135,14 +187,21 @@ class TierReplica:
                 "adapters": {a: p.adapter_digest(a) for a in self.engine.adapters},
                 "start_s": self.start_s}
 
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve hands over ``user_config``: only the owner marker, which stays in Serve's
+        record of the deployment (what ``cluster_apps`` reads); nothing to apply."""
+        self.owner = config.get(OWNER_KEY)
+
     def __del__(self):
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
 
 
-def tier_application(manifest_path: str | Path, key: DeploymentKey, options: EngineOptions):
-    """The Serve application for one tier deployment (bound, not yet running)."""
+def tier_application(manifest_path: str | Path, key: DeploymentKey, options: EngineOptions,
+                     owner: str = PRODUCT_OWNER):
+    """The Serve application for one tier deployment (bound, not yet running), marked as
+    ``owner``'s."""
     from ray import serve
 
     deployment = serve.deployment(
@@ -157,9 +216,56 @@ def tier_application(manifest_path: str | Path, key: DeploymentKey, options: Eng
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=20,
         logging_config={"enable_access_log": False},
+        user_config=owner_config(owner),
     )
     return deployment.bind(str(Path(manifest_path).resolve()), key.tier, key.variant,
                            key.prefix_caching, options.as_dict())
+
+
+@dataclass(frozen=True)
+class ServeApp:
+    """One application on the cluster's Serve, as ``cluster_apps`` reads it."""
+
+    name: str
+    status: str
+    route_prefix: str | None
+    owner: str | None  # the OWNER_KEY marker of its deployments; None: not the product's
+
+
+def serve_client():
+    """The running Serve controller's client, or None when Serve does not run.
+
+    Ray's public API (2.60) exposes neither the HTTP options of a running Serve nor a
+    deployment's ``user_config``; its client does. Kept in one place for a Ray upgrade."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client(raise_if_no_controller_running=False)
+
+
+def cluster_apps() -> dict[str, ServeApp]:
+    """Every application on the connected cluster's Serve (none when Serve does not run),
+    with its status, route prefix and owner marker."""
+    client = serve_client()
+    if client is None:
+        return {}
+    apps: dict[str, ServeApp] = {}
+    for name, app in client.get_serve_details().get("applications", {}).items():
+        owners = {((d.get("deployment_config") or {}).get("user_config") or {}).get(OWNER_KEY)
+                  for d in (app.get("deployments") or {}).values()}
+        # one owner across every deployment, or it is not (wholly) ours
+        owner = owners.pop() if len(owners) == 1 else None
+        status = app.get("status")
+        apps[name] = ServeApp(name=name, status=str(getattr(status, "value", status)),
+                              route_prefix=app.get("route_prefix"),
+                              owner=owner if isinstance(owner, str) else None)
+    return apps
+
+
+def refuse_foreign(apps: Mapping[str, ServeApp], names: Iterable[str], owner: str) -> None:
+    """Raise ``ApplicationNotOurs`` for the names in ``apps`` whose owner is not ``owner``."""
+    foreign = {n: apps[n].owner for n in names if n in apps and apps[n].owner != owner}
+    if foreign:
+        raise ApplicationNotOurs(foreign, owner)
 
 
 def running_apps() -> dict[str, str]:
@@ -190,12 +296,15 @@ def _replica_error(app_name: str) -> str | None:
 
 
 def deploy_tiers(manifest_path: str | Path, keys: Iterable[DeploymentKey],
-                 options: EngineOptions) -> dict[DeploymentKey, Any]:
-    """Deploy every key not already running; wait until each runs; return their handles.
+                 options: EngineOptions, owner: str = PRODUCT_OWNER) -> dict[DeploymentKey, Any]:
+    """Deploy every key not already running as ``owner``'s; wait until each runs; return
+    their handles.
 
     A deployment whose replica cannot start (a pinned file mismatch, a bad model) is
     deleted again and raises ``TierStartFailed`` with the replica's error in the message.
-    A key naming an API-priced variant raises ``ApiTierNotServable`` before Serve is called.
+    A key naming an API-priced variant raises ``ApiTierNotServable`` before Serve is called;
+    a key whose application exists with another owner raises ``ApplicationNotOurs`` before
+    anything is deployed (it is neither reused nor replaced).
     """
     from contracts.manifest import load_fleet
 
@@ -203,11 +312,12 @@ def deploy_tiers(manifest_path: str | Path, keys: Iterable[DeploymentKey],
     refuse_api_priced(load_fleet(manifest_path), keys)
     from ray import serve
 
-    running = running_apps()
-    missing = [k for k in keys if running.get(k.app_name) != "RUNNING"]
+    apps = cluster_apps()
+    refuse_foreign(apps, [k.app_name for k in keys], owner)
+    missing = [k for k in keys if k.app_name not in apps or apps[k.app_name].status != "RUNNING"]
     if missing:
         _log.info("deploying %s", ", ".join(k.app_name for k in missing))
-        targets = [serve.RunTarget(target=tier_application(manifest_path, k, options),
+        targets = [serve.RunTarget(target=tier_application(manifest_path, k, options, owner),
                                    name=k.app_name, route_prefix=None) for k in missing]
         try:
             # Engines start side by side: most of a start is waiting on process spawns.

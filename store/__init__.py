@@ -1,6 +1,7 @@
 """The autopilot's record: policy versions and the active pointer, proposals and their
 lifecycle, gate evidence, approvals, leases, the calibration record (predicted against
 realised per verify look), spend anomalies, the gateway's API keys (hashed; ``keys.py``),
+the gateway's shared ledger (spend per task and team-day, task routes; ``ledger.py``),
 and the hash-chained audit log, replayed against the state tables on verification and
 anchored outside the database (``anchors.py``).
 
@@ -24,6 +25,7 @@ from store.errors import (
     StoreIntegrityError,
 )
 from store.keys import API_KEY_PREFIX, ApiKeyRecord, key_id_of
+from store.ledger import SCOPE_TASK, SCOPE_TEAM, RouteRow, SpendRow
 from store.records import (
     ALLOWED_TRANSITIONS,
     ActivationRecord,
@@ -49,6 +51,8 @@ __all__ = [
     "API_KEY_PREFIX",
     "DATABASE_FILENAME",
     "SCHEMA_VERSION",
+    "SCOPE_TASK",
+    "SCOPE_TEAM",
     "ActivationRecord",
     "Anchor",
     "AnchorError",
@@ -72,7 +76,9 @@ __all__ = [
     "ProposalRecord",
     "ProposalState",
     "RolloutRecord",
+    "RouteRow",
     "SchemaVersionError",
+    "SpendRow",
     "Store",
     "StoreBusy",
     "StoreError",

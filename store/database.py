@@ -41,6 +41,7 @@ from store.errors import (
     translate_database_errors,
 )
 from store.keys import ApiKeysMixin
+from store.ledger import LedgerMixin
 from store.records import (
     ALLOWED_TRANSITIONS,
     ActivationRecord,
@@ -332,7 +333,7 @@ def _approval_record(row: Row[Any]) -> ApprovalRecord:
     )
 
 
-class Store(RolloutsMixin, ApiKeysMixin):
+class Store(RolloutsMixin, ApiKeysMixin, LedgerMixin):
     """The autopilot's record. Open with ``Store.open(url)`` or ``Store.for_state_dir(dir)``.
 
     Thread-safe: every call checks a connection out of the engine's pool for its own

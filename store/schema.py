@@ -28,7 +28,8 @@ __all__ = [
     "register_migration",
 ]
 
-SCHEMA_VERSION = 5  # v2: calibration; v3: spend anomalies; v4: rollouts; v5: API keys
+SCHEMA_VERSION = 6  # v2: calibration; v3: spend anomalies; v4: rollouts; v5: API keys;
+# v6: the gateway's shared ledger (spend per task and team-day, task routes)
 GENESIS_HASH = "0" * 64  # prev_hash of audit entry 1
 
 # A migration takes a connection inside the upgrade transaction and moves the schema from
@@ -288,6 +289,34 @@ api_keys = sa.Table(
     sa.Column("last_used_at", UTCDateTime, nullable=True),
 )
 
+# The gateway's shared ledger (``store/ledger.py``, issue 15 defect 7): what every gateway
+# replica agrees a task and a team-day spent, and the route each task started on, so a
+# restarted gateway keeps them. Rows are added to (spend) or written once (routes) by the
+# ledger's owner in batches; a task's row has ``day`` ''.
+gateway_spend = sa.Table(
+    "gateway_spend",
+    metadata,
+    sa.Column("scope", sa.String(8), primary_key=True),
+    sa.Column("key", NAME, primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("usd", sa.Float, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("calls", sa.Integer, nullable=False),
+    sa.Column("last_attempt", sa.Integer, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False, index=True),
+)
+
+gateway_routes = sa.Table(
+    "gateway_routes",
+    metadata,
+    sa.Column("task_id", NAME, primary_key=True),
+    sa.Column("policy_version", sa.Integer, nullable=False),
+    sa.Column("start", sa.Integer, nullable=False),
+    sa.Column("start_propensity", sa.Float, nullable=False),
+    sa.Column("shadow_tier", NAME, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+)
+
 STORE_TABLES = frozenset(metadata.tables)
 _SCHEMA_VERSION_KEY = "schema_version"
 
@@ -367,3 +396,10 @@ def _v3_to_v4(conn: Connection) -> None:
 def _v4_to_v5(conn: Connection) -> None:
     """v5 adds the gateway's API keys (a new table; no existing row changes)."""
     api_keys.create(conn, checkfirst=True)
+
+
+@register_migration(5)
+def _v5_to_v6(conn: Connection) -> None:
+    """v6 adds the gateway's shared ledger (two new tables; no existing row changes)."""
+    gateway_spend.create(conn, checkfirst=True)
+    gateway_routes.create(conn, checkfirst=True)

@@ -339,8 +339,9 @@ def _verbose_option(fn):
 @click.command()
 @click.option("--fleet", "fleet_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Fleet manifest (default: the state dir's fleet.yaml).")
-@click.option("--port", type=int, default=8000, show_default=True,
-              help="Gateway HTTP port (0: a free one).")
+@click.option("--port", type=int, default=None,
+              help="Gateway HTTP port (0: a free one; default 8000, or on a cluster where "
+                   "Ray Serve already runs, its port: another port is refused there).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address the gateway listens on; beyond loopback API keys are required.")
 @click.option("--require-keys", is_flag=True, default=False,
@@ -350,10 +351,14 @@ def _verbose_option(fn):
               help="Connect to this Ray cluster (default: start local Ray).")
 @click.option("--reload-interval", type=float, default=2.0, show_default=True,
               help="Seconds between polls of the store's active policy.")
+@click.option("--replicas", type=click.IntRange(min=1), default=None,
+              help="Gateway replicas (default: $AUTOPILOT_GATEWAY_REPLICAS, else 1); they "
+                   "share budgets, task routes and the response cache.")
 @_verbose_option
 @click.pass_obj
-def serve(obj: Context, fleet_file: str | None, port: int, host: str, require_keys: bool,
-          ray_address: str | None, reload_interval: float, verbose: bool) -> None:
+def serve(obj: Context, fleet_file: str | None, port: int | None, host: str, require_keys: bool,
+          ray_address: str | None, reload_interval: float, replicas: int | None,
+          verbose: bool) -> None:
     """Start the fleet (tier deployments + gateway) for the active policy; Ctrl-C stops it."""
     from controlplane.loop.distill import gateway_collector_config
     from controlplane.runlog import engine_logs_to_file
@@ -374,7 +379,7 @@ def serve(obj: Context, fleet_file: str | None, port: int, host: str, require_ke
                               collector=gateway_collector_config(settings, state.root),
                               port=port, ray_address=ray_address,
                               reload_interval_s=reload_interval, echo=echo, host=host,
-                              require_keys=require_keys)
+                              require_keys=require_keys, gateway_replicas=replicas)
 
 
 # --------------------------------------------------------------------------------- drive

@@ -270,15 +270,49 @@ def verify(obj: Context, since: str | None, until: str | None) -> None:
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Print the schedules; serve nothing.")
+@click.option("--work-pool", "work_pool", default=None, metavar="NAME",
+              help="Deploy to this Prefect process work pool (created when missing) and exit; "
+              "`autopilot worker --work-pool NAME` runs the flows. Default: serve them from "
+              "this process until interrupted.")
 @click.pass_obj
-def schedule(obj: Context, dry_run: bool) -> None:
-    """Serve the nightly, verify and quarterly deployments on their cron schedules."""
-    from controlplane.deploy import serve_deployments
+def schedule(obj: Context, dry_run: bool, work_pool: str | None) -> None:
+    """Schedule the nightly (cron) and quarterly deployments, and verify after each nightly."""
+    from controlplane.deploy import deploy_to_work_pool, serve_deployments
 
     obj.require_init()
-    specs = serve_deployments(obj.state, dry_run=dry_run)
-    obj.emit([{"deployment": s.name, "cron": s.cron, "timezone": s.timezone} for s in specs],
-             title="schedules")
+    if work_pool is None:
+        specs = serve_deployments(obj.state, dry_run=dry_run)
+    else:
+        specs, pool = deploy_to_work_pool(obj.state, work_pool, dry_run=dry_run)
+    rows = [{"deployment": s.name, "cron": s.cron or "after each nightly run",
+             "timezone": s.timezone} for s in specs]
+    if work_pool is None or obj.as_json:
+        obj.emit(rows if work_pool is None else
+                 {"work_pool": work_pool, "pool": pool, "deployments": rows},
+                 title="schedules")
+        return
+    obj.emit(rows, title=f"schedules on work pool {work_pool} ({pool})")
+    if not dry_run:
+        click.echo(f"start the worker (same PREFECT_API_URL): autopilot worker --work-pool "
+                   f"{work_pool}   (or: prefect worker start --pool {work_pool})")
 
 
-COMMANDS = [proposals, report, nightly, verify, schedule]
+@click.command()
+@click.option("--work-pool", "work_pool", required=True, metavar="NAME",
+              help="The process work pool `autopilot schedule --work-pool` deployed to.")
+@click.pass_obj
+def worker(obj: Context, work_pool: str) -> None:
+    """Run a Prefect process worker for the loop's work pool in this venv (until stopped)."""
+    import os
+
+    from controlplane.deploy import require_prefect_server, worker_command
+    from controlplane.loop.waiting import prefect_environment
+
+    obj.require_init()
+    prefect_environment(obj.state)
+    require_prefect_server()
+    command = worker_command(work_pool)
+    os.execv(command[0], command)  # the worker owns the terminal and its signals
+
+
+COMMANDS = [proposals, report, nightly, verify, schedule, worker]

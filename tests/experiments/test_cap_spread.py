@@ -81,3 +81,26 @@ spec: {routing: {router: fixed, escalation: [S, L], max_attempts: 2},
     # Refused after S failed and overspent: budget_exceeded = P(fail S) * P(spend > 1.5x).
     assert values.budget_exceeded.mean() == pytest.approx(0.3 * over, abs=0.015)
     assert 0 < values.budget_exceeded.mean() < 0.3
+
+
+def test_tiers_answering_at_their_own_length_are_no_spread():
+    """A reasoning tier's attempt is many times a small tier's: with attempts of one task on
+    different tiers, that difference is the replay's (it prices each attempt on its tier),
+    not noise. Before, a cascade window measured a spread of ~1 and the replay predicted a
+    token cap at exactly a cascade's total to bind on half its tasks (it never binds)."""
+    rng = np.random.default_rng(2)
+    n = 300
+    task = np.repeat(np.arange(n), 3)
+    combo = np.tile(np.array([0, 1, 2]), n)
+    length = np.array([1000.0, 3800.0, 8600.0])
+    tokens = length[combo] * rng.lognormal(-0.005, 0.1, len(task))
+    cv_mixed, _ = _spend_spread(task, np.ones(len(task)), tokens, np.zeros(n, dtype=int), n)
+    cv, _ = _spend_spread(task, np.ones(len(task)), tokens, np.zeros(n, dtype=int), n,
+                          combo=combo)
+    assert cv_mixed > 0.7
+    assert cv == pytest.approx(0.1, abs=0.02)
+    exact = length[combo]
+    cv0, scale = _spend_spread(task, np.ones(len(task)), exact, np.zeros(n, dtype=int), n,
+                               combo=combo)
+    assert cv0 == pytest.approx(0.0, abs=1e-9)
+    assert np.allclose(scale, 1.0)

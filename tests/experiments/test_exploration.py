@@ -221,3 +221,75 @@ def test_the_budget_holds_when_naming_shadow_tiers_also_wakes_the_active_shadow_
             assert effective_shadow_rate(plan.candidate.policy, one) == plan.rate
         else:
             assert "buys a shadow rate" in plan.reason
+
+
+HEAD = ("apiVersion: autopilot/v1\nkind: Policy\nmetadata: {version: 1, author: t, "
+        "created: 2026-11-01T00:00:00Z}\nspec:\n  routing: ")
+
+
+def _blocked(policy):
+    class C:
+        pass
+    c = C()
+    c.policy = policy
+    return c
+
+
+def test_tiers_the_active_plan_already_serves_are_not_shadowed_again():
+    """A cascade's later tiers serve every task that reaches them: a candidate that inserts a
+    tier before them needs evidence on the new tier only (a shadow on it beside the served
+    plan shows it after the same failures). Shadowing the top tier again would spend a
+    fleet's whole budget where its top tier costs hundreds of times the others."""
+    active = load_policy(HEAD + "{router: fixed, escalation: [S, L]}\n")
+    inserted = load_policy(HEAD + "{router: fixed, escalation: [S, M, L]}\n")
+    tiers, families = exploration_targets(active, [_blocked(inserted)], ["a"])
+    assert tiers == ["M"] and families == ["a"]
+    # A candidate starting on a tier the active plan reaches only after failures needs it
+    # on every task: its first tier stays a target.
+    later_first = load_policy(HEAD + "{router: fixed, escalation: [L]}\n")
+    tiers, _ = exploration_targets(active, [_blocked(later_first)], ["a"])
+    assert tiers == ["L"]
+    # A score router's start depends on the task: nothing is known to be served.
+    scored = load_policy(HEAD + "{router: score, escalation: [S, L], thresholds: [0.5], "
+                         "weights: {difficulty: 1.0}}\n")
+    tiers, _ = exploration_targets(scored, [_blocked(inserted)], ["a"])
+    assert tiers == ["S", "M", "L"]
+
+
+def test_an_exploration_replaces_the_shadows_it_pays_for():
+    """The active policy shadows every task on cheap tiers; an exploration aimed elsewhere
+    runs at the rate its budget buys, not at the old rate on the new tiers (which priced a
+    100% shadow rate on an expensive tier and bought nothing)."""
+    from experiments.exploration import _with_shadows
+
+    active = load_policy(HEAD + "{router: fixed, escalation: [S, L], shadow_rate: 1.0, "
+                         "shadow_tiers: [M]}\n")
+    wide = _with_shadows(active, ["M", "L"], ["a", "b"], ["a", "b"], 0.2)
+    assert wide.spec.routing.shadow_rate == 0.2 and wide.spec.routing.shadow_tiers == ["M", "L"]
+    narrow = _with_shadows(active, ["M"], ["a"], ["a", "b"], 0.3)
+    assert narrow.spec.routing.families["a"].shadow_rate == 0.3
+    assert narrow.spec.routing.families["b"].shadow_rate == 1.0  # untouched family keeps its
+
+
+def test_candidates_held_back_only_by_support_are_what_exploration_aims_at(naive_night):
+    """The search's objective treats unobserved mass as a violation, so the best ideas a
+    window cannot confirm never reach the ranked list; the result keeps them apart
+    (``unsupported``), never feasible, and the exploration plan aims at their tiers."""
+    naive, window, result, _ = naive_night
+    assert result.unsupported, "cheap-first routings on unobserved states should be kept"
+    for c in result.unsupported:
+        assert not c.feasible and c.risk == "high"
+        assert c.estimate.support < 0.99
+        assert any("support" in r for r in c.reasons)
+    ranked_hashes = {c.policy.content_hash for c in result}
+    assert not ranked_hashes & {c.policy.content_hash for c in result.unsupported}
+
+    class OnlyUnsupported(list):
+        context = result.context
+        weights = result.weights
+        active_estimate = result.active_estimate
+        unsupported = result.unsupported
+
+    plan = plan_exploration(OnlyUnsupported(), window, naive, budget_share=0.02)
+    assert plan.candidate is not None, plan.reason
+    assert "S" in plan.tiers or "M" in plan.tiers
