@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.settings import StateDir
+from store.records import realised_gap
 
 __all__ = ["DEMO_APPROVER", "DemoPlan", "demo_plan", "run_demo", "run_simulated_demo"]
 
@@ -367,9 +368,13 @@ def _print_summary(s: dict[str, Any], echo: Callable[[str], None]) -> None:
         if v:
             stats = v.get("stats", {})
             realised = stats.get("rel_delta")
-            ci = n.get("predicted", {}).get("cost_per_green_pr_rel_delta_ci")
-            inside = ("" if realised is None or not ci else
-                      ", inside the predicted interval" if ci[0] <= realised <= ci[1]
+            predicted = n.get("predicted", {})
+            ci = predicted.get("cost_per_green_pr_rel_delta_ci")
+            gap = (None if realised is None or not ci else
+                   realised_gap(predicted.get("cost_per_green_pr_rel_delta", realised), ci[0],
+                                ci[1], realised, *(stats.get("rel_delta_ci") or (None, None))))
+            inside = ("" if gap is None else
+                      ", inside the predicted interval (allowing the day's noise)" if gap <= 1
                       else ", OUTSIDE the predicted interval")
             what = "canary look" if v.get("canary") else "verify"
             echo(f"  {what}: {v.get('outcome')}" + (

@@ -58,6 +58,7 @@ from store.records import (
     ProposalRecord,
     ProposalState,
     proposal_id_for,
+    realised_gap,
 )
 from store.replay import StateRows, is_store_action, proposal_problems, state_problems
 from store.rollouts import RolloutsMixin
@@ -1191,8 +1192,8 @@ class Store(RolloutsMixin, ApiKeysMixin, LedgerMixin):
             low = high = None
             if predicted.cost_per_green_pr_rel_delta_ci is not None:
                 low, high = predicted.cost_per_green_pr_rel_delta_ci
-            inside = None if low is None or high is None else bool(
-                low <= realised_value <= high)
+            gap = realised_gap(float(point), low, high, realised_value, r_low, r_high)
+            inside = None if gap is None else bool(gap <= 1.0)
             values = {
                 "proposal_id": proposal_id, "lever": proposal.lever, "look": look,
                 "time_window": proposal.window, "realised_window": realised_window,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -30,6 +31,7 @@ __all__ = [
     "ProposalState",
     "RolloutRecord",
     "proposal_id_for",
+    "realised_gap",
 ]
 
 
@@ -206,6 +208,38 @@ class AuditVerification:
                 "problems": list(self.problems), "anchors_checked": self.anchors_checked}
 
 
+def realised_gap(predicted: float, low: float | None, high: float | None, realised: float,
+                 realised_low: float | None = None, realised_high: float | None = None
+                 ) -> float | None:
+    """How far a realised change fell from its prediction, in units of the predicted
+    interval's half-width on that side, allowing the realised measurement's own noise
+    (``<= 1``: inside; None without a predicted interval).
+
+    The predicted interval is for the change's expected value; the realised figure is that
+    value plus its own sampling noise (a day of tasks), whose interval the verify look
+    measures. Both errors add: a realised point is inside when its distance from the
+    prediction is within ``sqrt(h_pred**2 + h_real**2)`` (the half-widths on the facing
+    sides), so a tight prediction is not called a miss for a day's noise it could never
+    predict. Returned: ``sqrt(max(d**2 - h_real**2, 0)) / h_pred``, the inflation the
+    prediction alone needed. Without a realised interval ``h_real`` is 0 (the plain rule).
+    """
+    if low is None or high is None:
+        return None
+    half = (high - predicted) if realised >= predicted else (predicted - low)
+    distance = abs(realised - predicted)
+    if not math.isfinite(half):
+        return 0.0
+    noise = 0.0
+    if realised_low is not None and realised_high is not None:
+        # the side of the realised interval that faces the prediction
+        noise = (realised_high - realised) if realised < predicted else (realised - realised_low)
+        noise = noise if math.isfinite(noise) and noise > 0 else 0.0
+    need = math.sqrt(max(distance ** 2 - noise ** 2, 0.0))
+    if half <= 0:
+        return 0.0 if need == 0 else math.inf
+    return need / half
+
+
 @dataclass(frozen=True)
 class CalibrationRecord:
     """One verify look at a promoted change: predicted against realised.
@@ -214,7 +248,8 @@ class CalibrationRecord:
     and its interval are what the proposal recorded (at ``level``, already widened by
     ``widen``); ``realised`` and its interval come from the verify look's delta-method
     statistics. ``inside`` says whether the realised point fell inside the predicted
-    interval (None when the proposal recorded no interval).
+    interval, allowing the realised figure's own noise (``realised_gap``; None when the
+    proposal recorded no interval).
     """
 
     record_id: int
@@ -240,16 +275,11 @@ class CalibrationRecord:
     @property
     def miss(self) -> float | None:
         """How far outside the predicted interval the realised point fell, in units of the
-        interval's half-width on that side (0.0 inside; None without an interval)."""
-        if self.predicted_low is None or self.predicted_high is None:
-            return None
-        if self.predicted_low <= self.realised <= self.predicted_high:
-            return 0.0
-        if self.realised > self.predicted_high:
-            gap, half = self.realised - self.predicted_high, self.predicted_high - self.predicted
-        else:
-            gap, half = self.predicted_low - self.realised, self.predicted - self.predicted_low
-        return gap / half if half > 0 else float("inf")
+        interval's half-width on that side, allowing the realised figure's own noise
+        (``realised_gap``; 0.0 inside; None without an interval)."""
+        gap = realised_gap(self.predicted, self.predicted_low, self.predicted_high,
+                           self.realised, self.realised_low, self.realised_high)
+        return None if gap is None else max(gap - 1.0, 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         return {

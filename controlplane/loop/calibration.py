@@ -13,7 +13,9 @@ The factor rule (``inflation_factor``):
    are cumulative windows, not independent evidence), rows without a predicted interval
    left out, the ``horizon`` most recent changes of the lever kept.
 2. Each change says what inflation its prediction needed: ``needed = |realised - predicted|
-   / half-width`` on the side the realised point fell, measured on the estimator's own
+   / half-width`` on the side the realised point fell, less the realised figure's own noise
+   (``store.records.realised_gap``: the errors add in quadrature, so a day's sampling noise
+   the prediction could never foresee is not charged to it), measured on the estimator's own
    scale (the recorded half-width divided by the ``widen`` the prediction already carried),
    so a widened interval that covered does not hide that the estimator alone would have
    missed. ``needed <= 1`` is a hit, ``> 1`` a miss.
@@ -39,6 +41,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from statistics import median
 from typing import Any
+
+from store.records import realised_gap
 
 __all__ = [
     "DECAY",
@@ -102,19 +106,14 @@ def latest_looks(records: Iterable[Any]) -> list[Any]:
 def needed_inflation(record: Any, *, max_factor: float = MAX_FACTOR) -> float | None:
     """The factor the estimator's own interval needed to cover the realised point (<= 1 is
     a hit); None when the prediction recorded no interval."""
-    low, high = record.predicted_low, record.predicted_high
-    if low is None or high is None:
+    gap = realised_gap(record.predicted, record.predicted_low, record.predicted_high,
+                       record.realised, getattr(record, "realised_low", None),
+                       getattr(record, "realised_high", None))
+    if gap is None:
         return None
-    point, realised = record.predicted, record.realised
-    half = (high - point) if realised >= point else (point - low)
-    distance = abs(realised - point)
-    if not math.isfinite(half):
-        return 0.0  # an unbounded side covers everything
+    # on the estimator's own scale: the recorded interval already carried ``widen``
     widen = record.widen if record.widen and record.widen > 0 else 1.0
-    base_half = half / widen
-    if base_half <= 0:
-        return 0.0 if distance == 0 else max_factor
-    return min(distance / base_half, max_factor)
+    return min(gap * widen, max_factor)
 
 
 def _weighted_quantile(values: Sequence[float], weights: Sequence[float], q: float) -> float:

@@ -53,7 +53,9 @@ def test_round_trip_reads_the_prediction_from_the_proposal(store: Store, v1: Pol
         -0.12, -0.15, -0.09, 0.9)
     assert (rec.realised, rec.realised_low, rec.realised_high) == (-0.03, -0.08, 0.02)
     assert rec.inside is False and rec.widen == 1.5 and rec.outcome == "keep_watching"
-    assert rec.miss == pytest.approx((-0.03 - -0.09) / (-0.09 - -0.12))
+    # outside even allowing the realised day's own noise (its interval's side facing the
+    # prediction, 0.05): the errors add in quadrature
+    assert rec.miss == pytest.approx((0.09 ** 2 - 0.05 ** 2) ** 0.5 / 0.03 - 1.0)
     assert rec.recorded_at.tzinfo is not None
     [read] = store.calibration_records()
     assert read == rec
@@ -75,13 +77,19 @@ def test_one_row_per_look_and_inside_when_covered(store: Store, v1: Policy):
                                      realised_window="2026-11-21..", outcome="verified",
                                      baseline_tasks=10, candidate_tasks=10, actor="v")
     assert again == first  # idempotent per (proposal, look)
-    second = store.record_calibration(pid, look=2, realised=-0.2, realised_ci=(-0.3, -0.1),
+    second = store.record_calibration(pid, look=2, realised=-0.2, realised_ci=(-0.22, -0.18),
                                       realised_window="2026-11-21..2026-11-22",
                                       outcome="verified", baseline_tasks=10,
                                       candidate_tasks=20, actor="v")
     assert second.inside is False
-    assert [r.look for r in store.calibration_records()] == [1, 2]
-    assert len(store.audit_entries(action="calibration.record")) == 2
+    # The same point with a day's noise wide enough to reach the prediction is no miss.
+    noisy = store.record_calibration(pid, look=3, realised=-0.2, realised_ci=(-0.3, -0.1),
+                                     realised_window="2026-11-21..2026-11-23",
+                                     outcome="verified", baseline_tasks=10,
+                                     candidate_tasks=30, actor="v")
+    assert noisy.inside is True and noisy.miss == 0.0
+    assert [r.look for r in store.calibration_records()] == [1, 2, 3]
+    assert len(store.audit_entries(action="calibration.record")) == 3
 
 
 def test_a_prediction_without_interval_records_inside_as_unknown(store: Store, v1: Policy):

@@ -291,3 +291,28 @@ def test_the_propose_task_passes_the_records_factors_to_the_search(tmp_path, mon
         found = propose.fn(None, ctx, None, ["routing"], {"seed": 0})
     assert seen["widen"] == {"routing": pytest.approx(6.0)}  # 0.12 off, half-width 0.02
     assert found.widen == seen["widen"]
+
+
+def test_a_days_noise_is_not_charged_to_a_tight_prediction():
+    """An exploration change predicted at +2.0% [+1.9, +2.1] realised -1.6% [-9.8, +7.3] on
+    one day: the realised figure's own noise covers the gap, so it is no miss and the lever
+    is not widened tenfold (before: needed = 36, capped at 10, every later interval of the
+    lever ten times wider). Errors add in quadrature: sqrt(d**2 - h_real**2) / h_pred."""
+    from store.records import realised_gap
+
+    exploration = Row("p-x", realised=-0.016, predicted=0.020, predicted_low=0.019,
+                      predicted_high=0.021)
+    exploration.realised_low, exploration.realised_high = -0.098, 0.073
+    assert needed_inflation(exploration) == 0.0
+    # A real miss still is one: predicted -50.7% [-55, -46], realised -30% [-33, -27].
+    routing = Row("p-r", realised=-0.30, predicted=-0.507, predicted_low=-0.55,
+                  predicted_high=-0.46)
+    routing.realised_low, routing.realised_high = -0.33, -0.27
+    need = needed_inflation(routing)
+    assert need == pytest.approx(((0.207 ** 2 - 0.03 ** 2) ** 0.5) / 0.047, rel=1e-6)
+    assert need > 4
+    # Without a realised interval the rule is the plain one.
+    assert realised_gap(-0.10, -0.12, -0.08, -0.13) == pytest.approx(1.5)
+    assert realised_gap(-0.10, -0.12, -0.08, -0.13, -0.15, -0.11) == pytest.approx(
+        (0.03 ** 2 - 0.02 ** 2) ** 0.5 / 0.02)
+    assert realised_gap(-0.10, None, None, -0.13) is None
