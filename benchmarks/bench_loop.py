@@ -94,6 +94,8 @@ def _pct(v: float | None) -> str:
 
 
 def night_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    from store.records import realised_gap
+
     rows = []
     figures = summary["figures"]
     for n in summary["nights"]:
@@ -112,8 +114,10 @@ def night_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "predicted": _pct(pred.get("cost_per_green_pr_rel_delta")) + (
                 f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""),
             "realised": _pct(realised) + (f" ({look.get('outcome')})" if look else ""),
-            "inside": (None if realised is None or not ci else
-                       bool(ci[0] <= realised <= ci[1])),
+            # allowing the realised day's own noise, as the calibration record judges it
+            "inside": (None if realised is None or not ci else bool(realised_gap(
+                pred.get("cost_per_green_pr_rel_delta", realised), ci[0], ci[1], realised,
+                *((look.get("stats") or {}).get("rel_delta_ci") or (None, None))) <= 1.0)),
             "exploration_usd_day": explore.get("usd_per_day"),
             "exploration_budget_usd_day": explore.get("budget_usd_per_day"),
             "shadow_spend_next_day": after.get("spend_shadow"),
