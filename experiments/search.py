@@ -518,13 +518,13 @@ def _run_inline(evaluator: _Evaluator, trials: int, per_trial: int, seed: int,
     return out
 
 
-def _unsupported_candidates(evaluated, ranked, ctx, lever_ctx, active_policy, active_summary,
-                            active_est, window, weights, level, margin, fpy_margin, widen
-                            ) -> list[Candidate]:
+def _unsupported_candidates(evaluated, ranked, active_policy, active_summary, active_est,
+                            fpy_margin, margin, estimated) -> list[Candidate]:
     """The best few candidates whose only fault is support: feasible and cheaper than the
     best ranked candidate (or the active policy) if the outcome model is right on the states
     the window never showed. Estimated like any candidate, marked infeasible with the reason:
-    exploration (``experiments.exploration``) buys the evidence they lack."""
+    exploration (``experiments.exploration``) buys the evidence they lack. ``estimated``:
+    the search's own ``(label, names, point) -> (policy, estimate, deltas)``."""
     best = min([active_summary["cost_per_green_pr"],
                 *(c.estimate.cost_per_green_pr.point for c in ranked if c.feasible)])
     pool = sorted((e for e in evaluated
@@ -539,15 +539,10 @@ def _unsupported_candidates(evaluated, ranked, ctx, lever_ctx, active_policy, ac
         if key in seen or r["hash"] == active_policy.content_hash:
             continue
         seen.add(key)
-        ev = _Evaluator(ctx, lever_ctx, active_policy, names, active_summary, margin)
-        policy = ev.policy(r["point"])
-        factor = max([1.0, *((widen or {}).get(n, 1.0) for n in (label, *names))])
-        est = estimate(policy, window, context=ctx, weights=weights, level=level,
-                       widen=factor)
-        deltas = compare(est, active_est)
+        policy, est, deltas = estimated(label, names, r["point"])
         reasons = [*feasibility_reasons(deltas, margin, fpy_margin),
-                   f"support {est.support:.3f} < {MIN_SUPPORT}: the window never showed "
-                   "part of what it would do"]
+                   (f"support {est.support:.3f} < {MIN_SUPPORT}: the window never showed "
+                    "part of what it would do")]
         out.append(Candidate(policy=policy, lever=label, point=r["point"], estimate=est,
                              deltas=deltas, feasible=False, risk="high", reasons=reasons,
                              risk_reasons=risk_reasons(est, deltas, active_est)))
@@ -640,13 +635,18 @@ def search_candidates(window, fleet, active_policy, *,
     # the margin on its point often fails on its interval, and such near-misses can fill the
     # first places. Estimating three times as many and putting the feasible first keeps a
     # feasible candidate that ranked lower on the point objective.
-    for label, names, r in list(seen.values())[:3 * candidates]:
+    def estimated(label, names, point):
+        """A point of a lever set as a policy, estimated with intervals (widened by the
+        calibration record's largest factor of its label and levers) and compared."""
         ev = _Evaluator(ctx, lever_ctx, active_policy, names, active_summary, margin)
-        policy = ev.policy(r["point"])
+        policy = ev.policy(point)
         factor = max([1.0, *((widen or {}).get(n, 1.0) for n in (label, *names))])
         est = estimate(policy, window, context=ctx, weights=weights, level=level,
                        widen=factor)
-        deltas = compare(est, active_est)
+        return policy, est, compare(est, active_est)
+
+    for label, names, r in list(seen.values())[:3 * candidates]:
+        policy, est, deltas = estimated(label, names, r["point"])
         reasons = feasibility_reasons(deltas, margin, fpy_margin)
         feasible = not reasons
         result.append(Candidate(policy=policy, lever=label, point=r["point"], estimate=est,
@@ -657,8 +657,8 @@ def search_candidates(window, fleet, active_policy, *,
     # Ranked by the pessimistic end of the interval, not the point (see rank_key).
     result.sort(key=rank_key)
     del result[candidates:]
-    result.unsupported = _unsupported_candidates(
-        evaluated, result, ctx, lever_ctx, active_policy, active_summary, active_est,
-        window, weights, level, margin, fpy_margin, widen)
+    result.unsupported = _unsupported_candidates(evaluated, result, active_policy,
+                                                 active_summary, active_est, fpy_margin,
+                                                 margin, estimated)
     result.seconds = time.perf_counter() - t0
     return result
