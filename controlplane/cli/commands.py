@@ -354,11 +354,16 @@ def _verbose_option(fn):
 @click.option("--replicas", type=click.IntRange(min=1), default=None,
               help="Gateway replicas (default: $AUTOPILOT_GATEWAY_REPLICAS, else 1); they "
                    "share budgets, task routes and the response cache.")
+@click.option("--emit-config", "emit_config", is_flag=False, flag_value="-", default=None,
+              metavar="[FILE]", help="Write the fleet as a Ray Serve config (for `serve deploy` "
+              "or a KubeRay RayService) to FILE, or stdout; start nothing.")
+@click.option("--stub-tiers", is_flag=True, hidden=True,
+              help="With --emit-config: engine-less tiers (tests of the cluster wiring).")
 @_verbose_option
 @click.pass_obj
 def serve(obj: Context, fleet_file: str | None, port: int | None, host: str, require_keys: bool,
           ray_address: str | None, reload_interval: float, replicas: int | None,
-          verbose: bool) -> None:
+          emit_config: str | None, stub_tiers: bool, verbose: bool) -> None:
     """Start the fleet (tier deployments + gateway) for the active policy; Ctrl-C stops it."""
     from controlplane.loop.distill import gateway_collector_config
     from controlplane.runlog import engine_logs_to_file
@@ -372,6 +377,12 @@ def serve(obj: Context, fleet_file: str | None, port: int | None, host: str, req
         check_listen(host, require_keys)  # refused before Ray or any engine starts
     except FleetStartError as exc:
         raise click.ClickException(str(exc)) from None
+    if emit_config is not None:
+        _emit_serve_config(obj, emit_config, Path(fleet_file) if fleet_file else None,
+                           host=host, port=port, require_keys=require_keys,
+                           reload_interval=reload_interval, replicas=replicas,
+                           stub_tiers=stub_tiers)
+        return
     with engine_logs_to_file(state.logs_dir, "serve", verbose=verbose) as (echo, _log):
         serve_until_signalled(Path(fleet_file) if fleet_file else state.fleet_path,
                               store_url=state.store_url(), spans_dir=state.spans_dir,
@@ -380,6 +391,44 @@ def serve(obj: Context, fleet_file: str | None, port: int | None, host: str, req
                               port=port, ray_address=ray_address,
                               reload_interval_s=reload_interval, echo=echo, host=host,
                               require_keys=require_keys, gateway_replicas=replicas)
+
+
+def _emit_serve_config(obj: Context, target: str, fleet_file: Path | None, *, host: str,
+                       port: int | None, require_keys: bool, reload_interval: float,
+                       replicas: int | None, stub_tiers: bool) -> None:
+    import os
+
+    import yaml
+
+    from serving.fleet import DEFAULT_HTTP_PORT
+    from serving.serve_config import fleet_serve_config
+
+    state = obj.state
+    with obj.store() as store:
+        record = store.active_policy()
+    if record is None:
+        raise click.ClickException("the store has no active policy: run `autopilot init`")
+    otlp_endpoint = state.settings().otlp_endpoint
+    config = fleet_serve_config(
+        fleet_file or state.fleet_path, state.store_url(), record.policy, host=host,
+        port=port or DEFAULT_HTTP_PORT, gateway_replicas=replicas or int(os.environ.get("AUTOPILOT_GATEWAY_REPLICAS", "1")),
+        require_keys=require_keys, reload_interval_s=reload_interval,
+        otlp_endpoint=otlp_endpoint, stub_tiers=stub_tiers,
+        spans_path=None if otlp_endpoint else str(state.spans_dir / "gateway-deployed.jsonl"))
+
+    class _Plain(yaml.SafeDumper):  # every application spelt out, no YAML anchors
+        def ignore_aliases(self, data):
+            return True
+
+    text = (f"# autopilot serve --emit-config: policy v{record.version}; run with "
+            "`serve deploy` or `serve run` (paths must exist on every node)\n"
+            + yaml.dump(config, Dumper=_Plain, sort_keys=False))
+    if target == "-":
+        click.echo(text, nl=False)
+        return
+    Path(target).write_text(text)
+    click.echo(f"wrote {target} (policy v{record.version}: "
+               f"{', '.join(a['name'] for a in config['applications'])})", err=True)
 
 
 # --------------------------------------------------------------------------------- drive
