@@ -154,6 +154,8 @@ def simulate_log(policy, fleet, problems: pd.DataFrame, repeats: int, seed: int,
     from policies.routing import (
         attempt_tier_probabilities,
         choose_start,
+        resolve_routing,
+        shadow_probability,
         shadow_tier,
         tier_plan,
     )
@@ -190,7 +192,8 @@ def simulate_log(policy, fleet, problems: pd.DataFrame, repeats: int, seed: int,
                     # The shadow's verdict on the same problem; its cost is logged on the
                     # attempt (as a gateway in front of priced APIs knows it).
                     s_passed = bool(rng.random() < row[f"p_{shadow}"])
-                    attempts.append((tid, 1, shadow, "bf16", s_passed, "shadow", np.nan,
+                    odds = shadow_probability(resolve_routing(policy, family), tier, shadow)
+                    attempts.append((tid, 1, shadow, "bf16", s_passed, "shadow", odds,
                                      attempt_cost(fleet, shadow, ladder)))
                 spent += price
                 used += inp + out

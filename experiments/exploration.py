@@ -28,7 +28,7 @@ from experiments.estimator import compare, estimate
 from experiments.replay import replay_policy
 
 __all__ = ["AUTHOR", "ExplorationPlan", "blocked_candidates", "evidence_bought",
-           "exploration_targets", "plan_exploration"]
+           "exploration_targets", "plan_exploration", "shadow_share_per_tier"]
 
 AUTHOR = "autopilot-exploration"
 # A shadow rate below this buys too little evidence in a night to be worth a change.
@@ -165,14 +165,58 @@ def _without_shadows(policy: Any) -> Any:
     return policy.evolve(author=AUTHOR, routing=routing)
 
 
-def _already_shadowed(policy: Any, family: str, tiers: list[str]) -> float:
-    """The share of ``family``'s tasks ``policy`` already shadows on a pool that holds every
-    one of ``tiers`` (shadows elsewhere buy none of the evidence wanted)."""
-    from policies.routing import resolve_routing
+def shadow_share_per_tier(policy: Any, family: str, tiers: list[str]) -> float:
+    """The share of ``family``'s tasks ``policy`` shadows on each of ``tiers``, at the least
+    (``policies.routing.shadow_probability`` from the family's routed start on features it
+    cannot see: its first tier). Evidence on a tier grows with this, not with the shadow
+    rate: a 100% rate spread over four tiers shows each on a quarter of the tasks, and the
+    estimator weighs each shadowed path by the inverse of these odds."""
+    from policies.routing import resolve_routing, shadow_probability, start_index
 
+    if not tiers or effective_shadow_rate(policy, family) <= 0:
+        return 0.0
     routing = resolve_routing(policy, family)
-    pool = set(routing.shadow_tiers or routing.escalation)
-    return effective_shadow_rate(policy, family) if set(tiers) <= pool else 0.0
+    first = routing.escalation[start_index(routing, {})]
+    return min(shadow_probability(routing, first, t) if t != first else 1.0 for t in tiers)
+
+
+def _sized_shadows(active: Any, context: Any, tiers: list[str], fams: list[str],
+                   families: list[str], base_eval: float, budget_day: float, days: int
+                   ) -> float | tuple[str, list[str], list[str]]:
+    """The shadow rate on ``tiers`` in ``fams`` that the budget buys, or why there is none
+    worth a change (reason, tiers, families)."""
+
+    def usd_day(rate: float) -> float:
+        policy = _with_shadows(active, tiers, fams, families, rate)
+        return (_eval_spend(policy, context) - base_eval) / max(days, 1)
+
+    silent = _without_shadows(active)
+    if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0), context) \
+            <= _eval_spend(silent, context):
+        return (f"the tiers the blocked candidates need ({', '.join(tiers)}) already serve "
+                "those tasks first: a shadow adds no evidence, thin support on them is not "
+                "what blocks", tiers, fams)
+    # What really runs already, per wanted tier (a tier the family starts on counts as seen).
+    now = max(shadow_share_per_tier(active, f, tiers) for f in fams)
+    # Spend rises with the rate but not always in proportion (naming shadow tiers can let the
+    # active policy's own shadow rate reach tiers it could not before): the largest rate on a
+    # 1% grid whose replayed spend fits the budget, by bisection.
+    low, high = 0, 100
+    while low < high:
+        mid = (low + high + 1) // 2
+        if usd_day(mid / 100) <= budget_day:
+            low = mid
+        else:
+            high = mid - 1
+    rate = low / 100
+    per_tier = min(shadow_share_per_tier(_with_shadows(active, tiers, fams, families, rate),
+                                         f, tiers) for f in fams)
+    if rate < MIN_RATE or per_tier < now + MIN_RATE / len(tiers):
+        return (f"the budget (${budget_day:.4f}/day) buys a shadow rate of {rate:.0%}, "
+                f"{per_tier:.1%} of tasks on each of {', '.join(tiers)}: less than "
+                f"{MIN_RATE / len(tiers):.1%} above the {now:.1%} already shadowed there",
+                tiers, fams)
+    return rate
 
 
 def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: float = 0.02,
@@ -209,42 +253,35 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     spend_day = active_est.spend_usd.point / max(days, 1)
     budget_day = budget_share * spend_day
     base_eval = _eval_spend(active, context)
+    # All the blocked candidates' tiers first; when the shadows already run on all of them
+    # (one shadow a task cannot show more), the best few candidates' own tiers, one at a time:
+    # evidence concentrated where the most promising idea needs it.
+    options = [(tiers, fams)]
+    # (Re-aiming the shadows can cost less than now; an owner who set no budget still gets
+    # no exploration change.)
+    for c in (blocked[:3] if budget_day > 0 else []):
+        own = exploration_targets(active, [c], families)
+        if own[0] and own not in options:
+            options.append(own)
+    refusal = None
+    for tiers, fams in options:
+        sized = _sized_shadows(active, context, tiers, fams, families, base_eval,
+                               budget_day, days)
+        if isinstance(sized, float):
+            rate = sized
+            break
+        refusal = refusal or sized
+    else:
+        reason, tiers, fams = refusal
+        return ExplorationPlan(None, reason, tiers=tuple(tiers), families=tuple(fams),
+                               budget_usd_per_day=budget_day, blocked=aim)
 
-    def usd_day(rate: float) -> float:
-        policy = _with_shadows(active, tiers, fams, families, rate)
-        return (_eval_spend(policy, context) - base_eval) / max(days, 1)
-
-    silent = _without_shadows(active)
-    if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0), context) \
-            <= _eval_spend(silent, context):
-        return ExplorationPlan(None, f"the tiers the blocked candidates need ({', '.join(tiers)}) "
-                               "already serve those tasks first: a shadow adds no evidence, "
-                               "thin support on them is not what blocks", tiers=tuple(tiers),
-                               families=tuple(fams), blocked=aim)
-    # Spend rises with the rate but not always in proportion (naming shadow tiers can let the
-    # active policy's own shadow rate reach tiers it could not before): the largest rate on a
-    # 1% grid whose replayed spend fits the budget, by bisection.
-    now = max(_already_shadowed(active, f, tiers) for f in fams)  # what really runs already
-    low, high = 0, 100
-    while low < high:
-        mid = (low + high + 1) // 2
-        if usd_day(mid / 100) <= budget_day:
-            low = mid
-        else:
-            high = mid - 1
-    rate = low / 100
-    if rate < MIN_RATE or rate < now + MIN_RATE:
-        return ExplorationPlan(None, f"the budget (${budget_day:.4f}/day) buys a shadow rate "
-                               f"of {rate:.0%}: less than {MIN_RATE:.0%} above the "
-                               f"{now:.0%} already shadowed", tiers=tuple(tiers),
-                               families=tuple(fams), budget_usd_per_day=budget_day,
-                               blocked=aim)
     policy = _with_shadows(active, tiers, fams, families, rate)
     if policy.content_hash == active.content_hash:
         return ExplorationPlan(None, "the active policy already explores these tiers at this "
                                "rate", tiers=tuple(tiers), families=tuple(fams), rate=rate,
                                blocked=aim)
-    spent = usd_day(rate)
+    spent = (_eval_spend(policy, context) - base_eval) / max(days, 1)
     est = estimate(policy, window, context=context, weights=weights, level=level)
     deltas = compare(est, active_est)
     candidate = Candidate(policy=policy, lever="exploration", point={"shadow_rate": rate},

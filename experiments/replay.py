@@ -19,7 +19,10 @@ spend.
 
 Off-policy correction (doubly robust): where the policy's plan from the logged start tier
 reproduces the logged trajectory up to where it ended, the observed outcome corrects the
-model, weighted by P_policy(start) / logged propensity. Combinations the window never
+model, weighted by P_policy(start) / logged propensity. A shadow beside the first attempt is
+a second route: on a task that started on X with a shadow on Y, the cascade Y -> X -> ...
+is observed exactly as far as the served path goes (``_family_routes``); the two routes'
+corrections are mixed by how many tasks each matched (``_correct``). Combinations the window never
 observed are reported through ``unsupported`` mass, which the estimator turns into wider
 intervals (``estimator.estimate``).
 """
@@ -334,18 +337,14 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
         verifier = w.verifier_per_attempt[rows]
         # A response-cache hit counts no tokens toward the task's cap (serving.guardrails).
         tokens = ctx.tokens[rows] * (1.0 - hit)
-        prop = w.propensity[rows]
-        lcombo = w.logged_combo[rows]
-        lpassed = w.logged_passed[rows]
-        llen = w.logged_len[rows]
-        lgreen = w.green[rows].astype(float)
+        routes = _family_routes(w, rows) if doubly_robust else []
         per_start = []
         for s, (plan, codes) in enumerate(plans):
             values = _walk_plan(ctx, fam_code, codes, price, verifier, tokens, g, envelope,
                                 visited)
             if doubly_robust:
-                _correct(values, codes, lcombo, lpassed, llen, lgreen, price, verifier,
-                         mix[:, s], prop, dr_weight, rows, w.accept_rate)
+                _correct(values, codes, routes, price, verifier, mix[:, s], dr_weight, rows,
+                         w.accept_rate)
             per_start.append({k: v for k, v in values.items() if not k.startswith("_")})
 
         # Shadow: the first attempt also runs on another tier of the order (evaluation).
@@ -544,31 +543,98 @@ def _cap_odds(ctx, fam_code, costs, tokens, g) -> tuple[list, list, list, list]:
     return runs, whole, checked, paid
 
 
-def _correct(values, codes, lcombo, lpassed, llen, lgreen, price, verifier, p_start, prop,
-             dr_weight, rows, accept_rate) -> None:
-    """Doubly-robust correction of one start's values from the logged tasks that started
-    there: the observed outcomes for as long as the logged attempts follow this plan, then
-    the model from the state reached (so which tasks count never depends on outcomes)."""
-    width = lcombo.shape[1]
-    allowed = values["_allowed"]
-    first_match = (lcombo[:, 0] == codes[0]) & (llen > 0) & np.isfinite(prop) & (prop > 0)
-    if not first_match.any():
+@dataclass
+class _Route:
+    """One way the window observed a task's trajectory from its first attempt on.
+
+    ``combo``/``passed`` [n, W]: the combination and verdict of each position; ``length``
+    [n]: positions observed (0: the route did not happen for the task); ``green`` [n, W]:
+    the Green PR credited when position j passes; ``prop`` [n]: the route's propensity."""
+
+    combo: np.ndarray
+    passed: np.ndarray
+    length: np.ndarray
+    green: np.ndarray
+    prop: np.ndarray
+
+
+def _family_routes(w: Window, rows: np.ndarray) -> list[_Route]:
+    """The routes of a family's tasks: the served path from its logged start (propensity:
+    the start's), and a shadow beside the first attempt followed by that served path (the
+    cascade that starts on the shadow's tier, on the same task; propensity: the start's x
+    the shadow's odds). A shadow that passed ends its route; its Green PR is the window's
+    acceptance rate (no review of a shadow's answer is recorded)."""
+    lcombo, lpassed, llen = w.logged_combo[rows], w.logged_passed[rows], w.logged_len[rows]
+    lgreen = w.green[rows].astype(float)
+    served = _Route(lcombo, lpassed, llen, np.repeat(lgreen[:, None], lcombo.shape[1], 1),
+                    w.propensity[rows])
+    if w.shadow_combo is None or w.shadow_propensity is None:
+        return [served]
+    s_combo, s_passed = w.shadow_combo[rows], w.shadow_passed[rows]
+    s_prop = w.shadow_propensity[rows]
+    if not ((s_combo >= 0) & np.isfinite(s_prop)).any():
+        return [served]
+    n = len(rows)
+    shadowed = _Route(
+        combo=np.hstack([s_combo[:, None], lcombo]),
+        passed=np.hstack([s_passed[:, None], lpassed]),
+        length=np.where(s_combo >= 0, np.where(s_passed, 1, 1 + llen), 0),
+        green=np.hstack([np.full((n, 1), w.accept_rate), served.green]),
+        prop=s_prop)
+    return [served, shadowed]
+
+
+def _correct(values, codes, routes: list[_Route], price, verifier, p_start, dr_weight, rows,
+             accept_rate) -> None:
+    """Doubly-robust correction of one start's values from the logged tasks whose route
+    shows the plan's first attempt: the observed outcomes for as long as the route follows
+    this plan, then the model from the state reached (so which tasks count never depends on
+    outcomes).
+
+    Each route alone is an inverse-propensity correction; where both show a start (tasks
+    that started on Y, and tasks that started elsewhere with a shadow on Y), the two are
+    mixed with weights fixed by how many tasks each route matched (a mix of unbiased
+    corrections with weights summing to 1 stays unbiased; adding them would count the
+    start's tasks twice)."""
+    matched = []
+    for route in routes:
+        prop = route.prop
+        ok = (route.combo[:, 0] == codes[0]) & (route.length > 0) & np.isfinite(prop) & (prop > 0)
+        matched.append(ok)
+    total = sum(int(m.sum()) for m in matched)
+    if total == 0:
         return
-    weight = np.where(first_match, 1.0 / np.where(first_match, prop, 1.0), 0.0)
-    dr_weight[rows] += p_start * weight
-    fpy_obs = lpassed[:, 0].astype(float)
-    values["fpy"] = values["fpy"] + weight * (allowed > 0) * (fpy_obs - values["fpy"])
-    n = len(llen)
+    model = {name: values[name].copy() for name in
+             ("fpy", "green", "serve", "rework", "verifier", "attempts", "budget_exceeded")}
+    for route, ok in zip(routes, matched, strict=True):
+        count = int(ok.sum())
+        if count == 0:
+            continue
+        weight = np.where(ok, (count / total) / np.where(ok, route.prop, 1.0), 0.0)
+        dr_weight[rows] += p_start * weight
+        observed = _observe(values, codes, route, ok, price, verifier, accept_rate)
+        for name, obs in observed.items():
+            values[name] = values[name] + weight * (obs - model[name])
+
+
+def _observe(values, codes, route: _Route, ok, price, verifier, accept_rate) -> dict:
+    """Per task of the route: the plan's values read from the route while it follows the
+    plan, then the model's from the state reached (``_walk_plan``'s ``_G``, ``_C``...)."""
+    width = route.combo.shape[1]
+    allowed = values["_allowed"]
+    n = len(ok)
+    fpy = np.where(allowed > 0, route.passed[:, 0].astype(float), values["fpy"])
     green = np.zeros(n)
     cost = np.zeros(n)
     ver = np.zeros(n)
     att = np.zeros(n)
     exc = np.zeros(n)
-    following = first_match.copy()  # still reading observed outcomes
+    following = ok.copy()  # still reading observed outcomes
     A = len(codes)
     for j in range(A + 1):
         if j < A and j < width:
-            agree = following & (j < llen) & (lcombo[:, j] == codes[j]) & (allowed > j)
+            agree = (following & (j < route.length) & (route.combo[:, j] == codes[j])
+                     & (allowed > j))
         else:
             agree = np.zeros(n, dtype=bool)
         switch = following & ~agree
@@ -583,13 +649,10 @@ def _correct(values, codes, lcombo, lpassed, llen, lgreen, price, verifier, p_st
         cost += np.where(agree, values["_costs"][j], 0.0)
         ver += np.where(agree, verifier, 0.0)
         att += agree
-        passed = agree & lpassed[:, j]
-        green += np.where(passed, lgreen, 0.0)
-        following = agree & ~lpassed[:, j]
+        passed = agree & route.passed[:, j]
+        green += np.where(passed, route.green[:, j], 0.0)
+        following = agree & ~route.passed[:, j]
     # A task whose first attempt a cap may act on is carried by the model from the start.
-    serve = np.where(first_match & (allowed > 0), price(codes[0]),
-                     np.where(first_match, values["serve"], 0.0))
-    observed = {"green": green, "serve": serve, "rework": cost - serve, "verifier": ver,
-                "attempts": att, "budget_exceeded": exc}
-    for name, obs in observed.items():
-        values[name] = values[name] + weight * (obs - values[name])
+    serve = np.where(ok & (allowed > 0), price(codes[0]), np.where(ok, values["serve"], 0.0))
+    return {"fpy": fpy, "green": green, "serve": serve, "rework": cost - serve,
+            "verifier": ver, "attempts": att, "budget_exceeded": exc}

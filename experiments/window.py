@@ -99,6 +99,13 @@ class Window:
     calls_per_attempt: np.ndarray | None = None
     attempt_cv: float = 0.0
     spend_scale: np.ndarray | None = None
+    # A task's shadow beside its first serve attempt (``_shadow_routes``): its combo (-1
+    # none), verdict, and the route's propensity, P(start) x the shadow's odds (NaN unknown:
+    # telemetry that logs no shadow odds). With the served path after it, the cascade that
+    # starts on the shadow's tier is observed on that task (``experiments.replay._correct``).
+    shadow_combo: np.ndarray | None = None
+    shadow_passed: np.ndarray | None = None
+    shadow_propensity: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -141,7 +148,10 @@ class Window:
             response_hit_rate=self.response_hit_rate, attempts_frame=frame,
             notes=list(self.notes), joint_frame=joint,
             calls_per_attempt=_rows_of(self.calls_per_attempt, rows),
-            attempt_cv=self.attempt_cv, spend_scale=_rows_of(self.spend_scale, rows))
+            attempt_cv=self.attempt_cv, spend_scale=_rows_of(self.spend_scale, rows),
+            shadow_combo=_rows_of(self.shadow_combo, rows),
+            shadow_passed=_rows_of(self.shadow_passed, rows),
+            shadow_propensity=_rows_of(self.shadow_propensity, rows))
 
 
 def _rows_of(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
@@ -315,7 +325,8 @@ def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFram
         state_attempts=state_attempts,
         response_hit_rate=prices.response_hit_rate, attempts_frame=frame, notes=notes,
         joint_frame=joint, calls_per_attempt=prices.calls_per_attempt,
-        attempt_cv=prices.attempt_cv, spend_scale=prices.spend_scale)
+        attempt_cv=prices.attempt_cv, spend_scale=prices.spend_scale,
+        **_shadow_routes(frame, n, propensity))
 
 
 # ---------------------------------------------------------------------------- prices
@@ -593,6 +604,25 @@ def _combo_levels(task: np.ndarray, tokens: np.ndarray, combo: np.ndarray, n: in
     # Only combos that share tasks with others are identified apart from the task levels.
     shared = np.bincount(c, (per_task[task] >= 2).astype(np.float64), minlength=n_c) > 0
     return np.exp(np.where(shared, level, 0.0)[c])
+
+
+def _shadow_routes(frame: pd.DataFrame, n: int, start_propensity: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """Per task, its first shadow (combo, verdict) and the route's propensity: the start's
+    (logged on the first serve attempt) times the shadow's odds (logged on the shadow,
+    ``policies.routing.shadow_probability``). Shadows logged without odds give NaN: the
+    route is then not read (the outcome model still learns from them)."""
+    combo = np.full(n, -1, dtype=np.int64)
+    passed = np.zeros(n, dtype=bool)
+    prop = np.full(n, np.nan)
+    shadow = frame[frame["purpose"] == "shadow"].drop_duplicates("task", keep="first")
+    if len(shadow):
+        t = shadow["task"].to_numpy(dtype=np.int64)
+        combo[t] = shadow["combo"].to_numpy(dtype=np.int64)
+        passed[t] = shadow["passed"].to_numpy(dtype=bool)
+        odds = shadow["propensity"].to_numpy(dtype=float)
+        prop[t] = start_propensity[t] * odds
+    return {"shadow_combo": combo, "shadow_passed": passed, "shadow_propensity": prop}
 
 
 JOINT_PURPOSE = "joint"  # purpose of a joint-evidence row (never a span's purpose)

@@ -25,6 +25,7 @@ __all__ = [
     "first_tier_probabilities",
     "in_canary",
     "resolve_routing",
+    "shadow_probability",
     "shadow_targets",
     "shadow_tier",
     "start_index",
@@ -241,6 +242,17 @@ def shadow_tier(
     if not others or draw >= routing.shadow_rate:
         return None
     return others[min(int(pick * len(others)), len(others) - 1)]
+
+
+def shadow_probability(routing: ResolvedRouting, first_tier: str, tier: str) -> float:
+    """P(the first attempt on ``first_tier`` is shadowed on ``tier``): ``shadow_tier``'s
+    odds, the propensity a shadow attempt is logged with. The estimator reads a shadow
+    beside a served path as one more route to the cascade that starts on the shadow's tier
+    (``experiments.replay``), weighted by the inverse of start propensity x this."""
+    others = shadow_targets(routing, first_tier)
+    if tier not in others:
+        return 0.0
+    return min(max(routing.shadow_rate, 0.0), 1.0) / len(others)
 
 
 def shadow_targets(routing: ResolvedRouting, first_tier: str) -> list[str]:

@@ -41,6 +41,7 @@ from policies.routing import (
     choose_start,
     in_canary,
     resolve_routing,
+    shadow_probability,
     shadow_tier,
     tier_plan,
 )
@@ -309,7 +310,9 @@ class GatewayCore:
         fields = self._autopilot_fields(policy, main, decision.propensity)
         if len(results) > 1:
             shadow = results[1]
-            fields["shadow"] = {**self._autopilot_fields(policy, shadow, None),
+            odds = shadow_probability(resolve_routing(policy, req.ctx.family or ""),
+                                      decision.tier, decision.shadow_tier)
+            fields["shadow"] = {**self._autopilot_fields(policy, shadow, odds),
                                 "text": shadow["text"]}
         return completion_body(
             req.kind, text=main["text"], finish_reason=main.get("finish_reason"),

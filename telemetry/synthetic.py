@@ -13,7 +13,8 @@ task, so failures are correlated within a task as on real work (a task that fail
 cheap tier is harder for the next one too). As the gateway does, a task whose draw falls
 under ``routing.shadow_rate`` runs a shadow copy of its first attempt on another tier of
 the order (``policies.routing.shadow_tier``): an attempt span with purpose ``shadow``,
-attempt 1, no propensity, its own calls and its own verdict on the same task.
+attempt 1, the shadow's odds as its propensity (``shadow_probability``), its own calls and
+its own verdict on the same task.
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ def simulate_spans(
     policy: Policy, fleet: FleetManifest, shape: WorkloadShape = WorkloadShape()
 ) -> Iterator[dict[str, Any]]:
     """Yield flat JSON-lines span dicts (task, attempts, calls) for ``shape.tasks`` tasks."""
-    from policies.routing import attempt_tiers, choose_start, resolve_routing, shadow_tier
+    from policies.routing import (
+        attempt_tiers,
+        choose_start,
+        resolve_routing,
+        shadow_probability,
+        shadow_tier,
+    )
 
     rng = random.Random(shape.seed)
     rank = {t.name: i for i, t in enumerate(fleet.tiers)}
@@ -121,7 +128,8 @@ def simulate_spans(
             if j == 1 and shadow is not None:
                 # Beside the first attempt, call for call (the gateway shadows each call of
                 # attempt 1 and never with the adapter); evaluation spend, its own verdict.
-                _attempt(rng, task, shadow, 1, None, Purpose.SHADOW, None, a_start, calls)
+                odds = round(shadow_probability(routing, tiers[0], shadow), 6)
+                _attempt(rng, task, shadow, 1, None, Purpose.SHADOW, odds, a_start, calls)
             if passed:
                 break
         reviewed = rng.random() < shape.review_share

@@ -293,3 +293,23 @@ def test_candidates_held_back_only_by_support_are_what_exploration_aims_at(naive
     plan = plan_exploration(OnlyUnsupported(), window, naive, budget_share=0.02)
     assert plan.candidate is not None, plan.reason
     assert "S" in plan.tiers or "M" in plan.tiers
+
+
+def test_with_every_wanted_tier_shadowed_the_plan_concentrates_on_one_candidates_tiers(
+        naive_night):
+    """One shadow a task: at a 100% rate over S and M each shows on half the tasks, and no
+    budget buys more. The plan then re-aims the shadows at the best blocked candidate's own
+    tiers, where each shows on more tasks (the estimator weighs a shadowed path by 1/odds)."""
+    from experiments.exploration import shadow_share_per_tier
+
+    naive, window, result, _ = naive_night
+    saturated = naive.evolve(author="t", routing=naive.spec.routing.model_copy(
+        update={"shadow_rate": 1.0}))
+    blocked = blocked_candidates([*result, *result.unsupported], 0.02)
+    union, _ = exploration_targets(saturated, blocked, list(window.families))
+    plan = plan_exploration(result, window, saturated, budget_share=0.02)
+    assert plan.candidate is not None, plan.reason
+    assert set(plan.tiers) < set(union)
+    for fam in plan.families:
+        assert (shadow_share_per_tier(plan.candidate.policy, fam, list(plan.tiers))
+                > shadow_share_per_tier(saturated, fam, list(plan.tiers)) + 0.05)

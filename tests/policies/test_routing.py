@@ -117,6 +117,17 @@ def test_shadow_tier_draws():
     assert shadow_tier(p, "f", "S", draw=0.1, pick=0.99) == "L"
 
 
+def test_shadow_probability_is_the_odds_shadow_tier_draws_with():
+    from policies.routing import shadow_probability
+
+    p = make({"escalation": ["S", "M", "L"], "shadow_rate": 0.2})
+    routing = resolve_routing(p, "f")
+    assert shadow_probability(routing, "S", "M") == shadow_probability(routing, "S", "L") == 0.1
+    assert shadow_probability(routing, "S", "S") == 0.0  # never on the tier it shadows
+    picks = [shadow_tier(p, "f", "S", draw=0.1, pick=(k + 0.5) / 100) for k in range(100)]
+    assert picks.count("M") / 100 * 0.2 == pytest.approx(shadow_probability(routing, "S", "M"))
+
+
 def test_shadow_tiers_may_lie_outside_the_escalation_order():
     from policies.policy import load_policy
     from policies.routing import resolve_routing, shadow_targets, shadow_tier

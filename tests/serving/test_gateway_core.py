@@ -105,6 +105,8 @@ def test_shadow_runs_on_another_tier_and_is_its_own_span():
                                 shadow_traceparent="00-" + "a" * 32 + "-" + "c" * 16 + "-01")))
     ap = out["autopilot"]
     assert ap["tier"] == "S" and ap["shadow"]["tier"] == "M" and ap["shadow"]["text"] == "M:2\n="
+    # the shadow's odds (policies.routing.shadow_probability): M is the one tier left
+    assert ap["shadow"]["propensity"] == 1.0 and ap["propensity"] == 1.0
     finished = spans.get_finished_spans()
     assert sorted(s.attributes["autopilot.tier"] for s in finished) == ["M", "S"]
     parents = {s.attributes["autopilot.tier"]: f"{s.parent.span_id:016x}" for s in finished}

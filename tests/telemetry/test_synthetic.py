@@ -55,7 +55,8 @@ def test_shadow_attempts_run_beside_the_first_attempt():
         shadowed += 1
         a = shadow[0]["attributes"]
         assert a[Attr.ATTEMPT] == 1 and a[Attr.TIER] in ("S", "M")
-        assert Attr.PROPENSITY not in a and Attr.ADAPTER not in a
+        # the shadow's odds: a 50% rate over the two tiers below L
+        assert a[Attr.PROPENSITY] == 0.25 and Attr.ADAPTER not in a
         calls = [c for c in task["calls"] if c["parent_span_id"] == shadow[0]["span_id"]]
         first = [c for c in task["calls"] if c["parent_span_id"] == serve[0]["span_id"]]
         assert len(calls) == len(first)  # call for call, as the gateway shadows
