@@ -28,7 +28,8 @@ from experiments.estimator import compare, estimate
 from experiments.replay import replay_policy
 
 __all__ = ["AUTHOR", "ExplorationPlan", "blocked_candidates", "evidence_bought",
-           "exploration_targets", "plan_exploration", "shadow_share_per_tier"]
+           "exploration_targets", "plan_exploration", "shadow_share_per_tier",
+           "variant_targets"]
 
 AUTHOR = "autopilot-exploration"
 # A shadow rate below this buys too little evidence in a night to be worth a change.
@@ -111,6 +112,29 @@ def exploration_targets(active: Any, blocked: list[Any], families: list[str]
     return tiers, fams
 
 
+def variant_targets(active: Any, blocked: list[Any], families: list[str],
+                    default_variant: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(tier -> variant, families) the blocked candidates need shown: a variant a candidate
+    serves on a tier (its quantization) that the active policy does not, in the families
+    whose plans use that tier. A shadow runs it beside the served attempt
+    (``routing.shadow_variants``), on the same task, so no caller ever sees it."""
+    from policies.routing import resolve_routing
+
+    variants: dict[str, str] = {}
+    fams: list[str] = []
+    for c in blocked:
+        for tier, variant in c.policy.spec.quantization.items():
+            mine = variant or default_variant.get(tier)
+            served = active.spec.quantization.get(tier) or default_variant.get(tier)
+            if mine is None or mine == served or tier in variants:
+                continue
+            users = [f for f in families if tier in resolve_routing(c.policy, f).escalation]
+            if users:
+                variants[tier] = mine
+                fams.extend(f for f in users if f not in fams)
+    return variants, fams
+
+
 def effective_shadow_rate(policy: Any, family: str) -> float:
     """The share of a family's tasks that really get a shadow: its shadow rate, or 0 when no
     tier is left to shadow on (e.g. an escalation order of one tier and no shadow tiers)."""
@@ -123,13 +147,14 @@ def effective_shadow_rate(policy: Any, family: str) -> float:
 
 
 def _with_shadows(active: Any, tiers: list[str], families: list[str], all_families: list[str],
-                  rate: float) -> Any:
+                  rate: float, variants: dict[str, str] | None = None) -> Any:
     """The active policy with the shadows of ``families`` replaced by shadows at ``rate`` on
     ``tiers`` (the budget pays for all of them); every other family keeps the shadows it
     really had (naming shadow tiers must not wake a dormant
     shadow rate elsewhere: that would spend the budget where no candidate needs evidence)."""
     routing = active.spec.routing.model_dump(mode="json")
     routing["shadow_tiers"] = list(tiers)
+    routing["shadow_variants"] = dict(variants or {})
     if set(families) >= set(all_families):  # every family: one policy-wide rate
         routing["shadow_rate"] = rate
         for entry in routing.get("families", {}).values():
@@ -146,7 +171,11 @@ def _with_shadows(active: Any, tiers: list[str], families: list[str], all_famili
         routing["families"] = overrides
     return active.evolve(author=AUTHOR, routing=routing,
                          description=f"exploration: shadow {rate:.0%} of tasks on "
-                         f"{', '.join(tiers)}")
+                         f"{_label(tiers, variants)}")
+
+
+def _label(tiers: list[str], variants: dict[str, str] | None) -> str:
+    return ", ".join(f"{t}/{variants[t]}" if variants and t in variants else t for t in tiers)
 
 
 def _eval_spend(policy: Any, context: Any) -> float:
@@ -159,13 +188,15 @@ def _without_shadows(policy: Any) -> Any:
     routing = policy.spec.routing.model_dump(mode="json")
     routing["shadow_rate"] = 0.0
     routing.pop("shadow_tiers", None)
+    routing.pop("shadow_variants", None)
     for entry in routing.get("families", {}).values():
         if entry.get("shadow_rate") is not None:
             entry["shadow_rate"] = 0.0
     return policy.evolve(author=AUTHOR, routing=routing)
 
 
-def shadow_share_per_tier(policy: Any, family: str, tiers: list[str]) -> float:
+def shadow_share_per_tier(policy: Any, family: str, tiers: list[str],
+                          variants: dict[str, str] | None = None) -> float:
     """The share of ``family``'s tasks ``policy`` shadows on each of ``tiers``, at the least
     (``policies.routing.shadow_probability`` from the family's routed start on features it
     cannot see: its first tier). Evidence on a tier grows with this, not with the shadow
@@ -177,27 +208,38 @@ def shadow_share_per_tier(policy: Any, family: str, tiers: list[str]) -> float:
         return 0.0
     routing = resolve_routing(policy, family)
     first = routing.escalation[start_index(routing, {})]
-    return min(shadow_probability(routing, first, t) if t != first else 1.0 for t in tiers)
+    wanted = variants or {}
+
+    def share(t: str) -> float:
+        v = wanted.get(t)
+        if v is not None and v != policy.spec.quantization.get(t):
+            # a variant the policy does not serve: seen only through shadows running it
+            if routing.shadow_variants.get(t) != v:
+                return 0.0
+            return shadow_probability(routing, first, t)
+        return 1.0 if t == first else shadow_probability(routing, first, t)
+
+    return min(share(t) for t in tiers)
 
 
 def _sized_shadows(active: Any, context: Any, tiers: list[str], fams: list[str],
-                   families: list[str], base_eval: float, budget_day: float, days: int
-                   ) -> float | tuple[str, list[str], list[str]]:
-    """The shadow rate on ``tiers`` in ``fams`` that the budget buys, or why there is none
-    worth a change (reason, tiers, families)."""
+                   families: list[str], base_eval: float, budget_day: float, days: int,
+                   variants: dict[str, str]) -> float | tuple[str, list[str], list[str]]:
+    """The shadow rate on ``tiers`` (``variants`` where named) in ``fams`` that the budget
+    buys, or why there is none worth a change (reason, tiers, families)."""
 
     def usd_day(rate: float) -> float:
-        policy = _with_shadows(active, tiers, fams, families, rate)
+        policy = _with_shadows(active, tiers, fams, families, rate, variants)
         return (_eval_spend(policy, context) - base_eval) / max(days, 1)
 
     silent = _without_shadows(active)
-    if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0), context) \
+    if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0, variants), context) \
             <= _eval_spend(silent, context):
         return (f"the tiers the blocked candidates need ({', '.join(tiers)}) already serve "
                 "those tasks first: a shadow adds no evidence, thin support on them is not "
                 "what blocks", tiers, fams)
     # What really runs already, per wanted tier (a tier the family starts on counts as seen).
-    now = max(shadow_share_per_tier(active, f, tiers) for f in fams)
+    now = max(shadow_share_per_tier(active, f, tiers, variants) for f in fams)
     # Spend rises with the rate but not always in proportion (naming shadow tiers can let the
     # active policy's own shadow rate reach tiers it could not before): the largest rate on a
     # 1% grid whose replayed spend fits the budget, by bisection.
@@ -209,11 +251,11 @@ def _sized_shadows(active: Any, context: Any, tiers: list[str], fams: list[str],
         else:
             high = mid - 1
     rate = low / 100
-    per_tier = min(shadow_share_per_tier(_with_shadows(active, tiers, fams, families, rate),
-                                         f, tiers) for f in fams)
+    explored = _with_shadows(active, tiers, fams, families, rate, variants)
+    per_tier = min(shadow_share_per_tier(explored, f, tiers, variants) for f in fams)
     if rate < MIN_RATE or per_tier < now + MIN_RATE / len(tiers):
         return (f"the budget (${budget_day:.4f}/day) buys a shadow rate of {rate:.0%}, "
-                f"{per_tier:.1%} of tasks on each of {', '.join(tiers)}: less than "
+                f"{per_tier:.1%} of tasks on each of {_label(tiers, variants)}: less than "
                 f"{MIN_RATE / len(tiers):.1%} above the {now:.1%} already shadowed there",
                 tiers, fams)
     return rate
@@ -237,7 +279,14 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     if context is None or active_est is None:
         return ExplorationPlan(None, "the search kept no replay context")
     families = list(window.families)
-    tiers, fams = exploration_targets(active, blocked, families)
+
+    def targets(cands: list[Any]) -> tuple[list[str], list[str], dict[str, str]]:
+        tiers, fams = exploration_targets(active, cands, families)
+        variants, v_fams = variant_targets(active, cands, families, window.default_variant)
+        tiers = [*tiers, *(t for t in variants if t not in tiers)]
+        return tiers, [*fams, *(f for f in v_fams if f not in fams)], variants
+
+    tiers, fams, variants = targets(blocked)
     aim = [{"hash": c.policy.content_hash[:12], "lever": c.lever,
             "d_cost_per_green_pr": c.deltas.cost_per_green_pr.point,
             "interval": [c.deltas.cost_per_green_pr.low, c.deltas.cost_per_green_pr.high],
@@ -256,17 +305,17 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     # All the blocked candidates' tiers first; when the shadows already run on all of them
     # (one shadow a task cannot show more), the best few candidates' own tiers, one at a time:
     # evidence concentrated where the most promising idea needs it.
-    options = [(tiers, fams)]
+    options = [(tiers, fams, variants)]
     # (Re-aiming the shadows can cost less than now; an owner who set no budget still gets
     # no exploration change.)
     for c in (blocked[:3] if budget_day > 0 else []):
-        own = exploration_targets(active, [c], families)
+        own = targets([c])
         if own[0] and own not in options:
             options.append(own)
     refusal = None
-    for tiers, fams in options:
+    for tiers, fams, variants in options:
         sized = _sized_shadows(active, context, tiers, fams, families, base_eval,
-                               budget_day, days)
+                               budget_day, days, variants)
         if isinstance(sized, float):
             rate = sized
             break
@@ -276,7 +325,7 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
         return ExplorationPlan(None, reason, tiers=tuple(tiers), families=tuple(fams),
                                budget_usd_per_day=budget_day, blocked=aim)
 
-    policy = _with_shadows(active, tiers, fams, families, rate)
+    policy = _with_shadows(active, tiers, fams, families, rate, variants)
     if policy.content_hash == active.content_hash:
         return ExplorationPlan(None, "the active policy already explores these tiers at this "
                                "rate", tiers=tuple(tiers), families=tuple(fams), rate=rate,
@@ -289,7 +338,8 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
                           risk_reasons=["exploration only: shadow outputs never reach callers"])
     return ExplorationPlan(candidate, f"shadow {rate:.0%} of the tasks of "
                            f"{len(fams)} famil{'y' if len(fams) == 1 else 'ies'} on "
-                           f"{', '.join(tiers)}: ${spent:.4f}/day of a ${budget_day:.4f}/day "
+                           f"{_label(tiers, variants)}: ${spent:.4f}/day of a "
+                           f"${budget_day:.4f}/day "
                            "budget", tiers=tuple(tiers), families=tuple(fams), rate=rate,
                            usd_per_day=spent, budget_usd_per_day=budget_day, blocked=aim)
 

@@ -285,6 +285,7 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
         first_tier_probabilities,
         resolve_routing,
         shadow_targets,
+        shadow_variant,
         tier_plan,
     )
 
@@ -353,10 +354,10 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
             for s, (plan, codes) in enumerate(plans):
                 targets = shadow_targets(routing, plan[0].tier)
                 for tier in targets:
-                    if tier in routing.escalation:
+                    if tier in routing.escalation and tier not in routing.shadow_variants:
                         t_code = plans[routing.escalation.index(tier)][1][0]
-                    else:  # a shadow-only tier (exploration): its first attempt's price
-                        t_code = w.combo_index(tier, spec.quantization.get(tier), None)
+                    else:  # a shadow-only tier or variant (exploration): its own price
+                        t_code = w.combo_index(tier, shadow_variant(policy, tier), None)
                     if t_code < 0:
                         raise ValueError(f"policy v{policy.metadata.version}: a shadow on "
                                          f"{tier} uses a combination the fleet does not serve")

@@ -116,6 +116,12 @@ class RoutingSpec(Strict):
         default_factory=list,
         description="tiers a shadow may run on (empty: any other tier of the escalation order)",
     )
+    shadow_variants: dict[str, str] = Field(
+        default_factory=dict,
+        description="tier -> the variant its shadows run on (default: the policy's own "
+                    "variant of the tier); a tier named here may be shadowed beside a first "
+                    "attempt on that very tier, to show a variant the policy does not serve",
+    )
     families: dict[str, RoutingOverride] = Field(default_factory=dict)
 
     _asc = field_validator("thresholds")(lambda cls, v: _ascending(v))
@@ -126,8 +132,10 @@ class RoutingSpec(Strict):
     def _omit_unset_shadow_tiers(self, handler: Any) -> Any:
         # Added after policies were stored: left out when empty, so their hashes hold.
         data = handler(self)
-        if isinstance(data, dict) and not data.get("shadow_tiers"):
-            data.pop("shadow_tiers", None)
+        if isinstance(data, dict):
+            for name in ("shadow_tiers", "shadow_variants"):
+                if not data.get(name):
+                    data.pop(name, None)
         return data
 
     @model_validator(mode="after")
@@ -338,6 +346,16 @@ def validate_against_fleet(policy: Policy, fleet: FleetManifest) -> None:
             tier_ok(f"spec.routing.families.{fam}.escalation.{i}", name)
     for i, name in enumerate(r.shadow_tiers):
         tier_ok(f"spec.routing.shadow_tiers.{i}", name)
+    for tier, variant in r.shadow_variants.items():
+        path = f"spec.routing.shadow_variants.{tier}"
+        if tier_ok(path, tier):
+            names = [v.name for v in tiers[tier].variants]
+            served = tiers[tier].variant(policy.spec.quantization.get(tier)).name
+            if variant not in names:
+                problems.append((path, f"unknown variant {variant!r} (has: {names})"))
+            elif variant == served:
+                problems.append((path, f"{variant!r} is the variant the policy serves on "
+                                       f"{tier}: a shadow of it shows nothing new"))
     for tier, variant in policy.spec.quantization.items():
         if tier_ok(f"spec.quantization.{tier}", tier):
             names = [v.name for v in tiers[tier].variants]

@@ -28,6 +28,7 @@ __all__ = [
     "shadow_probability",
     "shadow_targets",
     "shadow_tier",
+    "shadow_variant",
     "start_index",
     "tier_plan",
 ]
@@ -63,6 +64,7 @@ class ResolvedRouting:
     exploration_rate: float
     shadow_rate: float
     shadow_tiers: tuple[str, ...]  # empty: any other tier of the escalation order
+    shadow_variants: Mapping[str, str]  # tier -> the variant its shadows run on
     router: str
     forced_start: int | None  # set by distillation: the index the task must start at
     adapter_tier: str | None
@@ -114,6 +116,7 @@ def resolve_routing(policy: Policy, family: str) -> ResolvedRouting:
         exploration_rate=r.exploration_rate,
         shadow_rate=float(pick("shadow_rate")),
         shadow_tiers=tuple(r.shadow_tiers),
+        shadow_variants=dict(r.shadow_variants),
         router=r.router,
         forced_start=forced_start,
         adapter_tier=adapter_tier,
@@ -259,6 +262,14 @@ def shadow_targets(routing: ResolvedRouting, first_tier: str) -> list[str]:
     """The tiers a shadow of a first attempt on ``first_tier`` may run on: ``shadow_tiers``
     when the policy names any (they may lie outside the escalation order: evidence on a
     tier the policy does not route to is what exploration buys), else the rest of the
-    escalation order."""
+    escalation order; ``first_tier`` itself only where ``shadow_variants`` gives it another
+    variant."""
     pool = routing.shadow_tiers or routing.escalation
-    return [t for t in pool if t != first_tier]
+    return [t for t in pool if t != first_tier or t in routing.shadow_variants]
+
+
+def shadow_variant(policy: Policy, tier: str) -> str | None:
+    """The variant a shadow on ``tier`` runs: ``shadow_variants``' (a variant the policy does
+    not serve, e.g. int8 beside bf16: what exploration buys for a quantization), else the
+    policy's own (None: the fleet's default)."""
+    return policy.spec.routing.shadow_variants.get(tier) or policy.spec.quantization.get(tier)

@@ -43,6 +43,7 @@ from policies.routing import (
     resolve_routing,
     shadow_probability,
     shadow_tier,
+    shadow_variant,
     tier_plan,
 )
 from serving.cache import CacheScope, ResponseCache, cache_allowed
@@ -271,8 +272,7 @@ class GatewayCore:
                         req.ctx.traceparent, True)]
             if decision.shadow_tier is not None:
                 s_tier = decision.shadow_tier
-                s_variant = self.fleet.tier(s_tier).variant(
-                    policy.spec.quantization.get(s_tier)).name
+                s_variant = self.fleet.tier(s_tier).variant(shadow_variant(policy, s_tier)).name
                 targets.append((s_tier, s_variant, None, str(Purpose.SHADOW),
                                 req.ctx.shadow_traceparent or req.ctx.traceparent, False))
             # The route, the caps' check and the worst-case reservations are one step of

@@ -153,10 +153,15 @@ def deployment_key(policy: Policy, fleet: FleetManifest, tier: str) -> Deploymen
 
 
 def required_deployments(policy: Policy, fleet: FleetManifest) -> list[DeploymentKey]:
-    """The deployments serving ``policy`` needs (one per tier it can route to).
+    """The deployments serving ``policy`` needs (one per tier it can route to, plus the
+    variants its shadows run on).
 
     Raises ``ApiTierNotServable`` when one of them is an API-priced variant."""
-    keys = sorted({deployment_key(policy, fleet, t) for t in policy_tiers(policy)})
+    keys = {deployment_key(policy, fleet, t) for t in policy_tiers(policy)}
+    for tier, variant in policy.spec.routing.shadow_variants.items():  # shadows' own variants
+        keys.add(DeploymentKey(tier, fleet.tier(tier).variant(variant).name,
+                               bool(policy.spec.cache.prefix.get(tier, False))))
+    keys = sorted(keys)
     refuse_api_priced(fleet, keys)
     return keys
 

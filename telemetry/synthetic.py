@@ -89,6 +89,7 @@ def simulate_spans(
         resolve_routing,
         shadow_probability,
         shadow_tier,
+        shadow_variant,
     )
 
     rng = random.Random(shape.seed)
@@ -129,7 +130,8 @@ def simulate_spans(
                 # Beside the first attempt, call for call (the gateway shadows each call of
                 # attempt 1 and never with the adapter); evaluation spend, its own verdict.
                 odds = round(shadow_probability(routing, tiers[0], shadow), 6)
-                _attempt(rng, task, shadow, 1, None, Purpose.SHADOW, odds, a_start, calls)
+                _attempt(rng, task, shadow, 1, None, Purpose.SHADOW, odds, a_start, calls,
+                         variant=shadow_variant(policy, shadow))
             if passed:
                 break
         reviewed = rng.random() < shape.review_share
@@ -173,11 +175,12 @@ class _Task:
 
 def _attempt(rng: random.Random, task: _Task, tier: str, j: int, adapter: str | None,
              purpose: Purpose, propensity: float | None, start: int,
-             calls: int | None = None) -> tuple[bool, int, int]:
+             calls: int | None = None, variant: str | None = None) -> tuple[bool, int, int]:
     """Spans of one attempt (its calls, then the attempt) into ``task.spans``; its verdict,
-    its end and its number of calls (drawn unless given)."""
+    its end and its number of calls (drawn unless given). ``variant``: the policy's for the
+    tier unless given (a shadow's own)."""
     policy, fleet, shape = task.policy, task.fleet, task.shape
-    variant = policy.spec.quantization.get(tier) or fleet.tier(tier).variant().name
+    variant = variant or policy.spec.quantization.get(tier) or fleet.tier(tier).variant().name
     ok = rng.random() < pass_probability(shape, task.rank[tier], task.difficulty, j,
                                          adapter=adapter is not None, latent=task.latent)
     attempt_span = _hex(rng, 8)

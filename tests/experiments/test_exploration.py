@@ -313,3 +313,30 @@ def test_with_every_wanted_tier_shadowed_the_plan_concentrates_on_one_candidates
     for fam in plan.families:
         assert (shadow_share_per_tier(plan.candidate.policy, fam, list(plan.tiers))
                 > shadow_share_per_tier(saturated, fam, list(plan.tiers)) + 0.05)
+
+
+def test_a_variant_never_served_is_explored_by_shadows_running_it(logged, logging_policy,
+                                                                   fleet, tmp_path):
+    """int8 of S and M was never served: a quantization to it is blocked (its combinations
+    unsupported). The plan runs it as shadows beside the served attempts
+    (``routing.shadow_variants``); a day logged under the plan shows the variant, and the
+    blocked quantization gains support."""
+    from experiments.exploration import evidence_bought
+
+    naive, window, tmp = logging_policy, logged[1], tmp_path
+    search = {**SEARCH, "levers": ("quantization",)}
+    result = search_candidates(window, fleet, naive, **search)
+    blocked = blocked_candidates([*result, *result.unsupported], 0.02)
+    assert any(c.policy.spec.quantization for c in blocked), [c.point for c in result]
+    plan = plan_exploration(result, window, naive, budget_share=0.02)
+    assert plan.candidate is not None, plan.reason
+    routing = plan.candidate.policy.spec.routing
+    assert routing.shadow_variants and set(routing.shadow_variants.values()) == {"int8"}
+    assert set(routing.shadow_variants) <= set(routing.shadow_tiers)
+    int8 = [i for i, c in enumerate(window.combos) if c.variant == "int8"]
+    _, explored = simulate_window(plan.candidate.policy, fleet, tmp, tasks=1500, seed=6)
+    assert sum(explored.combo_attempts[i] for i in int8) > 5 * max(
+        1, sum(window.combo_attempts[i] for i in int8))
+    after = search_candidates(explored, fleet, plan.candidate.policy, **search)
+    bought = evidence_bought(plan.blocked, explored, after, plan.candidate.policy)
+    assert bought and all(b["support"][1] > b["support"][0] for b in bought), bought

@@ -128,3 +128,21 @@ def test_validate_against_fleet_names_unknown_tier_variant_adapter():
     assert "unknown tier 'XL'" in problems["spec.routing.escalation.1"]
     assert "unknown variant 'int3'" in problems["spec.quantization.M"]
     assert "no adapter 'nope'" in problems["spec.distillation.list_ops.adapter"]
+
+
+def test_shadow_variants_name_a_variant_the_tier_has_and_the_policy_does_not_serve():
+    from serving.testing import tiny_manifest
+    from serving.tiers import DeploymentKey, required_deployments
+
+    fleet = tiny_manifest("variants")  # S and M have int8
+    good = make(routing={"escalation": ["S", "L"], "shadow_rate": 0.2,
+                         "shadow_variants": {"S": "int8"}})
+    validate_against_fleet(good, fleet)
+    assert DeploymentKey("S", "int8", False) in required_deployments(good, fleet)
+    assert "shadow_variants" not in make(routing={"escalation": ["S"]}).spec_json()["routing"]
+    bad = make(routing={"escalation": ["S", "L"], "shadow_variants": {"S": "bf16", "M": "int3"}})
+    with pytest.raises(DocumentError) as exc:
+        validate_against_fleet(bad, fleet)
+    problems = dict(exc.value.problems)
+    assert "shows nothing new" in problems["spec.routing.shadow_variants.S"]
+    assert "unknown variant 'int3'" in problems["spec.routing.shadow_variants.M"]

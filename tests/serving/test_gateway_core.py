@@ -221,3 +221,20 @@ def test_a_canary_serves_its_share_of_new_tasks_and_each_task_keeps_its_version(
                for i in range(20))
     # Raising the share keeps every earlier canary task in the canary.
     assert all(in_canary(t, 0.5) for t in on_canary)
+
+
+def test_a_shadow_may_run_another_variant_of_the_first_tier():
+    """``shadow_variants``: int8 of S shadows the bf16 S attempt it sits beside (what an
+    exploration for a quantization buys), priced and logged as that variant."""
+    from serving.testing import tiny_manifest
+
+    p = policy(routing={"router": "fixed", "escalation": ["S", "M"], "shadow_rate": 1.0,
+                        "shadow_tiers": ["S"], "shadow_variants": {"S": "int8"}})
+    tiers = FakeTiers()
+    core = GatewayCore(tiny_manifest("variants"), PolicyBook(p, {1: p}.__getitem__), tiers,
+                       tracer=TracerProvider().get_tracer("t"), clock=lambda: 1_800_000_000.0)
+    ap = run(core.complete(req("t1")))["autopilot"]
+    assert (ap["tier"], ap["variant"]) == ("S", "bf16")
+    assert (ap["shadow"]["tier"], ap["shadow"]["variant"]) == ("S", "int8")
+    assert ap["shadow"]["propensity"] == 1.0
+    assert sorted((k.tier, k.variant) for k, _ in tiers.calls) == [("S", "bf16"), ("S", "int8")]
