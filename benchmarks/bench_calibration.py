@@ -350,6 +350,9 @@ def run(argv, tmp: Path) -> int:
     ap.add_argument("--shape", action="append", default=[], metavar="NAME=VALUE",
                     help="any other WorkloadShape field (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--explore-variants", type=float, default=0.0, metavar="RATE",
+                    help="log as an exploration for a quantization would: shadows at RATE, "
+                         "run on the int8 variants of S and M (routing.shadow_variants)")
     ap.add_argument("--json", default=None, help="write every (window, change) row here")
     args = ap.parse_args(argv)
 
@@ -361,6 +364,10 @@ def run(argv, tmp: Path) -> int:
 
     t_start = time.perf_counter()
     fleet, active = fleet_and_policy()
+    if args.explore_variants > 0:
+        active = active.evolve(author="bench", routing=active.spec.routing.model_copy(update={
+            "shadow_rate": args.explore_variants,
+            "shadow_variants": {"S": "int8", "M": "int8"}}))
     fields = {f.name: f for f in dataclasses.fields(WorkloadShape)}
     overrides: dict[str, Any] = {}
     if "latent_sd" in fields:

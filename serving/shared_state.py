@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -170,7 +171,10 @@ class GatewayState:
         self.routes: OrderedDict[str, TaskRoute] = OrderedDict()
         self.cache = ResponseCache(cache_entries)
         self._open: dict[int, Reservation] = {}
-        self._tickets = itertools.count(1)
+        # Tickets start at a random point of a 64-bit space: a call in flight when a crashed
+        # ledger was replaced settles (or releases) nothing in the new one, instead of the
+        # new ledger's reservation that happens to carry the same small number.
+        self._tickets = itertools.count(secrets.randbits(63))
         self._journal = journal
         self.new_spend: list[SpendDelta] = []
         self.new_routes: dict[str, TaskRoute] = {}

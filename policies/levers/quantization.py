@@ -39,8 +39,14 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
         variant = ctx.fleet.tier(target.tier).variant(quant.get(target.tier))
         if target.adapter in [a.name for a in variant.adapters]:
             distill[fam] = target.model_dump(mode="json")
+    # A shadow of the variant now served would show nothing new (and is refused): an
+    # exploration's shadow of it ends with the change that serves it.
+    routing = active.spec.routing
+    shadows = {t: v for t, v in routing.shadow_variants.items()
+               if v != quant.get(t, ctx.fleet.tier(t).variant().name)}
     return active.evolve(author=author, description="quantization search",
-                         quantization=quant, distillation=distill)
+                         quantization=quant, distillation=distill,
+                         routing=routing.model_copy(update={"shadow_variants": shadows}))
 
 
 LEVER = LeverSpec(

@@ -173,3 +173,25 @@ def test_two_fleets_or_stores_get_their_own_actor_and_no_password_shows():
     assert a != state_actor_name("postgresql://u:secret@db/x", "fleet-b")
     assert a != state_actor_name("postgresql://u:secret@db/y", "fleet-a")
     assert "secret" not in a and a.startswith("gateway-state-")
+
+
+def test_a_ticket_of_a_replaced_ledger_settles_nothing_in_the_new_one():
+    """A call in flight when the ledger actor was replaced settles with its old ticket: the
+    new ledger must not take it for one of its own reservations."""
+    from serving.shared_state import Admission
+
+    guard = policy({"max_usd_per_task": 5.5 * CALL_USD}).spec.guardrails
+    worst = worst_case_of(FLEET, "S", "bf16", "eval: 1+2\n=")
+
+    def admitted(state):
+        return state.admit(Admission("t", "payments", "2026-11-20", 1, 3, 8, guard,
+                                     ((True, worst),)))
+
+    old, new = GatewayState(), GatewayState()
+    stale = admitted(old).tickets[0]
+    live = admitted(new).tickets[0]
+    assert stale != live
+    assert new.settle(stale, tokens=10, usd=1.0, attempt=1) is None
+    assert new.ledger.team_spent("payments", "2026-11-20") == 0.0
+    new.settle(live, tokens=10, usd=CALL_USD, attempt=1)
+    assert new.ledger.team_spent("payments", "2026-11-20") == pytest.approx(CALL_USD)

@@ -77,6 +77,17 @@ def test_quantization_drops_a_distillation_the_new_variant_cannot_serve(setup):
     validate_against_fleet(policy, fleet)
 
 
+def test_quantization_ends_the_exploration_shadows_of_the_variant_it_serves(setup):
+    fleet, active, ctx = setup
+    exploring = active.evolve(author="t", routing=active.spec.routing.model_copy(update={
+        "shadow_rate": 0.3, "shadow_variants": {"S": "int8", "M": "int8"}}))
+    validate_against_fleet(exploring, fleet)
+    policy = lever("quantization").apply(exploring, {"variant_S": "int8", "variant_M": "bf16"},
+                                         ctx)
+    assert policy.spec.routing.shadow_variants == {"M": "int8"}  # S now serves int8
+    validate_against_fleet(policy, fleet)
+
+
 def test_unknown_lever_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown lever 'speed'.*routing"):
         lever("speed")
