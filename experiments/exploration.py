@@ -235,9 +235,9 @@ def _sized_shadows(active: Any, context: Any, tiers: list[str], fams: list[str],
     silent = _without_shadows(active)
     if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0, variants), context) \
             <= _eval_spend(silent, context):
-        return (f"the tiers the blocked candidates need ({', '.join(tiers)}) already serve "
-                "those tasks first: a shadow adds no evidence, thin support on them is not "
-                "what blocks", tiers, fams)
+        return ((f"the tiers the blocked candidates need ({', '.join(tiers)}) already serve "
+                 "those tasks first: a shadow adds no evidence, thin support on them is not "
+                 "what blocks"), tiers, fams)
     # What really runs already, per wanted tier (a tier the family starts on counts as seen).
     now = max(shadow_share_per_tier(active, f, tiers, variants) for f in fams)
     # Spend rises with the rate but not always in proportion (naming shadow tiers can let the
@@ -254,9 +254,9 @@ def _sized_shadows(active: Any, context: Any, tiers: list[str], fams: list[str],
     explored = _with_shadows(active, tiers, fams, families, rate, variants)
     per_tier = min(shadow_share_per_tier(explored, f, tiers, variants) for f in fams)
     if rate < MIN_RATE or per_tier < now + MIN_RATE / len(tiers):
-        return (f"the budget (${budget_day:.4f}/day) buys a shadow rate of {rate:.0%}, "
-                f"{per_tier:.1%} of tasks on each of {_label(tiers, variants)}: less than "
-                f"{MIN_RATE / len(tiers):.1%} above the {now:.1%} already shadowed there",
+        return ((f"the budget (${budget_day:.4f}/day) buys a shadow rate of {rate:.0%}, "
+                 f"{per_tier:.1%} of tasks on each of {_label(tiers, variants)}: less than "
+                 f"{MIN_RATE / len(tiers):.1%} above the {now:.1%} already shadowed there"),
                 tiers, fams)
     return rate
 

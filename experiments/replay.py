@@ -29,6 +29,7 @@ intervals (``estimator.estimate``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -550,13 +551,20 @@ class _Route:
 
     ``combo``/``passed`` [n, W]: the combination and verdict of each position; ``length``
     [n]: positions observed (0: the route did not happen for the task); ``green`` [n, W]:
-    the Green PR credited when position j passes; ``prop`` [n]: the route's propensity."""
+    the Green PR credited when position j passes; ``prop`` [n]: the odds the route shows
+    the whole path it shows; ``first_prop`` [n]: the odds it shows the first position
+    (a shadow's own odds: whatever the start, a shadow on that tier shows its verdict)."""
 
     combo: np.ndarray
     passed: np.ndarray
     length: np.ndarray
     green: np.ndarray
     prop: np.ndarray
+    first_prop: np.ndarray
+
+    def first_only(self) -> _Route:
+        """The route cut after its first position (the model carries the rest)."""
+        return dataclasses.replace(self, length=np.minimum(self.length, 1))
 
 
 def _family_routes(w: Window, rows: np.ndarray) -> list[_Route]:
@@ -568,7 +576,7 @@ def _family_routes(w: Window, rows: np.ndarray) -> list[_Route]:
     lcombo, lpassed, llen = w.logged_combo[rows], w.logged_passed[rows], w.logged_len[rows]
     lgreen = w.green[rows].astype(float)
     served = _Route(lcombo, lpassed, llen, np.repeat(lgreen[:, None], lcombo.shape[1], 1),
-                    w.propensity[rows])
+                    w.propensity[rows], w.propensity[rows])
     if w.shadow_combo is None or w.shadow_propensity is None:
         return [served]
     s_combo, s_passed = w.shadow_combo[rows], w.shadow_passed[rows]
@@ -581,8 +589,21 @@ def _family_routes(w: Window, rows: np.ndarray) -> list[_Route]:
         passed=np.hstack([s_passed[:, None], lpassed]),
         length=np.where(s_combo >= 0, np.where(s_passed, 1, 1 + llen), 0),
         green=np.hstack([np.full((n, 1), w.accept_rate), served.green]),
-        prop=s_prop)
+        prop=s_prop,
+        first_prop=_shadow_share(s_combo, s_prop))
     return [served, shadowed]
+
+
+def _shadow_share(s_combo: np.ndarray, s_prop: np.ndarray) -> np.ndarray:
+    """Per task with a shadow: the share of the family's tasks shadowed on that same
+    combination (the odds, over every start, that a task's verdict on it is shown by a
+    shadow; a task's own logged odds hold only given the start it had)."""
+    out = np.full(len(s_combo), np.nan)
+    known = (s_combo >= 0) & np.isfinite(s_prop)
+    if known.any():
+        counts = np.bincount(s_combo[known])
+        out[known] = counts[s_combo[known]] / len(s_combo)
+    return out
 
 
 def _correct(values, codes, routes: list[_Route], price, verifier, p_start, dr_weight, rows,
@@ -611,11 +632,24 @@ def _correct(values, codes, routes: list[_Route], price, verifier, p_start, dr_w
         count = int(ok.sum())
         if count == 0:
             continue
-        weight = np.where(ok, (count / total) / np.where(ok, route.prop, 1.0), 0.0)
+        share = count / total
+        weight = np.where(ok, share / np.where(ok, route.prop, 1.0), 0.0)
         dr_weight[rows] += p_start * weight
         observed = _observe(values, codes, route, ok, price, verifier, accept_rate)
+        if np.array_equal(route.first_prop, route.prop, equal_nan=True):
+            for name, obs in observed.items():
+                values[name] = values[name] + weight * (obs - model[name])
+            continue
+        # Per decision: the first position's residual at the odds of seeing it, the rest of
+        # the path's at the odds of seeing all of it (a shadow's verdict shows whatever the
+        # start; the served path after it only when the start was the plan's second tier).
+        first_ok = ok & np.isfinite(route.first_prop) & (route.first_prop > 0)
+        weight_first = np.where(first_ok,
+                                share / np.where(first_ok, route.first_prop, 1.0), 0.0)
+        first = _observe(values, codes, route.first_only(), ok, price, verifier, accept_rate)
         for name, obs in observed.items():
-            values[name] = values[name] + weight * (obs - model[name])
+            values[name] = (values[name] + weight_first * (first[name] - model[name])
+                            + weight * (obs - first[name]))
 
 
 def _observe(values, codes, route: _Route, ok, price, verifier, accept_rate) -> dict:

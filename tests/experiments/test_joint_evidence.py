@@ -157,7 +157,7 @@ def test_shadow_routes_correct_a_model_blind_to_failure_history(shadowed):
     stays."""
     import dataclasses
 
-    logging, window, ctx = shadowed
+    _, window, _ = shadowed
     cascade = _policy("{router: fixed, escalation: [S, L], max_attempts: 2}")
     truth = _true_green([0, 2]) / _true_green([2]) - 1.0
 
@@ -171,7 +171,20 @@ def test_shadow_routes_correct_a_model_blind_to_failure_history(shadowed):
     with_routes = green_delta(window)
     without = green_delta(dataclasses.replace(window, shadow_propensity=None))
     assert abs(with_routes - truth) < 0.03, (with_routes, truth)
-    # (seeded: +1.1% with the routes, +6.6% without, the truth +2.7%)
+    # (seeded: +1.2% with the routes, +6.6% without, the truth +2.7%)
     assert without - truth > 0.03, (without, truth)  # over-states the cascade
     assert abs(with_routes - truth) < abs(without - truth) / 2
     assert np.isfinite(window.shadow_propensity).sum() > 0.1 * window.n
+
+
+def test_a_shadows_first_verdict_counts_at_the_share_of_tasks_shadowed_there():
+    """Per decision: a shadow on Y shows Y's verdict whatever the task's start, so that
+    verdict is weighed by the share of the family's tasks shadowed on Y (the odds over every
+    start), and only the served path after it by start x shadow odds."""
+    from experiments.replay import _shadow_share
+
+    combo = np.array([-1, 2, 2, 0, -1, 2])
+    prop = np.array([np.nan, 0.05, 0.05, 0.1, np.nan, np.nan])  # the last logged no odds
+    share = _shadow_share(combo, prop)
+    assert np.isnan(share[[0, 4, 5]]).all()
+    assert share[1] == share[2] == pytest.approx(2 / 6) and share[3] == pytest.approx(1 / 6)
