@@ -182,6 +182,11 @@ def _eval_spend(policy: Any, context: Any) -> float:
     return float(replay_policy(policy, context).eval.sum())
 
 
+def _extra_usd_per_day(policy: Any, context: Any, base_eval: float, days: int) -> float:
+    """What ``policy``'s evaluation spend adds per day over ``base_eval`` (the active's)."""
+    return (_eval_spend(policy, context) - base_eval) / max(days, 1)
+
+
 def _without_shadows(policy: Any) -> Any:
     """``policy`` with no shadow anywhere (to tell whether shadows on some tiers would run
     at all)."""
@@ -230,7 +235,7 @@ def _sized_shadows(active: Any, context: Any, tiers: list[str], fams: list[str],
 
     def usd_day(rate: float) -> float:
         policy = _with_shadows(active, tiers, fams, families, rate, variants)
-        return (_eval_spend(policy, context) - base_eval) / max(days, 1)
+        return _extra_usd_per_day(policy, context, base_eval, days)
 
     silent = _without_shadows(active)
     if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0, variants), context) \
@@ -330,7 +335,7 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
         return ExplorationPlan(None, "the active policy already explores these tiers at this "
                                "rate", tiers=tuple(tiers), families=tuple(fams), rate=rate,
                                blocked=aim)
-    spent = (_eval_spend(policy, context) - base_eval) / max(days, 1)
+    spent = _extra_usd_per_day(policy, context, base_eval, days)
     est = estimate(policy, window, context=context, weights=weights, level=level)
     deltas = compare(est, active_est)
     candidate = Candidate(policy=policy, lever="exploration", point={"shadow_rate": rate},

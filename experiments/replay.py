@@ -552,15 +552,15 @@ class _Route:
     ``combo``/``passed`` [n, W]: the combination and verdict of each position; ``length``
     [n]: positions observed (0: the route did not happen for the task); ``green`` [n, W]:
     the Green PR credited when position j passes; ``prop`` [n]: the odds the route shows
-    the whole path it shows; ``first_prop`` [n]: the odds it shows the first position
-    (a shadow's own odds: whatever the start, a shadow on that tier shows its verdict)."""
+    the whole path it shows; ``first_prop`` [n]: the odds it shows the first position, where
+    they differ (a shadow's verdict shows whatever the start; None: the odds are ``prop``)."""
 
     combo: np.ndarray
     passed: np.ndarray
     length: np.ndarray
     green: np.ndarray
     prop: np.ndarray
-    first_prop: np.ndarray
+    first_prop: np.ndarray | None = None
 
     def first_only(self) -> _Route:
         """The route cut after its first position (the model carries the rest)."""
@@ -576,7 +576,7 @@ def _family_routes(w: Window, rows: np.ndarray) -> list[_Route]:
     lcombo, lpassed, llen = w.logged_combo[rows], w.logged_passed[rows], w.logged_len[rows]
     lgreen = w.green[rows].astype(float)
     served = _Route(lcombo, lpassed, llen, np.repeat(lgreen[:, None], lcombo.shape[1], 1),
-                    w.propensity[rows], w.propensity[rows])
+                    w.propensity[rows])
     if w.shadow_combo is None or w.shadow_propensity is None:
         return [served]
     s_combo, s_passed = w.shadow_combo[rows], w.shadow_passed[rows]
@@ -636,7 +636,7 @@ def _correct(values, codes, routes: list[_Route], price, verifier, p_start, dr_w
         weight = np.where(ok, share / np.where(ok, route.prop, 1.0), 0.0)
         dr_weight[rows] += p_start * weight
         observed = _observe(values, codes, route, ok, price, verifier, accept_rate)
-        if np.array_equal(route.first_prop, route.prop, equal_nan=True):
+        if route.first_prop is None:
             for name, obs in observed.items():
                 values[name] = values[name] + weight * (obs - model[name])
             continue

@@ -106,6 +106,7 @@ class RouteDecision:
     propensity: float
     max_attempts: int
     shadow_tier: str | None
+    shadow_propensity: float | None = None  # the shadow's odds (policies.routing)
 
 
 class PolicyBook:
@@ -246,8 +247,9 @@ class GatewayCore:
         probs = attempt_tier_probabilities(policy, family, req.ctx.features)
         propensity = probs[req.attempt - 1].get(step.tier, 0.0)
         shadow = route.shadow_tier if req.attempt == 1 and req.ctx.purpose == "serve" else None
+        odds = None if shadow is None else shadow_probability(routing, step.tier, shadow)
         return policy, RouteDecision(step.tier, variant, step.adapter, propensity,
-                                     routing.max_attempts, shadow), route
+                                     routing.max_attempts, shadow, odds), route
 
     @staticmethod
     def _named_version(req: ParsedRequest) -> int | None:
@@ -310,9 +312,8 @@ class GatewayCore:
         fields = self._autopilot_fields(policy, main, decision.propensity)
         if len(results) > 1:
             shadow = results[1]
-            odds = shadow_probability(resolve_routing(policy, req.ctx.family or ""),
-                                      decision.tier, decision.shadow_tier)
-            fields["shadow"] = {**self._autopilot_fields(policy, shadow, odds),
+            fields["shadow"] = {**self._autopilot_fields(policy, shadow,
+                                                         decision.shadow_propensity),
                                 "text": shadow["text"]}
         return completion_body(
             req.kind, text=main["text"], finish_reason=main.get("finish_reason"),

@@ -147,9 +147,12 @@ def policy_tiers(policy: Policy) -> list[str]:
     return seen
 
 
-def deployment_key(policy: Policy, fleet: FleetManifest, tier: str) -> DeploymentKey:
-    variant = fleet.tier(tier).variant(policy.spec.quantization.get(tier)).name
-    return DeploymentKey(tier, variant, bool(policy.spec.cache.prefix.get(tier, False)))
+def deployment_key(policy: Policy, fleet: FleetManifest, tier: str,
+                   variant: str | None = None) -> DeploymentKey:
+    """The deployment serving ``tier`` under ``policy``: its policy variant unless
+    ``variant`` names another (a shadow's own)."""
+    name = fleet.tier(tier).variant(variant or policy.spec.quantization.get(tier)).name
+    return DeploymentKey(tier, name, bool(policy.spec.cache.prefix.get(tier, False)))
 
 
 def required_deployments(policy: Policy, fleet: FleetManifest) -> list[DeploymentKey]:
@@ -157,11 +160,9 @@ def required_deployments(policy: Policy, fleet: FleetManifest) -> list[Deploymen
     variants its shadows run on).
 
     Raises ``ApiTierNotServable`` when one of them is an API-priced variant."""
-    keys = {deployment_key(policy, fleet, t) for t in policy_tiers(policy)}
-    for tier, variant in policy.spec.routing.shadow_variants.items():  # shadows' own variants
-        keys.add(DeploymentKey(tier, fleet.tier(tier).variant(variant).name,
-                               bool(policy.spec.cache.prefix.get(tier, False))))
-    keys = sorted(keys)
+    keys = sorted({deployment_key(policy, fleet, t) for t in policy_tiers(policy)}
+                  | {deployment_key(policy, fleet, t, v)  # the variants shadows run
+                     for t, v in policy.spec.routing.shadow_variants.items()})
     refuse_api_priced(fleet, keys)
     return keys
 
