@@ -93,6 +93,9 @@ class ReplayContext:
         self.evidence_prior = evidence_prior
         self._evidence = _state_evidence(window)
         self._shifts: dict[tuple[int, tuple[int, ...]], float] = {}
+        # retry_gain's evidence: the paired rows and each one's influence on it
+        self.retry_gain, self._gain_rows, self._gain_influence = _retry_gain(
+            models, self.logits, self._evidence, min_support)
         self.family_rows = [np.flatnonzero(window.family_code == f)
                             for f in range(len(window.families))]
         self.feature_col = {name: j for j, name in enumerate(window.feature_names)}
@@ -119,6 +122,9 @@ class ReplayContext:
         by ``evidence_prior`` pseudo-observations. It is what conditions a cascade step on
         the failures before it beyond the history terms the model shares across tiers: a
         task that failed on S is harder for L than its features say. No evidence: 0.
+
+        A joint row's verdict is scored ``retry_gain`` higher than it showed: it never saw
+        the failure it is read after, where the cascade's step does (``_retry_gain``).
         """
         key = (combo, tuple(int(h) for h in hist))
         shift = self._shifts.get(key)
@@ -127,14 +133,22 @@ class ReplayContext:
             evidence = self._evidence.get(key)
             if (evidence is not None and self.models.constant is None
                     and np.isfinite(self.evidence_prior)):
-                tasks, passed = evidence
-                z = (self.logits[:, tasks, combo]
-                     + self.models.history_shift(np.asarray(key[1], dtype=float),
-                                                 1 + sum(key[1]))[:, None])
+                tasks, passed, joint = evidence
+                z = self._evidence_scores(key, tasks, joint)
                 shift = _matching_shift(self.models, z, float(passed.sum()), len(passed),
                                         self.evidence_prior)
             self._shifts[key] = shift
         return shift
+
+    def _evidence_scores(self, state: tuple[int, tuple[int, ...]], tasks: np.ndarray,
+                         joint: np.ndarray) -> np.ndarray:
+        """[K, m] fold scores of a state's evidence rows before its shift, a joint row's
+        moved down by ``retry_gain`` (it showed a first try's verdict, not a retry's)."""
+        combo, hist = state
+        return (self.logits[:, tasks, combo]
+                + self.models.history_shift(np.asarray(hist, dtype=float),
+                                            1 + sum(hist))[:, None]
+                - self.retry_gain * joint[None, :])
 
     def pass_prob(self, family: int, combo: int, hist: tuple[float, ...], attempt: int,
                   envelope: str | None) -> np.ndarray:
@@ -155,11 +169,12 @@ class ReplayContext:
         return cached
 
 
-def _state_evidence(window: Window) -> dict[tuple[int, tuple[int, ...]], tuple[np.ndarray,
-                                                                                 np.ndarray]]:
-    """(combo, failures per tier) -> (task indices, verdicts) of its observations: the
-    outcome model's training rows (``experiments.outcomes.training_rows``)."""
+def _state_evidence(window: Window) -> dict[tuple[int, tuple[int, ...]],
+                                            tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(combo, failures per tier) -> (task indices, verdicts, is a joint row) of its
+    observations: the outcome model's training rows (``experiments.outcomes.training_rows``)."""
     from experiments.outcomes import training_rows
+    from experiments.window import JOINT_PURPOSE
 
     frame = training_rows(window)
     if frame.empty:
@@ -168,6 +183,7 @@ def _state_evidence(window: Window) -> dict[tuple[int, tuple[int, ...]], tuple[n
     keys = frame[["combo", *hist_cols]].to_numpy(dtype=np.int64)
     tasks = frame["task"].to_numpy(dtype=np.int64)
     passed = frame["passed"].to_numpy(dtype=bool)
+    joint = (frame["purpose"] == JOINT_PURPOSE).to_numpy(dtype=bool)
     states, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     order = np.argsort(inverse, kind="stable")
@@ -175,9 +191,68 @@ def _state_evidence(window: Window) -> dict[tuple[int, tuple[int, ...]], tuple[n
     out = {}
     for i, state in enumerate(states):
         members = order[bounds[i]:bounds[i + 1]]
-        out[(int(state[0]), tuple(int(x) for x in state[1:]))] = (tasks[members],
-                                                                 passed[members])
+        out[(int(state[0]), tuple(int(x) for x in state[1:]))] = (
+            tasks[members], passed[members], joint[members])
     return out
+
+
+def _retry_gain(models: OutcomeModels, logits: np.ndarray, evidence: dict, min_rows: int
+                ) -> tuple[float, np.ndarray, np.ndarray]:
+    """What a cascade's step gains from seeing the failure before it, on the score scale.
+
+    A joint row (a shadow's verdict read after the other tier's failure, or a serve verdict
+    read after a failed shadow) is a try that never saw that failure; a real retry in the
+    same (combination, failures) state did. Where a state holds both on the same tasks (a
+    task that failed on S, with a shadow on M beside that attempt, then escalated to M), at
+    least ``min_rows`` of them, the difference is measured on those tasks: the shift that
+    matches the model to their retries minus the one that matches it to their joint rows.
+    Tasks seen one way only are left out (a serve verdict after a failed shadow comes from
+    tasks that started elsewhere, routed by their features).
+    The states' differences are pooled, each weighed by n_retry x n_joint / (n_retry +
+    n_joint); a side that all passed or all failed has no finite shift and is skipped.
+    0 where no state holds both: the joint rows are then read as retries (a
+    harness that resends the same prompt gains nothing from the failure; a repair loop
+    that shows it does).
+
+    Returns the gain, the task of each paired row, and each row's influence on the gain
+    (its residual over the slope of the side it matched, signed and weighed as the pool
+    weighs its state) for ``evidence_influence``."""
+    empty = (0.0, np.zeros(0, dtype=np.int64), np.zeros(0))
+    if models.constant is not None:
+        return empty
+    total = weight_sum = 0.0
+    pieces: list[tuple[float, np.ndarray, np.ndarray]] = []
+    for (combo, hist), (tasks, passed, joint) in evidence.items():
+        if sum(hist) == 0:
+            continue
+        # Only the tasks seen both ways: the same tasks, so only the verdicts differ.
+        both = np.isin(tasks, tasks[joint]) & np.isin(tasks, tasks[~joint])
+        is_joint, is_retry = both & joint, both & ~joint
+        n_joint, n_retry = int(is_joint.sum()), int(is_retry.sum())
+        if min(n_joint, n_retry) < max(min_rows, 1):
+            continue
+        p_joint, p_retry = float(passed[is_joint].mean()), float(passed[is_retry].mean())
+        if not (0.0 < p_joint < 1.0 and 0.0 < p_retry < 1.0):
+            continue  # an all-pass or all-fail side has no finite shift
+        z = (logits[:, tasks, combo]
+             + models.history_shift(np.asarray(hist, dtype=float), 1 + sum(hist))[:, None])
+        w = n_retry * n_joint / (n_retry + n_joint)
+        for side, sign in ((is_retry, 1.0), (is_joint, -1.0)):
+            zs = z[:, side]
+            shift = _matching_shift(models, zs, float(passed[side].sum()), int(side.sum()), 0.0)
+            p = models.calibrate(zs + shift)
+            slope = (models.calibrate(zs + shift + 1e-4)
+                     - models.calibrate(zs + shift - 1e-4)) / 2e-4
+            total += sign * w * shift
+            if slope.sum() > 0:
+                pieces.append((w, tasks[side], sign * (passed[side] - p) / slope.sum()))
+        weight_sum += w
+    if weight_sum == 0:
+        return empty
+    rows = np.concatenate([t for _, t, _ in pieces]) if pieces else empty[1]
+    influence = (np.concatenate([w / weight_sum * e for w, _, e in pieces]) if pieces
+                 else empty[2])
+    return total / weight_sum, rows, influence
 
 
 def _matching_shift(models: OutcomeModels, z: np.ndarray, passes: float, n: int,
@@ -226,11 +301,10 @@ def evidence_influence(policy, ctx: ReplayContext, values: TaskValues, *,
         evidence = ctx._evidence.get(state)
         if evidence is None:
             continue
-        tasks, passed = evidence
+        tasks, passed, joint = evidence
         combo, hist = state
         shift = ctx.state_shift(combo, hist)
-        z = (ctx.logits[:, tasks, combo] + shift
-             + ctx.models.history_shift(np.asarray(hist, dtype=float), 1 + sum(hist))[:, None])
+        z = ctx._evidence_scores(state, tasks, joint) + shift
         p = ctx.models.calibrate(z)
         slope = (ctx.models.calibrate(z + 1e-4) - ctx.models.calibrate(z - 1e-4)) / 2e-4
         if not slope.sum() > 0:
@@ -248,6 +322,22 @@ def evidence_influence(policy, ctx: ReplayContext, values: TaskValues, *,
             ctx._prob_cache.clear()
         sensitivity = (moved.columns().sum(axis=0) - base) / step
         np.add.at(influence, tasks, each[:, None] * sensitivity[None, :])
+    if len(ctx._gain_rows):
+        # The retry gain is measured on the paired tasks too: the same first-order term.
+        gain, shifts = ctx.retry_gain, dict(ctx._shifts)
+        ctx.retry_gain = gain + step
+        ctx._shifts.clear()
+        ctx._prob_cache.clear()
+        try:
+            moved = replay_policy(policy, ctx, doubly_robust=doubly_robust)
+        finally:
+            ctx.retry_gain = gain
+            ctx._shifts.clear()
+            ctx._shifts.update(shifts)
+            ctx._prob_cache.clear()
+        sensitivity = (moved.columns().sum(axis=0) - base) / step
+        each = ctx._gain_influence - ctx._gain_influence.mean()
+        np.add.at(influence, ctx._gain_rows, each[:, None] * sensitivity[None, :])
     return influence
 
 
