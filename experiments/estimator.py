@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from experiments.outcomes import OutcomeModels
-from experiments.replay import ReplayContext, TaskValues, evidence_influence, replay_policy
+from experiments.replay import (
+    ReplayContext,
+    TaskValues,
+    evidence_influence,
+    price_influence,
+    replay_policy,
+)
 from experiments.window import as_window
 
 __all__ = [
@@ -180,7 +186,8 @@ def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
     cols = np.stack([values.green, values.cost, values.fpy, values.serve, values.rework,
                      values.verifier, values.eval], axis=1).astype(np.float32)
     # The per-state corrections' own sampling error, on the same resamples (zero-sum terms).
-    influence = evidence_influence(policy, context, values)
+    influence = (evidence_influence(policy, context, values)
+                 + price_influence(policy, context, values))
     cols += influence[:, [TaskValues.COLUMN_NAMES.index(c) for c in (
         "green", "cost", "fpy", "serve", "rework", "verifier", "eval")]].astype(np.float32)
     sums = (W @ cols).astype(np.float64)  # [B, 7]

@@ -106,6 +106,9 @@ class Window:
     shadow_combo: np.ndarray | None = None
     shadow_passed: np.ndarray | None = None
     shadow_propensity: np.ndarray | None = None
+    # How ``cost_prefix`` moves with the cached shares it was priced at (a share is measured
+    # on the window's own calls, so another sample gives another): ``ShareTerms``.
+    share_terms: ShareTerms | None = None
 
     @property
     def n(self) -> int:
@@ -151,7 +154,28 @@ class Window:
             attempt_cv=self.attempt_cv, spend_scale=_rows_of(self.spend_scale, rows),
             shadow_combo=_rows_of(self.shadow_combo, rows),
             shadow_passed=_rows_of(self.shadow_passed, rows),
-            shadow_propensity=_rows_of(self.shadow_propensity, rows))
+            shadow_propensity=_rows_of(self.shadow_propensity, rows),
+            share_terms=None if self.share_terms is None else self.share_terms.subset(rows))
+
+
+@dataclass
+class ShareTerms:
+    """The cached shares ``cost_prefix`` was priced at, as parameters with sampling error.
+
+    ``names`` [P]: a tier whose calls showed cached tokens, then ``pooled`` (their mean, used
+    for tiers that never cached); ``param`` [C]: the parameter each combination's prefix
+    price uses; ``slope`` [n, C]: d cost_prefix / d that share (0 where the cell is a charge
+    the share does not enter); ``influence`` [P, n]: each task's first-order influence on
+    each share (its cached minus share x input tokens on the tier, over the tier's input
+    tokens), so a resample of the tasks moves the shares as re-measuring them would."""
+
+    names: list[str]
+    param: np.ndarray
+    slope: np.ndarray
+    influence: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> ShareTerms:
+        return ShareTerms(self.names, self.param, self.slope[rows], self.influence[:, rows])
 
 
 def _rows_of(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
@@ -326,7 +350,7 @@ def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFram
         response_hit_rate=prices.response_hit_rate, attempts_frame=frame, notes=notes,
         joint_frame=joint, calls_per_attempt=prices.calls_per_attempt,
         attempt_cv=prices.attempt_cv, spend_scale=prices.spend_scale,
-        **_shadow_routes(frame, n, propensity))
+        share_terms=prices.share_terms, **_shadow_routes(frame, n, propensity))
 
 
 # ---------------------------------------------------------------------------- prices
@@ -346,6 +370,7 @@ class _Prices:
     calls_per_attempt: np.ndarray  # [n]
     attempt_cv: float
     spend_scale: np.ndarray  # [n]
+    share_terms: ShareTerms | None = None
 
 
 def _combo_codes(frame: pd.DataFrame, lookup: dict, default_variant: dict[str, str]
@@ -513,6 +538,8 @@ def _window_prices(index: pd.Index, fam_codes: np.ndarray, families: list[str],
                 target[rows] = np.where(fill, base, target[rows])
     cost_nocache = np.where(observed, obs_nocache, cost_nocache)
     cost_prefix = np.where(observed, obs_prefix, cost_prefix)
+    share_terms = _share_terms(cached_share, combos, econ, discount, inp, observed,
+                               explicit_task, calls, priced, c_task, ok, n)
 
     response = (calls["cache"] == "response").to_numpy(dtype=bool, na_value=False)
     fam_of_call = np.where(ok, fam_codes[np.maximum(c_task, 0)], -1)
@@ -530,7 +557,37 @@ def _window_prices(index: pd.Index, fam_codes: np.ndarray, families: list[str],
                    cost_nocache=cost_nocache, cost_prefix=cost_prefix,
                    response_hit_rate=response_hit_rate,
                    calls_per_attempt=np.maximum(calls_per, 1.0), attempt_cv=attempt_cv,
-                   spend_scale=spend_scale)
+                   spend_scale=spend_scale, share_terms=share_terms)
+
+
+def _share_terms(cached_share, combos, econ, discount, inp, observed, explicit_task, calls,
+                 priced, c_task, ok, n) -> ShareTerms | None:
+    """``ShareTerms`` of a window's prices (``_window_prices``)."""
+    if not cached_share:
+        return None
+    names = [*cached_share, "pooled"]
+    param = np.array([names.index(c.tier) if c.tier in cached_share else len(names) - 1
+                      for c in combos], dtype=np.int64)
+    slope = np.zeros((n, len(combos)))
+    for k, (c, e) in enumerate(zip(combos, econ, strict=True)):
+        saving = e.usd_per_input_token - e.usd_per_cached_input_token(discount)
+        # A cell observed on a tier that cached is its own charge; elsewhere the share
+        # prices the task's input tokens.
+        moves = ~explicit_task & ~(observed[:, k] & (c.tier in cached_share))
+        slope[:, k] = np.where(moves, -inp * saving, 0.0)
+    call_tier = calls["tier"].astype(object).to_numpy()
+    influence = np.zeros((len(names), n))
+    for i, t in enumerate(cached_share):
+        on = ok & (call_tier == t)
+        total = float(priced.input_tokens[on].sum())
+        if total <= 0:
+            continue
+        own = (np.bincount(c_task[on], priced.cached_input_tokens[on], minlength=n)
+               - cached_share[t] * np.bincount(c_task[on], priced.input_tokens[on],
+                                               minlength=n))
+        influence[i] = own / total
+    influence[-1] = influence[:-1].mean(axis=0)  # the pooled share is the tiers' mean
+    return ShareTerms(names, param, slope, influence)
 
 
 # An attempt's spread where the window cannot measure it (no task seen twice).
