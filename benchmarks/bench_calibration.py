@@ -353,6 +353,10 @@ def run(argv, tmp: Path) -> int:
     ap.add_argument("--explore-variants", type=float, default=0.0, metavar="RATE",
                     help="log as an exploration for a quantization would: shadows at RATE, "
                          "run on the int8 variants of S and M (routing.shadow_variants)")
+    ap.add_argument("--explore-adapters", type=float, default=0.0, metavar="RATE",
+                    help="log as an exploration for a distillation would: the list_ops "
+                         "family's shadows at RATE, on S with the list-ops-v1 adapter "
+                         "(the family's routing.shadow_adapters)")
     ap.add_argument("--json", default=None, help="write every (window, change) row here")
     args = ap.parse_args(argv)
 
@@ -368,6 +372,11 @@ def run(argv, tmp: Path) -> int:
         active = active.evolve(author="bench", routing=active.spec.routing.model_copy(update={
             "shadow_rate": args.explore_variants,
             "shadow_variants": {"S": "int8", "M": "int8"}}))
+    if args.explore_adapters > 0:
+        routing = active.spec.routing.model_dump(mode="json")
+        entry = routing.setdefault("families", {}).setdefault("list_ops", {})
+        entry.update(shadow_rate=args.explore_adapters, shadow_adapters={"S": "list-ops-v1"})
+        active = active.evolve(author="bench", routing=routing)
     fields = {f.name: f for f in dataclasses.fields(WorkloadShape)}
     overrides: dict[str, Any] = {}
     if "latent_sd" in fields:

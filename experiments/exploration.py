@@ -135,6 +135,22 @@ def variant_targets(active: Any, blocked: list[Any], families: list[str],
     return variants, fams
 
 
+def adapter_targets(active: Any, blocked: list[Any], families: list[str]
+                    ) -> dict[str, dict[str, str]]:
+    """family -> (tier -> adapter) the blocked candidates need shown: an adapter a candidate
+    serves for a family (its distillation) that the active policy does not. A shadow runs
+    it beside the family's served attempt (the family's ``routing.shadow_adapters``)."""
+    out: dict[str, dict[str, str]] = {}
+    for c in blocked:
+        for fam, d in c.policy.spec.distillation.items():
+            mine = active.spec.distillation.get(fam)
+            if fam not in families or (mine is not None
+                                       and (mine.tier, mine.adapter) == (d.tier, d.adapter)):
+                continue
+            out.setdefault(fam, {}).setdefault(d.tier, d.adapter)
+    return out
+
+
 def effective_shadow_rate(policy: Any, family: str) -> float:
     """The share of a family's tasks that really get a shadow: its shadow rate, or 0 when no
     tier is left to shadow on (e.g. an escalation order of one tier and no shadow tiers)."""
@@ -147,7 +163,8 @@ def effective_shadow_rate(policy: Any, family: str) -> float:
 
 
 def _with_shadows(active: Any, tiers: list[str], families: list[str], all_families: list[str],
-                  rate: float, variants: dict[str, str] | None = None) -> Any:
+                  rate: float, variants: dict[str, str] | None = None,
+                  adapters: dict[str, dict[str, str]] | None = None) -> Any:
     """The active policy with the shadows of ``families`` replaced by shadows at ``rate`` on
     ``tiers`` (the budget pays for all of them); every other family keeps the shadows it
     really had (naming shadow tiers must not wake a dormant
@@ -169,13 +186,24 @@ def _with_shadows(active: Any, tiers: list[str], families: list[str], all_famili
                                                                                      fam)
             overrides[fam] = entry
         routing["families"] = overrides
+    for entry in routing.get("families", {}).values():
+        entry.pop("shadow_adapters", None)
+    for fam, wanted in (adapters or {}).items():
+        routing.setdefault("families", {}).setdefault(fam, {})["shadow_adapters"] = dict(wanted)
     return active.evolve(author=AUTHOR, routing=routing,
                          description=f"exploration: shadow {rate:.0%} of tasks on "
-                         f"{_label(tiers, variants)}")
+                         f"{_label(tiers, variants, adapters)}")
 
 
-def _label(tiers: list[str], variants: dict[str, str] | None) -> str:
-    return ", ".join(f"{t}/{variants[t]}" if variants and t in variants else t for t in tiers)
+def _label(tiers: list[str], variants: dict[str, str] | None,
+           adapters: dict[str, dict[str, str]] | None = None) -> str:
+    named = {t: a for wanted in (adapters or {}).values() for t, a in wanted.items()}
+
+    def one(t: str) -> str:
+        out = f"{t}/{variants[t]}" if variants and t in variants else t
+        return f"{out}+{named[t]}" if t in named else out
+
+    return ", ".join(one(t) for t in tiers)
 
 
 def _eval_spend(policy: Any, context: Any) -> float:
@@ -195,13 +223,15 @@ def _without_shadows(policy: Any) -> Any:
     routing.pop("shadow_tiers", None)
     routing.pop("shadow_variants", None)
     for entry in routing.get("families", {}).values():
+        entry.pop("shadow_adapters", None)
         if entry.get("shadow_rate") is not None:
             entry["shadow_rate"] = 0.0
     return policy.evolve(author=AUTHOR, routing=routing)
 
 
 def shadow_share_per_tier(policy: Any, family: str, tiers: list[str],
-                          variants: dict[str, str] | None = None) -> float:
+                          variants: dict[str, str] | None = None,
+                          adapters: dict[str, dict[str, str]] | None = None) -> float:
     """The share of ``family``'s tasks ``policy`` shadows on each of ``tiers``, at the least
     (``policies.routing.shadow_probability`` from the family's routed start on features it
     cannot see: its first tier). Evidence on a tier grows with this, not with the shadow
@@ -214,8 +244,16 @@ def shadow_share_per_tier(policy: Any, family: str, tiers: list[str],
     routing = resolve_routing(policy, family)
     first = routing.escalation[start_index(routing, {})]
     wanted = variants or {}
+    wanted_adapter = (adapters or {}).get(family, {})
+    served = policy.spec.distillation.get(family)
 
     def share(t: str) -> float:
+        a = wanted_adapter.get(t)
+        if a is not None and (served is None or (served.tier, served.adapter) != (t, a)):
+            # an adapter the family is not served with: seen only through shadows with it
+            if routing.shadow_adapters.get(t) != a:
+                return 0.0
+            return shadow_probability(routing, first, t)
         v = wanted.get(t)
         if v is not None and v != policy.spec.quantization.get(t):
             # a variant the policy does not serve: seen only through shadows running it
@@ -229,22 +267,24 @@ def shadow_share_per_tier(policy: Any, family: str, tiers: list[str],
 
 def _sized_shadows(active: Any, context: Any, tiers: list[str], fams: list[str],
                    families: list[str], base_eval: float, budget_day: float, days: int,
-                   variants: dict[str, str]) -> float | tuple[str, list[str], list[str]]:
-    """The shadow rate on ``tiers`` (``variants`` where named) in ``fams`` that the budget
-    buys, or why there is none worth a change (reason, tiers, families)."""
+                   variants: dict[str, str], adapters: dict[str, dict[str, str]] | None = None
+                   ) -> float | tuple[str, list[str], list[str]]:
+    """The shadow rate on ``tiers`` (``variants`` and ``adapters`` where named) in ``fams``
+    that the budget buys, or why there is none worth a change (reason, tiers, families)."""
 
     def usd_day(rate: float) -> float:
-        policy = _with_shadows(active, tiers, fams, families, rate, variants)
+        policy = _with_shadows(active, tiers, fams, families, rate, variants, adapters)
         return _extra_usd_per_day(policy, context, base_eval, days)
 
     silent = _without_shadows(active)
-    if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0, variants), context) \
+    if _eval_spend(_with_shadows(silent, tiers, fams, families, 1.0, variants, adapters),
+                   context) \
             <= _eval_spend(silent, context):
         return ((f"the tiers the blocked candidates need ({', '.join(tiers)}) already serve "
                  "those tasks first: a shadow adds no evidence, thin support on them is not "
                  "what blocks"), tiers, fams)
     # What really runs already, per wanted tier (a tier the family starts on counts as seen).
-    now = max(shadow_share_per_tier(active, f, tiers, variants) for f in fams)
+    now = max(shadow_share_per_tier(active, f, tiers, variants, adapters) for f in fams)
     # Spend rises with the rate but not always in proportion (naming shadow tiers can let the
     # active policy's own shadow rate reach tiers it could not before): the largest rate on a
     # 1% grid whose replayed spend fits the budget, by bisection.
@@ -256,11 +296,12 @@ def _sized_shadows(active: Any, context: Any, tiers: list[str], fams: list[str],
         else:
             high = mid - 1
     rate = low / 100
-    explored = _with_shadows(active, tiers, fams, families, rate, variants)
-    per_tier = min(shadow_share_per_tier(explored, f, tiers, variants) for f in fams)
+    explored = _with_shadows(active, tiers, fams, families, rate, variants, adapters)
+    per_tier = min(shadow_share_per_tier(explored, f, tiers, variants, adapters) for f in fams)
     if rate < MIN_RATE or per_tier < now + MIN_RATE / len(tiers):
         return ((f"the budget (${budget_day:.4f}/day) buys a shadow rate of {rate:.0%}, "
-                 f"{per_tier:.1%} of tasks on each of {_label(tiers, variants)}: less than "
+                 f"{per_tier:.1%} of tasks on each of {_label(tiers, variants, adapters)}: "
+                 "less than "
                  f"{MIN_RATE / len(tiers):.1%} above the {now:.1%} already shadowed there"),
                 tiers, fams)
     return rate
@@ -285,13 +326,17 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
         return ExplorationPlan(None, "the search kept no replay context")
     families = list(window.families)
 
-    def targets(cands: list[Any]) -> tuple[list[str], list[str], dict[str, str]]:
+    def targets(cands: list[Any]) -> tuple[list[str], list[str], dict[str, str],
+                                           dict[str, dict[str, str]]]:
         tiers, fams = exploration_targets(active, cands, families)
         variants, v_fams = variant_targets(active, cands, families, window.default_variant)
-        tiers = [*tiers, *(t for t in variants if t not in tiers)]
-        return tiers, [*fams, *(f for f in v_fams if f not in fams)], variants
+        adapters = adapter_targets(active, cands, families)
+        a_tiers = [t for wanted in adapters.values() for t in wanted]
+        tiers = [*tiers, *(t for t in [*variants, *a_tiers] if t not in tiers)]
+        fams = [*fams, *(f for f in [*v_fams, *adapters] if f not in fams)]
+        return list(dict.fromkeys(tiers)), list(dict.fromkeys(fams)), variants, adapters
 
-    tiers, fams, variants = targets(blocked)
+    tiers, fams, variants, adapters = targets(blocked)
     aim = [{"hash": c.policy.content_hash[:12], "lever": c.lever,
             "d_cost_per_green_pr": c.deltas.cost_per_green_pr.point,
             "interval": [c.deltas.cost_per_green_pr.low, c.deltas.cost_per_green_pr.high],
@@ -310,7 +355,7 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
     # All the blocked candidates' tiers first; when the shadows already run on all of them
     # (one shadow a task cannot show more), the best few candidates' own tiers, one at a time:
     # evidence concentrated where the most promising idea needs it.
-    options = [(tiers, fams, variants)]
+    options = [(tiers, fams, variants, adapters)]
     # (Re-aiming the shadows can cost less than now; an owner who set no budget still gets
     # no exploration change.)
     for c in (blocked[:3] if budget_day > 0 else []):
@@ -318,9 +363,9 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
         if own[0] and own not in options:
             options.append(own)
     refusal = None
-    for tiers, fams, variants in options:
+    for tiers, fams, variants, adapters in options:
         sized = _sized_shadows(active, context, tiers, fams, families, base_eval,
-                               budget_day, days, variants)
+                               budget_day, days, variants, adapters)
         if isinstance(sized, float):
             rate = sized
             break
@@ -330,7 +375,7 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
         return ExplorationPlan(None, reason, tiers=tuple(tiers), families=tuple(fams),
                                budget_usd_per_day=budget_day, blocked=aim)
 
-    policy = _with_shadows(active, tiers, fams, families, rate, variants)
+    policy = _with_shadows(active, tiers, fams, families, rate, variants, adapters)
     if policy.content_hash == active.content_hash:
         return ExplorationPlan(None, "the active policy already explores these tiers at this "
                                "rate", tiers=tuple(tiers), families=tuple(fams), rate=rate,
@@ -343,7 +388,7 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
                           risk_reasons=["exploration only: shadow outputs never reach callers"])
     return ExplorationPlan(candidate, f"shadow {rate:.0%} of the tasks of "
                            f"{len(fams)} famil{'y' if len(fams) == 1 else 'ies'} on "
-                           f"{_label(tiers, variants)}: ${spent:.4f}/day of a "
+                           f"{_label(tiers, variants, adapters)}: ${spent:.4f}/day of a "
                            f"${budget_day:.4f}/day "
                            "budget", tiers=tuple(tiers), families=tuple(fams), rate=rate,
                            usd_per_day=spent, budget_usd_per_day=budget_day, blocked=aim)

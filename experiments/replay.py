@@ -410,6 +410,7 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
     from policies.routing import (
         first_tier_probabilities,
         resolve_routing,
+        shadow_adapter,
         shadow_targets,
         shadow_variant,
         tier_plan,
@@ -480,10 +481,12 @@ def replay_policy(policy, ctx: ReplayContext, *, envelope: str | None = None,
             for s, (plan, codes) in enumerate(plans):
                 targets = shadow_targets(routing, plan[0].tier)
                 for tier in targets:
-                    if tier in routing.escalation and tier not in routing.shadow_variants:
+                    if (tier in routing.escalation and tier not in routing.shadow_variants
+                            and tier not in routing.shadow_adapters):
                         t_code = plans[routing.escalation.index(tier)][1][0]
-                    else:  # a shadow-only tier or variant (exploration): its own price
-                        t_code = w.combo_index(tier, shadow_variant(policy, tier), None)
+                    else:  # a shadow-only tier, variant or adapter (exploration): its price
+                        t_code = w.combo_index(tier, shadow_variant(policy, tier),
+                                               shadow_adapter(routing, tier))
                     if t_code < 0:
                         raise ValueError(f"policy v{policy.metadata.version}: a shadow on "
                                          f"{tier} uses a combination the fleet does not serve")

@@ -72,6 +72,12 @@ class RoutingOverride(Strict):
     attempts_per_tier: int | None = Field(default=None, ge=1)
     max_attempts: int | None = Field(default=None, ge=1)
     shadow_rate: float | None = Field(default=None, ge=0, le=1)
+    shadow_adapters: dict[str, str] | None = Field(
+        default=None,
+        description="tier -> an adapter the family's shadows on that tier run with (one the "
+                    "policy does not serve there: what exploration buys for a distillation); "
+                    "a tier named here may be shadowed beside a first attempt on itself",
+    )
 
     _asc = field_validator("thresholds")(lambda cls, v: v if v is None else _ascending(v))
     _uniq = field_validator("escalation")(
@@ -82,8 +88,10 @@ class RoutingOverride(Strict):
     def _omit_unset_shadow_rate(self, handler: Any) -> Any:
         # Added after policies were stored: left out when unset, so their hashes hold.
         data = handler(self)
-        if isinstance(data, dict) and data.get("shadow_rate") is None:
-            data.pop("shadow_rate", None)
+        if isinstance(data, dict):
+            for name in ("shadow_rate", "shadow_adapters"):
+                if data.get(name) is None:
+                    data.pop(name, None)
         return data
 
 
@@ -356,6 +364,20 @@ def validate_against_fleet(policy: Policy, fleet: FleetManifest) -> None:
             elif variant == served:
                 problems.append((path, f"{variant!r} is the variant the policy serves on "
                                        f"{tier}: a shadow of it shows nothing new"))
+    for fam, o in r.families.items():
+        for tier, adapter in (o.shadow_adapters or {}).items():
+            path = f"spec.routing.families.{fam}.shadow_adapters.{tier}"
+            if not tier_ok(path, tier):
+                continue
+            variant = tiers[tier].variant(r.shadow_variants.get(tier)
+                                          or policy.spec.quantization.get(tier))
+            served = policy.spec.distillation.get(fam)
+            if adapter not in [a.name for a in variant.adapters]:
+                problems.append((path, f"tier {tier} variant {variant.name} has no adapter "
+                                       f"{adapter!r}"))
+            elif served is not None and (served.tier, served.adapter) == (tier, adapter):
+                problems.append((path, f"{adapter!r} is the adapter the policy serves for "
+                                       f"{fam} on {tier}: a shadow of it shows nothing new"))
     for tier, variant in policy.spec.quantization.items():
         if tier_ok(f"spec.quantization.{tier}", tier):
             names = [v.name for v in tiers[tier].variants]

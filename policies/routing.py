@@ -25,6 +25,7 @@ __all__ = [
     "first_tier_probabilities",
     "in_canary",
     "resolve_routing",
+    "shadow_adapter",
     "shadow_probability",
     "shadow_targets",
     "shadow_tier",
@@ -65,6 +66,7 @@ class ResolvedRouting:
     shadow_rate: float
     shadow_tiers: tuple[str, ...]  # empty: any other tier of the escalation order
     shadow_variants: Mapping[str, str]  # tier -> the variant its shadows run on
+    shadow_adapters: Mapping[str, str]  # tier -> the adapter the family's shadows run with
     router: str
     forced_start: int | None  # set by distillation: the index the task must start at
     adapter_tier: str | None
@@ -117,6 +119,7 @@ def resolve_routing(policy: Policy, family: str) -> ResolvedRouting:
         shadow_rate=float(pick("shadow_rate")),
         shadow_tiers=tuple(r.shadow_tiers),
         shadow_variants=dict(r.shadow_variants),
+        shadow_adapters=dict((o.shadow_adapters if o is not None else None) or {}),
         router=r.router,
         forced_start=forced_start,
         adapter_tier=adapter_tier,
@@ -263,9 +266,10 @@ def shadow_targets(routing: ResolvedRouting, first_tier: str) -> list[str]:
     when the policy names any (they may lie outside the escalation order: evidence on a
     tier the policy does not route to is what exploration buys), else the rest of the
     escalation order; ``first_tier`` itself only where ``shadow_variants`` gives it another
-    variant."""
+    variant or ``shadow_adapters`` an adapter."""
     pool = routing.shadow_tiers or routing.escalation
-    return [t for t in pool if t != first_tier or t in routing.shadow_variants]
+    return [t for t in pool if t != first_tier or t in routing.shadow_variants
+            or t in routing.shadow_adapters]
 
 
 def shadow_variant(policy: Policy, tier: str) -> str | None:
@@ -273,3 +277,9 @@ def shadow_variant(policy: Policy, tier: str) -> str | None:
     not serve, e.g. int8 beside bf16: what exploration buys for a quantization), else the
     policy's own (None: the fleet's default)."""
     return policy.spec.routing.shadow_variants.get(tier) or policy.spec.quantization.get(tier)
+
+
+def shadow_adapter(routing: ResolvedRouting, tier: str) -> str | None:
+    """The adapter a shadow on ``tier`` runs with (the family's ``shadow_adapters``; a
+    shadow otherwise runs the tier without one, whatever the family serves)."""
+    return routing.shadow_adapters.get(tier)

@@ -41,6 +41,7 @@ from policies.routing import (
     choose_start,
     in_canary,
     resolve_routing,
+    shadow_adapter,
     shadow_probability,
     shadow_tier,
     shadow_variant,
@@ -107,6 +108,7 @@ class RouteDecision:
     max_attempts: int
     shadow_tier: str | None
     shadow_propensity: float | None = None  # the shadow's odds (policies.routing)
+    shadow_adapter: str | None = None  # the family's shadow adapter there (exploration)
 
 
 class PolicyBook:
@@ -248,8 +250,9 @@ class GatewayCore:
         propensity = probs[req.attempt - 1].get(step.tier, 0.0)
         shadow = route.shadow_tier if req.attempt == 1 and req.ctx.purpose == "serve" else None
         odds = None if shadow is None else shadow_probability(routing, step.tier, shadow)
+        s_adapter = None if shadow is None else shadow_adapter(routing, shadow)
         return policy, RouteDecision(step.tier, variant, step.adapter, propensity,
-                                     routing.max_attempts, shadow, odds), route
+                                     routing.max_attempts, shadow, odds, s_adapter), route
 
     @staticmethod
     def _named_version(req: ParsedRequest) -> int | None:
@@ -275,7 +278,7 @@ class GatewayCore:
             if decision.shadow_tier is not None:
                 s_tier = decision.shadow_tier
                 s_variant = self.fleet.tier(s_tier).variant(shadow_variant(policy, s_tier)).name
-                targets.append((s_tier, s_variant, None, str(Purpose.SHADOW),
+                targets.append((s_tier, s_variant, decision.shadow_adapter, str(Purpose.SHADOW),
                                 req.ctx.shadow_traceparent or req.ctx.traceparent, False))
             # The route, the caps' check and the worst-case reservations are one step of
             # the state (serving.shared_state): no concurrent call sees the spend without

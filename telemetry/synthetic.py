@@ -87,6 +87,7 @@ def simulate_spans(
         attempt_tiers,
         choose_start,
         resolve_routing,
+        shadow_adapter,
         shadow_probability,
         shadow_tier,
         shadow_variant,
@@ -128,9 +129,11 @@ def simulate_spans(
                                             round(probs[j - 1].get(tier, 1.0), 6), a_start)
             if j == 1 and shadow is not None:
                 # Beside the first attempt, call for call (the gateway shadows each call of
-                # attempt 1 and never with the adapter); evaluation spend, its own verdict.
+                # attempt 1, with the family's shadow adapter only); evaluation spend, its
+                # own verdict.
                 odds = round(shadow_probability(routing, tiers[0], shadow), 6)
-                _attempt(rng, task, shadow, 1, None, Purpose.SHADOW, odds, a_start, calls,
+                _attempt(rng, task, shadow, 1, shadow_adapter(routing, shadow),
+                         Purpose.SHADOW, odds, a_start, calls,
                          variant=shadow_variant(policy, shadow))
             if passed:
                 break

@@ -61,7 +61,19 @@ def apply(active, point: dict[str, Any], ctx: LeverContext, *, author: str = "au
         if current != variant:
             continue  # the adapter belongs to another variant than the one this tier serves
         distill[fam] = {"tier": tier, "adapter": adapter}
-    return active.evolve(author=author, description="distillation search", distillation=distill)
+    # A shadow of the adapter now served would show nothing new (and is refused): an
+    # exploration's shadow of it ends with the change that serves it.
+    routing = active.spec.routing.model_dump(mode="json")
+    for fam, entry in routing.get("families", {}).items():
+        served = distill.get(fam)
+        kept = {t: a for t, a in (entry.get("shadow_adapters") or {}).items()
+                if served is None or (served["tier"], served["adapter"]) != (t, a)}
+        if kept:
+            entry["shadow_adapters"] = kept
+        else:
+            entry.pop("shadow_adapters", None)
+    return active.evolve(author=author, description="distillation search", distillation=distill,
+                         routing=routing)
 
 
 LEVER = LeverSpec(

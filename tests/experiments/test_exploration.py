@@ -340,3 +340,31 @@ def test_a_variant_never_served_is_explored_by_shadows_running_it(logged, loggin
     after = search_candidates(explored, fleet, plan.candidate.policy, **search)
     bought = evidence_bought(plan.blocked, explored, after, plan.candidate.policy)
     assert bought and all(b["support"][1] > b["support"][0] for b in bought), bought
+
+
+def test_an_adapter_never_served_is_explored_by_the_familys_shadows_running_it(
+        logged, logging_policy, fleet, tmp_path):
+    """The list-ops adapter was never served: a distillation to it is blocked (its
+    combination unsupported). The plan runs it as the family's shadows beside the served
+    attempts (``routing.families.<family>.shadow_adapters``); a day logged under the plan
+    shows the adapter, and the blocked distillation gains support."""
+    from experiments.exploration import evidence_bought
+
+    naive, window, tmp = logging_policy, logged[1], tmp_path
+    search = {**SEARCH, "levers": ("distillation",)}
+    result = search_candidates(window, fleet, naive, **search)
+    blocked = blocked_candidates([*result, *result.unsupported], 0.02)
+    assert any(c.policy.spec.distillation for c in blocked), [c.point for c in result]
+    plan = plan_exploration(result, window, naive, budget_share=0.02)
+    assert plan.candidate is not None, plan.reason
+    routing = plan.candidate.policy.spec.routing
+    shadowed = {f: o.shadow_adapters for f, o in routing.families.items() if o.shadow_adapters}
+    assert shadowed == {"list_ops": {"S": "list-ops-v1"}}, shadowed
+    assert "S" in routing.shadow_tiers and "+list-ops-v1" in plan.reason
+    adapter = [i for i, c in enumerate(window.combos) if c.adapter == "list-ops-v1"]
+    _, explored = simulate_window(plan.candidate.policy, fleet, tmp, tasks=1500, seed=6)
+    assert sum(explored.combo_attempts[i] for i in adapter) > 5 * max(
+        1, sum(window.combo_attempts[i] for i in adapter))
+    after = search_candidates(explored, fleet, plan.candidate.policy, **search)
+    bought = evidence_bought(plan.blocked, explored, after, plan.candidate.policy)
+    assert bought and all(b["support"][1] > b["support"][0] for b in bought), bought

@@ -146,3 +146,32 @@ def test_shadow_variants_name_a_variant_the_tier_has_and_the_policy_does_not_ser
     problems = dict(exc.value.problems)
     assert "shows nothing new" in problems["spec.routing.shadow_variants.S"]
     assert "unknown variant 'int3'" in problems["spec.routing.shadow_variants.M"]
+
+
+def test_shadow_adapters_name_an_adapter_the_tier_has_and_the_family_is_not_served():
+    from policies.routing import resolve_routing, shadow_adapter, shadow_targets
+    from serving.testing import tiny_manifest
+
+    fleet = tiny_manifest()  # S has the list-ops-v1 adapter
+    good = make(routing={"escalation": ["S", "L"], "families": {
+        "list_ops": {"shadow_rate": 0.3, "shadow_adapters": {"S": "list-ops-v1"}}}})
+    validate_against_fleet(good, fleet)
+    routing = resolve_routing(good, "list_ops")
+    assert shadow_adapter(routing, "S") == "list-ops-v1"
+    assert shadow_targets(routing, "S") == ["S", "L"]  # beside an S attempt, on S itself
+    other = resolve_routing(good, "bracket_fix")  # another family's shadows: no adapter
+    assert shadow_adapter(other, "S") is None and shadow_targets(other, "S") == ["L"]
+    assert "shadow_adapters" not in good.spec_json()["routing"]["families"].get("x", {})
+    assert "shadow_adapters" not in make(routing={"escalation": ["S"], "families": {
+        "list_ops": {"shadow_rate": 0.1}}}).spec_json()["routing"]["families"]["list_ops"]
+    bad = make(routing={"escalation": ["S", "L"], "families": {
+        "list_ops": {"shadow_adapters": {"S": "list-ops-v1", "L": "list-ops-v1"}},
+        "other": {"shadow_adapters": {"S": "nope"}}}},
+        distillation={"list_ops": {"tier": "S", "adapter": "list-ops-v1"}})
+    with pytest.raises(DocumentError) as exc:
+        validate_against_fleet(bad, fleet)
+    problems = dict(exc.value.problems)
+    assert "shows nothing new" in problems["spec.routing.families.list_ops.shadow_adapters.S"]
+    assert "no adapter 'list-ops-v1'" in problems[
+        "spec.routing.families.list_ops.shadow_adapters.L"]
+    assert "no adapter 'nope'" in problems["spec.routing.families.other.shadow_adapters.S"]

@@ -223,6 +223,24 @@ def test_a_canary_serves_its_share_of_new_tasks_and_each_task_keeps_its_version(
     assert all(in_canary(t, 0.5) for t in on_canary)
 
 
+def test_a_familys_shadow_may_run_an_adapter_it_is_not_served_with():
+    """A family's ``shadow_adapters``: the list-ops adapter on S shadows the plain S attempt
+    it sits beside (what an exploration for a distillation buys); other families' shadows
+    run without it."""
+    from serving.testing import tiny_manifest
+
+    p = policy(routing={"router": "fixed", "escalation": ["S", "M"], "shadow_tiers": ["S"],
+                        "families": {"list_ops": {"shadow_rate": 1.0,
+                                                  "shadow_adapters": {"S": "list-ops-v1"}}}})
+    tiers = FakeTiers()
+    core = GatewayCore(tiny_manifest(), PolicyBook(p, {1: p}.__getitem__), tiers,
+                       tracer=TracerProvider().get_tracer("t"), clock=lambda: 1_800_000_000.0)
+    ap = run(core.complete(req("t1", family="list_ops")))["autopilot"]
+    assert (ap["tier"], ap["adapter"]) == ("S", None)
+    assert (ap["shadow"]["tier"], ap["shadow"]["adapter"]) == ("S", "list-ops-v1")
+    assert ap["shadow"]["propensity"] == 1.0
+
+
 def test_a_shadow_may_run_another_variant_of_the_first_tier():
     """``shadow_variants``: int8 of S shadows the bf16 S attempt it sits beside (what an
     exploration for a quantization buys), priced and logged as that variant."""

@@ -77,6 +77,21 @@ def test_quantization_drops_a_distillation_the_new_variant_cannot_serve(setup):
     validate_against_fleet(policy, fleet)
 
 
+def test_distillation_ends_the_exploration_shadows_of_the_adapter_it_serves(setup):
+    fleet, active, ctx = setup
+    routing = active.spec.routing.model_dump(mode="json")
+    routing.setdefault("families", {})["list_ops"] = {
+        "shadow_rate": 0.3, "shadow_adapters": {"S": "list-ops-v1"}}
+    exploring = active.evolve(author="t", routing=routing, distillation={})
+    validate_against_fleet(exploring, fleet)
+    policy = lever("distillation").apply(exploring, {"family_list_ops": "S/bf16/list-ops-v1"},
+                                         ctx)
+    assert policy.spec.distillation["list_ops"].adapter == "list-ops-v1"
+    assert policy.spec.routing.families["list_ops"].shadow_adapters is None
+    assert policy.spec.routing.families["list_ops"].shadow_rate == 0.3
+    validate_against_fleet(policy, fleet)
+
+
 def test_quantization_ends_the_exploration_shadows_of_the_variant_it_serves(setup):
     fleet, active, ctx = setup
     exploring = active.evolve(author="t", routing=active.spec.routing.model_copy(update={
