@@ -332,9 +332,8 @@ def plan_exploration(result: Any, window: Any, active: Any, *, budget_share: flo
         variants, v_fams = variant_targets(active, cands, families, window.default_variant)
         adapters = adapter_targets(active, cands, families)
         a_tiers = [t for wanted in adapters.values() for t in wanted]
-        tiers = [*tiers, *(t for t in [*variants, *a_tiers] if t not in tiers)]
-        fams = [*fams, *(f for f in [*v_fams, *adapters] if f not in fams)]
-        return list(dict.fromkeys(tiers)), list(dict.fromkeys(fams)), variants, adapters
+        return (list(dict.fromkeys([*tiers, *variants, *a_tiers])),
+                list(dict.fromkeys([*fams, *v_fams, *adapters])), variants, adapters)
 
     tiers, fams, variants, adapters = targets(blocked)
     aim = [{"hash": c.policy.content_hash[:12], "lever": c.lever,

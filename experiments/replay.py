@@ -144,10 +144,7 @@ class ReplayContext:
                          joint: np.ndarray) -> np.ndarray:
         """[K, m] fold scores of a state's evidence rows before its shift, a joint row's
         moved down by ``retry_gain`` (it showed a first try's verdict, not a retry's)."""
-        combo, hist = state
-        return (self.logits[:, tasks, combo]
-                + self.models.history_shift(np.asarray(hist, dtype=float),
-                                            1 + sum(hist))[:, None]
+        return (_state_scores(self.models, self.logits, state, tasks)
                 - self.retry_gain * joint[None, :])
 
     def pass_prob(self, family: int, combo: int, hist: tuple[float, ...], attempt: int,
@@ -196,6 +193,26 @@ def _state_evidence(window: Window) -> dict[tuple[int, tuple[int, ...]],
     return out
 
 
+def _state_scores(models: OutcomeModels, logits: np.ndarray,
+                  state: tuple[int, tuple[int, ...]], tasks: np.ndarray) -> np.ndarray:
+    """[K, m] fold scores of ``tasks`` on a state's combination after its failures (the
+    attempt a plan reaching the state makes: 1 + their number)."""
+    combo, hist = state
+    return (logits[:, tasks, combo]
+            + models.history_shift(np.asarray(hist, dtype=float), 1 + sum(hist))[:, None])
+
+
+def _rate_influence(models: OutcomeModels, z: np.ndarray, passed: np.ndarray
+                    ) -> np.ndarray | None:
+    """Each row's first-order influence on the shift that matches the calibrated P(pass) at
+    scores ``z`` [K, m] to ``passed``: its residual over the slope's sum (None: no slope)."""
+    p = models.calibrate(z)
+    slope = (models.calibrate(z + 1e-4) - models.calibrate(z - 1e-4)) / 2e-4
+    if not slope.sum() > 0:
+        return None
+    return (passed - p) / slope.sum()
+
+
 def _retry_gain(models: OutcomeModels, logits: np.ndarray, evidence: dict, min_rows: int
                 ) -> tuple[float, np.ndarray, np.ndarray]:
     """What a cascade's step gains from seeing the failure before it, on the score scale.
@@ -222,8 +239,8 @@ def _retry_gain(models: OutcomeModels, logits: np.ndarray, evidence: dict, min_r
         return empty
     total = weight_sum = 0.0
     pieces: list[tuple[float, np.ndarray, np.ndarray]] = []
-    for (combo, hist), (tasks, passed, joint) in evidence.items():
-        if sum(hist) == 0:
+    for state, (tasks, passed, joint) in evidence.items():
+        if sum(state[1]) == 0:
             continue
         # Only the tasks seen both ways: the same tasks, so only the verdicts differ.
         both = np.isin(tasks, tasks[joint]) & np.isin(tasks, tasks[~joint])
@@ -234,18 +251,15 @@ def _retry_gain(models: OutcomeModels, logits: np.ndarray, evidence: dict, min_r
         p_joint, p_retry = float(passed[is_joint].mean()), float(passed[is_retry].mean())
         if not (0.0 < p_joint < 1.0 and 0.0 < p_retry < 1.0):
             continue  # an all-pass or all-fail side has no finite shift
-        z = (logits[:, tasks, combo]
-             + models.history_shift(np.asarray(hist, dtype=float), 1 + sum(hist))[:, None])
+        z = _state_scores(models, logits, state, tasks)
         w = n_retry * n_joint / (n_retry + n_joint)
         for side, sign in ((is_retry, 1.0), (is_joint, -1.0)):
             zs = z[:, side]
             shift = _matching_shift(models, zs, float(passed[side].sum()), int(side.sum()), 0.0)
-            p = models.calibrate(zs + shift)
-            slope = (models.calibrate(zs + shift + 1e-4)
-                     - models.calibrate(zs + shift - 1e-4)) / 2e-4
             total += sign * w * shift
-            if slope.sum() > 0:
-                pieces.append((w, tasks[side], sign * (passed[side] - p) / slope.sum()))
+            each = _rate_influence(models, zs + shift, passed[side])
+            if each is not None:
+                pieces.append((w, tasks[side], sign * each))
         weight_sum += w
     if weight_sum == 0:
         return empty
@@ -304,15 +318,13 @@ def evidence_influence(policy, ctx: ReplayContext, values: TaskValues, *,
         tasks, passed, joint = evidence
         combo, hist = state
         shift = ctx.state_shift(combo, hist)
-        z = ctx._evidence_scores(state, tasks, joint) + shift
-        p = ctx.models.calibrate(z)
-        slope = (ctx.models.calibrate(z + 1e-4) - ctx.models.calibrate(z - 1e-4)) / 2e-4
-        if not slope.sum() > 0:
-            continue
         # Unshrunk: the model the shift shrinks toward was fitted on these same rows, so
         # another sample moves the state's rate with it, not only its shift.
-        each = (passed - p) / slope.sum()
-        each -= each.mean()
+        each = _rate_influence(ctx.models, ctx._evidence_scores(state, tasks, joint) + shift,
+                               passed)
+        if each is None:
+            continue
+        each = each - each.mean()
         ctx._shifts[state] = shift + step
         ctx._prob_cache.clear()
         try:

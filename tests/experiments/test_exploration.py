@@ -315,31 +315,45 @@ def test_with_every_wanted_tier_shadowed_the_plan_concentrates_on_one_candidates
                 > shadow_share_per_tier(saturated, fam, list(plan.tiers)) + 0.05)
 
 
+def _plan_for_blocked(lever, spec_of, window, fleet, naive):
+    """The search on one lever, its blocked candidates (one of them changes ``spec_of``'s
+    section) and tonight's exploration plan for them."""
+    search = {**SEARCH, "levers": (lever,)}
+    result = search_candidates(window, fleet, naive, **search)
+    blocked = blocked_candidates([*result, *result.unsupported], 0.02)
+    assert any(spec_of(c.policy.spec) for c in blocked), [c.point for c in result]
+    plan = plan_exploration(result, window, naive, budget_share=0.02)
+    assert plan.candidate is not None, plan.reason
+    return plan, search
+
+
+def _a_day_under_the_plan_buys_support(plan, search, combos, window, fleet, tmp):
+    """A day logged under the plan shows ``combos`` far more often than the window did,
+    and the blocked candidates gain support."""
+    from experiments.exploration import evidence_bought
+
+    _, explored = simulate_window(plan.candidate.policy, fleet, tmp, tasks=1500, seed=6)
+    assert sum(explored.combo_attempts[i] for i in combos) > 5 * max(
+        1, sum(window.combo_attempts[i] for i in combos))
+    after = search_candidates(explored, fleet, plan.candidate.policy, **search)
+    bought = evidence_bought(plan.blocked, explored, after, plan.candidate.policy)
+    assert bought and all(b["support"][1] > b["support"][0] for b in bought), bought
+
+
 def test_a_variant_never_served_is_explored_by_shadows_running_it(logged, logging_policy,
                                                                    fleet, tmp_path):
     """int8 of S and M was never served: a quantization to it is blocked (its combinations
     unsupported). The plan runs it as shadows beside the served attempts
     (``routing.shadow_variants``); a day logged under the plan shows the variant, and the
     blocked quantization gains support."""
-    from experiments.exploration import evidence_bought
-
-    naive, window, tmp = logging_policy, logged[1], tmp_path
-    search = {**SEARCH, "levers": ("quantization",)}
-    result = search_candidates(window, fleet, naive, **search)
-    blocked = blocked_candidates([*result, *result.unsupported], 0.02)
-    assert any(c.policy.spec.quantization for c in blocked), [c.point for c in result]
-    plan = plan_exploration(result, window, naive, budget_share=0.02)
-    assert plan.candidate is not None, plan.reason
+    window = logged[1]
+    plan, search = _plan_for_blocked("quantization", lambda spec: spec.quantization, window,
+                                     fleet, logging_policy)
     routing = plan.candidate.policy.spec.routing
     assert routing.shadow_variants and set(routing.shadow_variants.values()) == {"int8"}
     assert set(routing.shadow_variants) <= set(routing.shadow_tiers)
     int8 = [i for i, c in enumerate(window.combos) if c.variant == "int8"]
-    _, explored = simulate_window(plan.candidate.policy, fleet, tmp, tasks=1500, seed=6)
-    assert sum(explored.combo_attempts[i] for i in int8) > 5 * max(
-        1, sum(window.combo_attempts[i] for i in int8))
-    after = search_candidates(explored, fleet, plan.candidate.policy, **search)
-    bought = evidence_bought(plan.blocked, explored, after, plan.candidate.policy)
-    assert bought and all(b["support"][1] > b["support"][0] for b in bought), bought
+    _a_day_under_the_plan_buys_support(plan, search, int8, window, fleet, tmp_path)
 
 
 def test_an_adapter_never_served_is_explored_by_the_familys_shadows_running_it(
@@ -348,23 +362,12 @@ def test_an_adapter_never_served_is_explored_by_the_familys_shadows_running_it(
     combination unsupported). The plan runs it as the family's shadows beside the served
     attempts (``routing.families.<family>.shadow_adapters``); a day logged under the plan
     shows the adapter, and the blocked distillation gains support."""
-    from experiments.exploration import evidence_bought
-
-    naive, window, tmp = logging_policy, logged[1], tmp_path
-    search = {**SEARCH, "levers": ("distillation",)}
-    result = search_candidates(window, fleet, naive, **search)
-    blocked = blocked_candidates([*result, *result.unsupported], 0.02)
-    assert any(c.policy.spec.distillation for c in blocked), [c.point for c in result]
-    plan = plan_exploration(result, window, naive, budget_share=0.02)
-    assert plan.candidate is not None, plan.reason
+    window = logged[1]
+    plan, search = _plan_for_blocked("distillation", lambda spec: spec.distillation, window,
+                                     fleet, logging_policy)
     routing = plan.candidate.policy.spec.routing
     shadowed = {f: o.shadow_adapters for f, o in routing.families.items() if o.shadow_adapters}
     assert shadowed == {"list_ops": {"S": "list-ops-v1"}}, shadowed
     assert "S" in routing.shadow_tiers and "+list-ops-v1" in plan.reason
     adapter = [i for i, c in enumerate(window.combos) if c.adapter == "list-ops-v1"]
-    _, explored = simulate_window(plan.candidate.policy, fleet, tmp, tasks=1500, seed=6)
-    assert sum(explored.combo_attempts[i] for i in adapter) > 5 * max(
-        1, sum(window.combo_attempts[i] for i in adapter))
-    after = search_candidates(explored, fleet, plan.candidate.policy, **search)
-    bought = evidence_bought(plan.blocked, explored, after, plan.candidate.policy)
-    assert bought and all(b["support"][1] > b["support"][0] for b in bought), bought
+    _a_day_under_the_plan_buys_support(plan, search, adapter, window, fleet, tmp_path)
