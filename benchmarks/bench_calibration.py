@@ -1,7 +1,7 @@
 """Calibration of the estimator: for each lever, how often the true change of cost per Green
 PR falls inside the predicted 90% interval, and how wide those intervals are.
 
-    .venv/bin/python benchmarks/bench_calibration.py                 # default: 3-5 min, 2 cores
+    .venv/bin/python benchmarks/bench_calibration.py                 # default: 5-6 min, 2 cores
     .venv/bin/python benchmarks/bench_calibration.py --windows 60 --per-lever 8 \\
         --truth-tasks 80000 --json /tmp/calibration.json            # a bigger run
 
@@ -17,8 +17,9 @@ Set-up (everything simulated, so the truth is known):
   active policy (no change at all) are skipped. Guardrail caps are quantiles of a reference
   window's per-task spend and tokens, so some bind.
 - Truth: per change, a large window (``--truth-tasks``) simulated under the change and
-  under the active policy with common random numbers (task i drawn from seed base + i under
-  both), priced as verify prices a realised window
+  under the active policy with common random numbers (``WorkloadShape.coupled``: task i,
+  and its k-th try on a tier with that try's cache rolls, draw the same numbers under
+  both, so a cache change moves only what was cached), priced as verify prices a realised window
   (``controlplane.loop.verify_adapter.task_outcomes``); the simulator does not enforce
   spend or token caps, so they are applied to its spans here with the gateway's rule
   (``policies.caps``: refused once the task's spend has reached the cap; the crossing call
@@ -27,10 +28,20 @@ Set-up (everything simulated, so the truth is known):
   policy; on each, ``experiments.estimate`` for the active policy and every change (the
   same bootstrap resamples) and ``experiments.compare``: the predicted relative change of
   cost per Green PR with its 90% interval.
+- Explored (``--explored RATE``, 0.3 by default): the active policy's 2% shadows cannot
+  show a variant or an adapter it never serves, so an unexplored quantization or
+  distillation gets the honest always-fail/always-pass bound, which the loop never
+  promotes on: it explores first (``experiments.exploration``). Both levers are measured
+  again on windows logged as that exploration logs them: shadows at RATE on the int8
+  variants of S and M (``routing.shadow_variants``), and the list_ops family's shadows at
+  RATE on S with its adapter (``routing.families.list_ops.shadow_adapters``).
 
 Per lever: changes (window x change pairs), coverage (share of true deltas inside the
-predicted interval), the median width of the interval in percentage points, the median
-true change, and whether coverage is within the aim (0.85-0.95).
+predicted interval; "allowing the truth's noise" also counts a truth outside by less than
+its own 90% noise band), the median width of the interval in percentage points, the median
+true change, and whether coverage is within the aim (0.85-0.95). A truth whose standard
+error is under a quarter of the predictions' own is precise enough for the exact count to
+decide alone (``PRECISE_TRUTH``).
 """
 
 from __future__ import annotations
@@ -162,20 +173,10 @@ def simulate(policy, fleet, shape) -> list[dict[str, Any]]:
 
 
 def simulate_paired(policy, fleet, n: int, base_seed: int, overrides: dict[str, Any]):
-    """Task i from its own seed (common random numbers across policies), ids renumbered."""
-    from contracts.spans import Attr
-    from telemetry.synthetic import simulate_spans
-
-    out: list[dict[str, Any]] = []
-    for i in range(n):
-        shape = _shape(overrides, tasks=1, seed=base_seed + i, day=DAY)
-        for task in _tasks_of(simulate_spans(policy, fleet, shape)):
-            for span in apply_caps(task, policy, fleet):
-                a = span["attributes"]
-                if Attr.TASK_ID in a:
-                    span = {**span, "attributes": {**a, Attr.TASK_ID: f"{DAY}-c{i:07d}"}}
-                out.append(span)
-    return out
+    """``n`` tasks with common random numbers across policies (``WorkloadShape.coupled``:
+    task i, and its k-th try on a tier, draw the same numbers under every policy)."""
+    return simulate(policy, fleet, _shape(overrides, tasks=n, seed=base_seed, day=DAY,
+                                          coupled=True))
 
 
 def frames_of(spans: list[dict[str, Any]], tmp: Path, name: str):
@@ -302,26 +303,38 @@ def _median(values) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
+# A truth whose standard error is under this share of the predictions' own (the median
+# half-width / Z90) is precise enough that the coverage counting it as exact decides the
+# verdict by itself: a 90% interval then covers a noisy truth at least 0.889 of the time
+# where it would cover an exact one 0.90 of the time.
+PRECISE_TRUTH = 0.25
+
+
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Coverage counts the simulated truth as exact; "within noise" also counts a truth
     outside the interval by less than its own 90% noise band (undecidable at this truth
-    size). The aim is met when both are within it; "undecided" when they disagree."""
+    size). The true coverage lies between the two. The aim is met when both are within it,
+    or when the truth is precise (``PRECISE_TRUTH``) and the exact count is; "undecided"
+    when they disagree on a noisy truth."""
     cov = sum(r["inside"] for r in rows) / len(rows)
     lenient = sum(r["inside_within_noise"] for r in rows) / len(rows)
+    width = _median([r["high"] - r["low"] for r in rows])
+    truth_se = _median([r["truth_se"] for r in rows])
+    precise = bool(truth_se <= PRECISE_TRUTH * (width / 2) / Z90)
     lo, hi = AIM
-    if lo <= cov <= hi and lo <= lenient <= hi:
+    if lo <= cov <= hi and (lo <= lenient <= hi or precise):
         verdict = "yes"
-    elif lenient < lo:
+    elif lenient < lo or (precise and cov < lo):
         verdict = "no: too narrow"
     elif cov > hi:
         verdict = "no: too wide"
     else:
         verdict = "undecided (truth noise)"
     return {"pairs": len(rows), "coverage": cov, "coverage_within_noise": lenient,
-            "median_width": _median([r["high"] - r["low"] for r in rows]),
+            "median_width": width,
             "median_abs_error": _median([abs(r["predicted"] - r["truth"]) for r in rows]),
             "median_truth": _median([r["truth"] for r in rows]),
-            "median_truth_se": _median([r["truth_se"] for r in rows]),
+            "median_truth_se": truth_se, "precise_truth": precise,
             "median_support": _median([r["support"] for r in rows]),
             "verdict": verdict}
 
@@ -357,26 +370,18 @@ def run(argv, tmp: Path) -> int:
                     help="log as an exploration for a distillation would: the list_ops "
                          "family's shadows at RATE, on S with the list-ops-v1 adapter "
                          "(the family's routing.shadow_adapters)")
+    ap.add_argument("--explored", type=float, default=0.3, metavar="RATE",
+                    help="then measure quantization and distillation again on windows logged "
+                         "as the loop's exploration for each logs them (as "
+                         "--explore-variants RATE and --explore-adapters RATE): the windows "
+                         "the loop decides them on. 0: skip")
     ap.add_argument("--json", default=None, help="write every (window, change) row here")
     args = ap.parse_args(argv)
 
-    from experiments.estimator import bootstrap_weights, compare, estimate
-    from experiments.outcomes import fit_outcome_models
-    from experiments.replay import ReplayContext
-    from experiments.window import build_window
     from telemetry.synthetic import WorkloadShape
 
     t_start = time.perf_counter()
     fleet, active = fleet_and_policy()
-    if args.explore_variants > 0:
-        active = active.evolve(author="bench", routing=active.spec.routing.model_copy(update={
-            "shadow_rate": args.explore_variants,
-            "shadow_variants": {"S": "int8", "M": "int8"}}))
-    if args.explore_adapters > 0:
-        routing = active.spec.routing.model_dump(mode="json")
-        entry = routing.setdefault("families", {}).setdefault("list_ops", {})
-        entry.update(shadow_rate=args.explore_adapters, shadow_adapters={"S": "list-ops-v1"})
-        active = active.evolve(author="bench", routing=routing)
     fields = {f.name: f for f in dataclasses.fields(WorkloadShape)}
     overrides: dict[str, Any] = {}
     if "latent_sd" in fields:
@@ -392,12 +397,114 @@ def run(argv, tmp: Path) -> int:
           f"{args.per_lever} changes per lever, truth {args.truth_tasks} paired tasks, "
           f"shape {overrides or 'default'}, level {args.level}", flush=True)
 
+    # (row name, lever, logging policy): the active policy as it logs, then (unless the
+    # exploration flags set it already) each lever the window cannot show without
+    # exploring, logged as the loop's exploration for it logs.
+    passes = [(lever, lever, _exploring(active, args.explore_variants, args.explore_adapters))
+              for lever in levers]
+    if args.explored > 0 and not (args.explore_variants or args.explore_adapters):
+        if "quantization" in levers:
+            passes.append(("quantization, explored", "quantization",
+                           _exploring(active, args.explored, 0.0)))
+        if "distillation" in levers:
+            passes.append(("distillation, explored", "distillation",
+                           _exploring(active, 0.0, args.explored)))
+    changes: list[Change] = []
+    rows: list[dict[str, Any]] = []
+    by_logging: dict[str, list[tuple[str, str]]] = {}
+    logging_of: dict[str, Any] = {}
+    for name, lever, logging in passes:
+        by_logging.setdefault(logging.content_hash, []).append((name, lever))
+        logging_of[logging.content_hash] = logging
+    for key, named in by_logging.items():
+        if len(by_logging) > 1:
+            print(f"windows logged by {', '.join(n for n, _ in named)}:", flush=True)
+        got_changes, got_rows = _measure(logging_of[key], fleet, named, args, overrides, tmp)
+        changes += got_changes
+        rows += got_rows
+    names = [name for name, _, _ in passes]
+
+    # The table.
+    print()
+    print(f"Coverage of the predicted {args.level:.0%} interval of the change of cost per "
+          f"Green PR (aim {AIM[0]:.2f}-{AIM[1]:.2f})")
+    print("| lever | changes (kinds x windows) | coverage | coverage allowing the truth's "
+          "noise | median width (pts) | median abs error (pts) | median true change | "
+          "median support | aim met |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    summary = {}
+    for name in names:
+        mine = [r for r in rows if r["lever"] == name]
+        if not mine:
+            print(f"| {name} | 0 | - | - | - | - | - | - | no change to draw |")
+            continue
+        summary[name] = s = _summarise(mine)
+        distinct = len({r["change"] for r in mine})
+        kinds = "+".join(f"{sum(1 for c in changes if c.lever == name and c.kind == k)} {k}"
+                         for k in ("near", "far")
+                         if any(c.lever == name and c.kind == k for c in changes))
+        print(f"| {name} | {len(mine)} ({kinds} x {len(mine) // max(distinct, 1)}) "
+              f"| {s['coverage']:.2f} | {s['coverage_within_noise']:.2f} "
+              f"| {100 * s['median_width']:.1f} | {100 * s['median_abs_error']:.1f} "
+              f"| {100 * s['median_truth']:+.1f}% | {s['median_support']:.3f} "
+              f"| {s['verdict']} |")
+    print()
+    print("Per change: coverage over the windows, true change +- its s.e. (pts), median "
+          "predicted change and interval width (pts), median support:")
+    for c in changes:
+        mine = [r for r in rows if r["change"] == c.label and r["lever"] == c.lever]
+        cov = sum(r["inside"] for r in mine) / max(len(mine), 1)
+        print(f"  {c.lever:<24} {c.kind:<4} {cov:4.2f}  truth {100 * c.truth:+6.1f} +- "
+              f"{100 * c.truth_se:.2f}  predicted "
+              f"{100 * _median([r['predicted'] for r in mine]):+6.1f} width "
+              f"{100 * _median([r['high'] - r['low'] for r in mine]):5.1f} support "
+              f"{_median([r['support'] for r in mine]):.2f}  {c.label}")
+    seconds = time.perf_counter() - t_start
+    machine = (f"{os.cpu_count()} cores, {platform.machine()}, Python "
+               f"{platform.python_version()}")
+    print(f"\n{seconds:.0f} s on {machine}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "args": vars(args), "shape": overrides, "seconds": seconds, "machine": machine,
+            "summary": summary, "rows": rows}, indent=1, default=str))
+    return 0
+
+
+def _exploring(active, variants: float, adapters: float):
+    """The active policy logging as an exploration would: shadows at ``variants`` on the
+    int8 variants of S and M (a quantization's), the list_ops family's shadows at
+    ``adapters`` on S with the list-ops-v1 adapter (a distillation's)."""
+    if variants > 0:
+        active = active.evolve(author="bench", routing=active.spec.routing.model_copy(update={
+            "shadow_rate": variants, "shadow_variants": {"S": "int8", "M": "int8"}}))
+    if adapters > 0:
+        routing = active.spec.routing.model_dump(mode="json")
+        entry = routing.setdefault("families", {}).setdefault("list_ops", {})
+        entry.update(shadow_rate=adapters, shadow_adapters={"S": "list-ops-v1"})
+        active = active.evolve(author="bench", routing=routing)
+    return active
+
+
+def _measure(active, fleet, named: list[tuple[str, str]], args, overrides, tmp: Path
+             ) -> tuple[list[Change], list[dict[str, Any]]]:
+    """Changes of the ``named`` levers (row name, lever) drawn from ``active``, their truths,
+    and the predictions on windows ``active`` logged: (changes, rows), each under its row
+    name."""
+    from experiments.estimator import bootstrap_weights, compare, estimate
+    from experiments.outcomes import fit_outcome_models
+    from experiments.replay import ReplayContext
+    from experiments.window import build_window
+
     # Changes, drawn on a reference window of the active policy.
     ref = build_window(*frames_of(simulate(active, fleet, _shape(
         overrides, tasks=args.tasks, seed=900_000 + args.seed, day=DAY)), tmp, "ref"), fleet)
-    changes = draw_changes(active, fleet, ref, args.per_lever, args.seed, levers)
+    row_name = {lever: name for name, lever in named}
+    changes = draw_changes(active, fleet, ref, args.per_lever, args.seed,
+                           [lever for _, lever in named])
+    for c in changes:
+        c.lever = row_name[c.lever]
     print(f"{len(changes)} changes: " + ", ".join(
-        f"{lv} {sum(c.lever == lv for c in changes)}" for lv in levers), flush=True)
+        f"{name} {sum(c.lever == name for c in changes)}" for name, _ in named), flush=True)
 
     # Truth per change: paired with the active policy's truth window.
     t0 = time.perf_counter()
@@ -434,51 +541,7 @@ def run(argv, tmp: Path) -> int:
         if (w + 1) % 5 == 0 or w + 1 == args.windows:
             print(f"  window {w + 1}/{args.windows} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
-
-    # The table.
-    print()
-    print(f"Coverage of the predicted {args.level:.0%} interval of the change of cost per "
-          f"Green PR (aim {AIM[0]:.2f}-{AIM[1]:.2f})")
-    print("| lever | changes (kinds x windows) | coverage | coverage allowing the truth's "
-          "noise | median width (pts) | median abs error (pts) | median true change | "
-          "median support | aim met |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    summary = {}
-    for lever in levers:
-        mine = [r for r in rows if r["lever"] == lever]
-        if not mine:
-            print(f"| {lever} | 0 | - | - | - | - | - | - | no change to draw |")
-            continue
-        summary[lever] = s = _summarise(mine)
-        distinct = len({r["change"] for r in mine})
-        kinds = "+".join(f"{sum(1 for c in changes if c.lever == lever and c.kind == k)} {k}"
-                         for k in ("near", "far")
-                         if any(c.lever == lever and c.kind == k for c in changes))
-        print(f"| {lever} | {len(mine)} ({kinds} x {len(mine) // max(distinct, 1)}) "
-              f"| {s['coverage']:.2f} | {s['coverage_within_noise']:.2f} "
-              f"| {100 * s['median_width']:.1f} | {100 * s['median_abs_error']:.1f} "
-              f"| {100 * s['median_truth']:+.1f}% | {s['median_support']:.3f} "
-              f"| {s['verdict']} |")
-    print()
-    print("Per change: coverage over the windows, true change +- its s.e. (pts), median "
-          "predicted change and interval width (pts), median support:")
-    for c in changes:
-        mine = [r for r in rows if r["change"] == c.label and r["lever"] == c.lever]
-        cov = sum(r["inside"] for r in mine) / max(len(mine), 1)
-        print(f"  {c.lever:<12} {c.kind:<4} {cov:4.2f}  truth {100 * c.truth:+6.1f} +- "
-              f"{100 * c.truth_se:.2f}  predicted "
-              f"{100 * _median([r['predicted'] for r in mine]):+6.1f} width "
-              f"{100 * _median([r['high'] - r['low'] for r in mine]):5.1f} support "
-              f"{_median([r['support'] for r in mine]):.2f}  {c.label}")
-    seconds = time.perf_counter() - t_start
-    machine = (f"{os.cpu_count()} cores, {platform.machine()}, Python "
-               f"{platform.python_version()}")
-    print(f"\n{seconds:.0f} s on {machine}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "args": vars(args), "shape": overrides, "seconds": seconds, "machine": machine,
-            "summary": summary, "rows": rows}, indent=1, default=str))
-    return 0
+    return changes, rows
 
 
 if __name__ == "__main__":

@@ -356,36 +356,44 @@ def evidence_influence(policy, ctx: ReplayContext, values: TaskValues, *,
 def price_influence(policy, ctx: ReplayContext, values: TaskValues, *,
                     doubly_robust: bool = True, step: float = 0.01) -> np.ndarray:
     """[n, len(TaskValues.COLUMN_NAMES)] per-task terms that carry the sampling error of the
-    cached shares the prefix prices were measured at (``Window.share_terms``) into a
-    bootstrap over tasks: per share the policy's prefix-cached prices use, the sensitivity
-    of its totals (one more replay, the share moved by ``step``) times each task's
-    influence on the share. Zero-sum per column. Without it a cache change's interval held
-    only the spread of which tasks ran, not of the share it is priced at (predictions
-    varied 2.2x the interval's spread across windows)."""
+    rates the policy's prices were measured at into a bootstrap over tasks: the cached
+    shares its prefix-cached prices use (``Window.share_terms``) and the response-cache hit
+    rates of the families it caches responses for (``Window.response_influence``). Per
+    rate, the sensitivity of the policy's totals (one more replay, the rate moved by
+    ``step``) times each task's influence on the rate. Zero-sum per column. Without it a
+    cache change's interval held only the spread of which tasks ran, not of the rate it is
+    priced at (predictions varied 2.2x the interval's spread across windows)."""
     import dataclasses
 
     w = ctx.window
-    terms = w.share_terms
     influence = np.zeros((w.n, len(TaskValues.COLUMN_NAMES)))
-    if terms is None:
-        return influence
-    on = [t for t, cached in policy.spec.cache.prefix.items() if cached]
-    used = {int(terms.param[k]) for k, c in enumerate(w.combos) if c.tier in on}
-    if not used:
+    moves: list[tuple[Window, np.ndarray]] = []  # (the window with one rate moved, influence)
+    terms = w.share_terms
+    if terms is not None:
+        on = [t for t, cached in policy.spec.cache.prefix.items() if cached]
+        for p in sorted({int(terms.param[k]) for k, c in enumerate(w.combos) if c.tier in on}):
+            cols = terms.param == p
+            moves.append((dataclasses.replace(
+                w, cost_prefix=w.cost_prefix + step * terms.slope * cols[None, :]),
+                terms.influence[p]))
+    rc = policy.spec.cache.response
+    if rc.enabled:
+        for family, each in sorted(w.response_influence.items()):
+            if family in rc.exclude_families:
+                continue
+            moves.append((dataclasses.replace(w, response_hit_rate={
+                **w.response_hit_rate, family: w.response_hit_rate[family] + step}), each))
+    if not moves:
         return influence
     base = values.columns().sum(axis=0)
-    for p in sorted(used):
-        cols = terms.param == p
-        moved_window = dataclasses.replace(
-            w, cost_prefix=w.cost_prefix + step * terms.slope * cols[None, :])
+    for moved_window, each in moves:
         ctx.window = moved_window
         try:
             moved = replay_policy(policy, ctx, doubly_robust=doubly_robust)
         finally:
             ctx.window = w
         sensitivity = (moved.columns().sum(axis=0) - base) / step
-        each = terms.influence[p] - terms.influence[p].mean()
-        influence += each[:, None] * sensitivity[None, :]
+        influence += (each - each.mean())[:, None] * sensitivity[None, :]
     return influence
 
 

@@ -109,6 +109,10 @@ class Window:
     # How ``cost_prefix`` moves with the cached shares it was priced at (a share is measured
     # on the window's own calls, so another sample gives another): ``ShareTerms``.
     share_terms: ShareTerms | None = None
+    # Per family with response-cache hits: each task's first-order influence on the
+    # family's hit rate (its response calls minus rate x its calls, over the family's
+    # calls), so a resample of the tasks moves the rate as re-measuring it would.
+    response_influence: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -155,7 +159,8 @@ class Window:
             shadow_combo=_rows_of(self.shadow_combo, rows),
             shadow_passed=_rows_of(self.shadow_passed, rows),
             shadow_propensity=_rows_of(self.shadow_propensity, rows),
-            share_terms=None if self.share_terms is None else self.share_terms.subset(rows))
+            share_terms=None if self.share_terms is None else self.share_terms.subset(rows),
+            response_influence={f: v[rows] for f, v in self.response_influence.items()})
 
 
 @dataclass
@@ -350,7 +355,8 @@ def build_window(tasks: pd.DataFrame, attempts: pd.DataFrame, calls: pd.DataFram
         response_hit_rate=prices.response_hit_rate, attempts_frame=frame, notes=notes,
         joint_frame=joint, calls_per_attempt=prices.calls_per_attempt,
         attempt_cv=prices.attempt_cv, spend_scale=prices.spend_scale,
-        share_terms=prices.share_terms, **_shadow_routes(frame, n, propensity))
+        share_terms=prices.share_terms, response_influence=prices.response_influence,
+        **_shadow_routes(frame, n, propensity))
 
 
 # ---------------------------------------------------------------------------- prices
@@ -371,6 +377,7 @@ class _Prices:
     attempt_cv: float
     spend_scale: np.ndarray  # [n]
     share_terms: ShareTerms | None = None
+    response_influence: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _combo_codes(frame: pd.DataFrame, lookup: dict, default_variant: dict[str, str]
@@ -543,11 +550,15 @@ def _window_prices(index: pd.Index, fam_codes: np.ndarray, families: list[str],
 
     response = (calls["cache"] == "response").to_numpy(dtype=bool, na_value=False)
     fam_of_call = np.where(ok, fam_codes[np.maximum(c_task, 0)], -1)
-    response_hit_rate = {}
+    response_hit_rate, response_influence = {}, {}
     for i, f in enumerate(families):
         m = fam_of_call == i
         if m.any() and response[m].any():
-            response_hit_rate[f] = float(response[m].mean())
+            rate = float(response[m].mean())
+            response_hit_rate[f] = rate
+            response_influence[f] = (
+                np.bincount(c_task[m], response[m].astype(np.float64), minlength=n)
+                - rate * np.bincount(c_task[m], minlength=n)) / float(m.sum())
     attempt_cv, spend_scale = _spend_spread(
         a_task[with_calls], spans.n_calls[with_calls],
         np.bincount(spans.call_attempt[linked], priced.input_tokens[linked]
@@ -555,7 +566,7 @@ def _window_prices(index: pd.Index, fam_codes: np.ndarray, families: list[str],
         fam_codes, n, combo=a_combo[with_calls])
     return _Prices(input_tokens=inp, output_tokens=out, cached_share=cached_share,
                    cost_nocache=cost_nocache, cost_prefix=cost_prefix,
-                   response_hit_rate=response_hit_rate,
+                   response_hit_rate=response_hit_rate, response_influence=response_influence,
                    calls_per_attempt=np.maximum(calls_per, 1.0), attempt_cv=attempt_cv,
                    spend_scale=spend_scale, share_terms=share_terms)
 

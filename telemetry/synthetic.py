@@ -15,6 +15,15 @@ under ``routing.shadow_rate`` runs a shadow copy of its first attempt on another
 the order (``policies.routing.shadow_tier``): an attempt span with purpose ``shadow``,
 attempt 1, the shadow's odds as its propensity (``shadow_probability``), its own calls and
 its own verdict on the same task.
+
+``coupled=True`` draws each part of a task from its own stream, keyed by the seed, the task's
+number and the part (its features; its route; its shadow; its k-th try on tier ``t`` and
+that try's cache rolls; its review). Two policies simulated with the same seed then see the
+same tasks, and a task's k-th try on a tier draws the same numbers under both (its verdict
+is the same draw against each try's own odds, so a first try on L and a retry on L after S
+failed pass together as far as their odds allow): a difference between the two windows is
+the policies', not the draws' (common random numbers). The default, one stream for the whole window, is the same process
+drawn in another order, and keeps every window written so far as it was.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ class WorkloadShape:
     review_share: float = 0.3
     review_reject_rate: float = 0.05
     prefix_hit_rate: float = 0.4
+    # Each part of a task from its own keyed stream (module docstring): common random
+    # numbers across policies.
+    coupled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +89,23 @@ def pass_probability(shape: WorkloadShape, rank: int, difficulty: float, attempt
 
 def _hex(rng: random.Random, nbytes: int) -> str:
     return f"{rng.getrandbits(nbytes * 8):0{nbytes * 2}x}"
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """Where one task's random numbers come from: the window's one stream, or (coupled) a
+    stream per part of the task, keyed so that another policy's window draws the same."""
+
+    window: random.Random
+    seed: int
+    task: int
+    coupled: bool
+
+    def stream(self, *part: object) -> random.Random:
+        if not self.coupled:
+            return self.window
+        # A string seed is hashed by SHA-512: stable across runs and processes.
+        return random.Random("/".join(map(str, (self.seed, self.task, *part))))
 
 
 def simulate_spans(
@@ -100,52 +129,60 @@ def simulate_spans(
     )
     version = str(policy.metadata.version)
     for n in range(shape.tasks):
-        family = rng.choice(list(shape.families))
-        difficulty = rng.choice([1, 2, 3])
-        size = rng.randint(1, 12)
+        draws = _Draws(rng, shape.seed, n, shape.coupled)
+        drawn = draws.stream("task")
+        family = drawn.choice(list(shape.families))
+        difficulty = drawn.choice([1, 2, 3])
+        size = drawn.randint(1, 12)
         features = {"difficulty": difficulty, "size": size}
         task_id = f"{shape.day}-t{n:06d}"
-        trace_id = _hex(rng, 16)
-        task_span = _hex(rng, 8)
+        trace_id = _hex(drawn, 16)
+        task_span = _hex(drawn, 8)
         t0 = day_start + int(n * (86_400e9 / max(shape.tasks, 1)))
         routing = resolve_routing(policy, family)
-        start, _ = choose_start(policy, family, features, rng.random(), rng.random())
+        route = draws.stream("route")
+        start, _ = choose_start(policy, family, features, route.random(), route.random())
         tiers = attempt_tiers(routing, start)
         probs = _attempt_probabilities(policy, family, features)
         # Draws only a shape or policy that uses them takes: other windows stay as they were.
-        latent = rng.gauss(0.0, shape.latent_sd) if shape.latent_sd > 0 else 0.0
-        shadow = (shadow_tier(policy, family, tiers[0], rng.random(), rng.random())
+        latent = drawn.gauss(0.0, shape.latent_sd) if shape.latent_sd > 0 else 0.0
+        shadowed = draws.stream("shadow")
+        shadow = (shadow_tier(policy, family, tiers[0], shadowed.random(), shadowed.random())
                   if routing.shadow_rate > 0 else None)
 
         task = _Task(policy, fleet, shape, rank, version, task_id, trace_id, task_span,
-                     difficulty, size, latent)
+                     difficulty, size, latent, draws)
         clock = t0
         passed = False
         spans = task.spans
+        tries: dict[str, int] = {}
         for j, tier in enumerate(tiers, start=1):
+            tries[tier] = tries.get(tier, 0) + 1
             adapter = routing.adapter if tier == routing.adapter_tier else None
             a_start = clock
-            passed, clock, calls = _attempt(rng, task, tier, j, adapter, Purpose.SERVE,
-                                            round(probs[j - 1].get(tier, 1.0), 6), a_start)
+            passed, clock, calls = _attempt(task, tier, j, adapter, Purpose.SERVE,
+                                            round(probs[j - 1].get(tier, 1.0), 6), a_start,
+                                            try_on_tier=tries[tier])
             if j == 1 and shadow is not None:
                 # Beside the first attempt, call for call (the gateway shadows each call of
                 # attempt 1, with the family's shadow adapter only); evaluation spend, its
                 # own verdict.
                 odds = round(shadow_probability(routing, tiers[0], shadow), 6)
-                _attempt(rng, task, shadow, 1, shadow_adapter(routing, shadow),
+                _attempt(task, shadow, 1, shadow_adapter(routing, shadow),
                          Purpose.SHADOW, odds, a_start, calls,
                          variant=shadow_variant(policy, shadow))
             if passed:
                 break
-        reviewed = rng.random() < shape.review_share
-        accepted = (rng.random() >= shape.review_reject_rate) if reviewed else None
+        review = draws.stream("review")
+        reviewed = review.random() < shape.review_share
+        accepted = (review.random() >= shape.review_reject_rate) if reviewed else None
         outcome = Outcome.GREEN if passed and accepted is not False else (
             Outcome.HUMAN_TRIAGE if passed else Outcome.FAILED)
         attrs = {
             Attr.TASK_ID: task_id,
             Attr.FAMILY: family,
-            Attr.TEAM: rng.choice(list(shape.teams)),
-            Attr.REPO: rng.choice(list(shape.repos)),
+            Attr.TEAM: review.choice(list(shape.teams)),
+            Attr.REPO: review.choice(list(shape.repos)),
             Attr.AGENT: "sim-agent",
             Attr.OUTCOME: str(outcome),
             Attr.VERIFIER_PASSED: passed,
@@ -173,17 +210,22 @@ class _Task:
     difficulty: int
     size: int
     latent: float
+    draws: _Draws
     spans: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _attempt(rng: random.Random, task: _Task, tier: str, j: int, adapter: str | None,
+def _attempt(task: _Task, tier: str, j: int, adapter: str | None,
              purpose: Purpose, propensity: float | None, start: int,
-             calls: int | None = None, variant: str | None = None) -> tuple[bool, int, int]:
+             calls: int | None = None, variant: str | None = None,
+             try_on_tier: int = 1) -> tuple[bool, int, int]:
     """Spans of one attempt (its calls, then the attempt) into ``task.spans``; its verdict,
     its end and its number of calls (drawn unless given). ``variant``: the policy's for the
     tier unless given (a shadow's own)."""
     policy, fleet, shape = task.policy, task.fleet, task.shape
     variant = variant or policy.spec.quantization.get(tier) or fleet.tier(tier).variant().name
+    rng = task.draws.stream(purpose, tier, try_on_tier)
+    # The cache rolls from their own stream: caching a tier or not leaves its tokens as drawn.
+    cache_rolls = task.draws.stream(purpose, tier, try_on_tier, "cache")
     ok = rng.random() < pass_probability(shape, task.rank[tier], task.difficulty, j,
                                          adapter=adapter is not None, latent=task.latent)
     attempt_span = _hex(rng, 8)
@@ -193,8 +235,8 @@ def _attempt(rng: random.Random, task: _Task, tier: str, j: int, adapter: str | 
     for _ in range(calls):
         input_tokens = rng.randint(400, 1500) * (1 + task.size // 6)
         output_tokens = rng.randint(60, 400)
-        cached = int(input_tokens * rng.uniform(0.3, 0.9)) if (
-            policy.spec.cache.prefix.get(tier) and rng.random() < shape.prefix_hit_rate
+        cached = int(input_tokens * cache_rolls.uniform(0.3, 0.9)) if (
+            policy.spec.cache.prefix.get(tier) and cache_rolls.random() < shape.prefix_hit_rate
         ) else 0
         dur = int((0.05 + output_tokens / 200) * 1e9)
         call = {

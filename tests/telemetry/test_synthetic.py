@@ -102,3 +102,88 @@ def test_pass_probability_is_the_documented_formula():
     z = 1.6 * 3 - 2 - 1 + 0.5 * 1 + 1.0 - 0.7
     assert pass_probability(shape, 2, 2, 2, adapter=True, latent=0.7) == pytest.approx(
         1 / (1 + math.exp(-z)))
+
+
+def _prefix(policy, cached: bool):
+    return policy.model_copy(update={"spec": policy.spec.model_copy(update={
+        "cache": policy.spec.cache.model_copy(update={
+            "prefix": {t: cached for t in ("S", "M", "L")}})})})
+
+
+def _attempts_of(spans):
+    """Per task: (tier, attempt, purpose) -> (verdict, input tokens of its calls)."""
+    out = {}
+    for task_id, task in _by_task(spans).items():
+        calls = defaultdict(list)
+        for c in task["calls"]:
+            calls[c["parent_span_id"]].append(c["attributes"][Attr.INPUT_TOKENS])
+        out[task_id] = {(a["attributes"][Attr.TIER], a["attributes"][Attr.ATTEMPT],
+                         a["attributes"][Attr.PURPOSE]):
+                        (a["attributes"][Attr.PASSED], calls[a["span_id"]])
+                        for a in task["attempts"]}
+    return out
+
+
+def test_coupled_windows_of_two_cache_settings_differ_only_in_what_was_cached():
+    """Common random numbers: caching every tier or none leaves each task's verdicts and
+    tokens as drawn, so the two windows differ by the cache alone. One stream for the whole
+    window (the default) loses that: the cache rolls shift every later draw."""
+    policy = _on_top("[S, M, L]", 0.3)
+    shape = WorkloadShape(tasks=300, seed=11, latent_sd=1.0, coupled=True)
+    on = list(simulate_spans(_prefix(policy, True), FLEET, shape))
+    off = list(simulate_spans(_prefix(policy, False), FLEET, shape))
+    assert _attempts_of(on) == _attempts_of(off)
+    assert sum(s["attributes"].get(Attr.CACHED_INPUT_TOKENS, 0) for s in on) > 0
+    assert sum(s["attributes"].get(Attr.CACHED_INPUT_TOKENS, 0) for s in off) == 0
+
+    one_stream = WorkloadShape(tasks=300, seed=11, latent_sd=1.0)
+    assert _attempts_of(simulate_spans(_prefix(policy, True), FLEET, one_stream)) != \
+        _attempts_of(simulate_spans(_prefix(policy, False), FLEET, one_stream))
+
+
+def _served_by_tier(spans):
+    """Per task: tier -> (verdict, input tokens of its calls) of its first served try."""
+    out = {}
+    for task_id, task in _by_task(spans).items():
+        calls = defaultdict(list)
+        for c in task["calls"]:
+            calls[c["parent_span_id"]].append(c["attributes"][Attr.INPUT_TOKENS])
+        out[task_id] = {}
+        for a in sorted(task["attempts"], key=lambda a: a["attributes"][Attr.ATTEMPT]):
+            if a["attributes"][Attr.PURPOSE] == "serve":
+                out[task_id].setdefault(a["attributes"][Attr.TIER], (
+                    a["attributes"][Attr.PASSED], calls[a["span_id"]]))
+    return out
+
+
+def test_coupled_windows_of_two_routes_share_each_tasks_try_on_a_tier():
+    """Started on L, or on S then L, a task is the same task and its try on L the same draw:
+    the same tokens, and a retry (odds raised by the retry bonus) passes wherever the first
+    try on L passed."""
+    shape = WorkloadShape(tasks=600, seed=4, latent_sd=1.0, coupled=True)
+    top = _served_by_tier(simulate_spans(_on_top("[S, L]", 0.0), FLEET, shape))
+    cheap_first = _served_by_tier(simulate_spans(_on_top("[S, L]", 0.0).model_copy(
+        update={"spec": _on_top("[S, L]", 0.0).spec.model_copy(update={
+            "routing": _on_top("[S, L]", 0.0).spec.routing.model_copy(
+                update={"bias": -10.0})})}), FLEET, shape))
+    assert top.keys() == cheap_first.keys()
+    retried = [t for t in top if "L" in cheap_first[t] and "S" in cheap_first[t]]
+    assert len(retried) >= 100
+    for t in retried:
+        (first_passed, first_tokens), (retry_passed, retry_tokens) = (
+            top[t]["L"], cheap_first[t]["L"])
+        assert first_tokens == retry_tokens
+        assert retry_passed or not first_passed
+
+
+def test_coupled_draws_are_the_same_process():
+    """Coupling changes which draws pair up, not what is drawn: pass rates agree."""
+    policy = _on_top("[S, M, L]", 0.0)
+
+    def first_pass_rate(coupled: bool) -> float:
+        attempts = [s["attributes"] for s in simulate_spans(
+            policy, FLEET, WorkloadShape(tasks=4000, seed=8, coupled=coupled))
+            if s["name"] == SPAN_ATTEMPT and s["attributes"][Attr.ATTEMPT] == 1]
+        return sum(a[Attr.PASSED] for a in attempts) / len(attempts)
+
+    assert abs(first_pass_rate(True) - first_pass_rate(False)) < 0.03
