@@ -326,6 +326,10 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         verdict = "yes"
     elif lenient < lo or (precise and cov < lo):
         verdict = "no: too narrow"
+    elif cov > hi and _median([r["support"] for r in rows]) < 1.0:
+        # Support < 1: the windows never showed what the change runs, so the interval is the
+        # honest always-fail/always-pass bound; the loop explores before it decides.
+        verdict = "bound: unexplored"
     elif cov > hi:
         verdict = "no: too wide"
     else:
@@ -416,10 +420,13 @@ def run(argv, tmp: Path) -> int:
     for name, lever, logging in passes:
         by_logging.setdefault(logging.content_hash, []).append((name, lever))
         logging_of[logging.content_hash] = logging
-    for key, named in by_logging.items():
+    for k, (key, named) in enumerate(by_logging.items()):
         if len(by_logging) > 1:
             print(f"windows logged by {', '.join(n for n, _ in named)}:", flush=True)
-        got_changes, got_rows = _measure(logging_of[key], fleet, named, args, overrides, tmp)
+        # Each pass in its own folder: ingesting into a used one would add to its tables.
+        (tmp / f"pass{k}").mkdir()
+        got_changes, got_rows = _measure(logging_of[key], fleet, named, args, overrides,
+                                         tmp / f"pass{k}")
         changes += got_changes
         rows += got_rows
     names = [name for name, _, _ in passes]

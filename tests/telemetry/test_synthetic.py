@@ -110,18 +110,25 @@ def _prefix(policy, cached: bool):
             "prefix": {t: cached for t in ("S", "M", "L")}})})})
 
 
-def _attempts_of(spans):
-    """Per task: (tier, attempt, purpose) -> (verdict, input tokens of its calls)."""
+def _tries(spans):
+    """Per task, in attempt order: (tier, attempt, purpose, verdict, input tokens of its
+    calls) of every attempt."""
     out = {}
     for task_id, task in _by_task(spans).items():
         calls = defaultdict(list)
         for c in task["calls"]:
             calls[c["parent_span_id"]].append(c["attributes"][Attr.INPUT_TOKENS])
-        out[task_id] = {(a["attributes"][Attr.TIER], a["attributes"][Attr.ATTEMPT],
-                         a["attributes"][Attr.PURPOSE]):
-                        (a["attributes"][Attr.PASSED], calls[a["span_id"]])
-                        for a in task["attempts"]}
+        out[task_id] = [(a[Attr.TIER], a[Attr.ATTEMPT], a[Attr.PURPOSE], a[Attr.PASSED],
+                         calls[span["span_id"]])
+                        for span in task["attempts"] for a in [span["attributes"]]]
+        out[task_id].sort(key=lambda t: t[1])
     return out
+
+
+def _attempts_of(spans):
+    """Per task: (tier, attempt, purpose) -> (verdict, input tokens of its calls)."""
+    return {task: {(t, j, why): (ok, tokens) for t, j, why, ok, tokens in tries}
+            for task, tries in _tries(spans).items()}
 
 
 def test_coupled_windows_of_two_cache_settings_differ_only_in_what_was_cached():
@@ -144,15 +151,11 @@ def test_coupled_windows_of_two_cache_settings_differ_only_in_what_was_cached():
 def _served_by_tier(spans):
     """Per task: tier -> (verdict, input tokens of its calls) of its first served try."""
     out = {}
-    for task_id, task in _by_task(spans).items():
-        calls = defaultdict(list)
-        for c in task["calls"]:
-            calls[c["parent_span_id"]].append(c["attributes"][Attr.INPUT_TOKENS])
-        out[task_id] = {}
-        for a in sorted(task["attempts"], key=lambda a: a["attributes"][Attr.ATTEMPT]):
-            if a["attributes"][Attr.PURPOSE] == "serve":
-                out[task_id].setdefault(a["attributes"][Attr.TIER], (
-                    a["attributes"][Attr.PASSED], calls[a["span_id"]]))
+    for task, tries in _tries(spans).items():
+        out[task] = {}
+        for t, _, why, ok, tokens in tries:
+            if why == "serve":
+                out[task].setdefault(t, (ok, tokens))
     return out
 
 
@@ -161,11 +164,11 @@ def test_coupled_windows_of_two_routes_share_each_tasks_try_on_a_tier():
     the same tokens, and a retry (odds raised by the retry bonus) passes wherever the first
     try on L passed."""
     shape = WorkloadShape(tasks=600, seed=4, latent_sd=1.0, coupled=True)
-    top = _served_by_tier(simulate_spans(_on_top("[S, L]", 0.0), FLEET, shape))
-    cheap_first = _served_by_tier(simulate_spans(_on_top("[S, L]", 0.0).model_copy(
-        update={"spec": _on_top("[S, L]", 0.0).spec.model_copy(update={
-            "routing": _on_top("[S, L]", 0.0).spec.routing.model_copy(
-                update={"bias": -10.0})})}), FLEET, shape))
+    on_top = _on_top("[S, L]", 0.0)
+    top = _served_by_tier(simulate_spans(on_top, FLEET, shape))
+    cheap_first = _served_by_tier(simulate_spans(on_top.evolve(
+        author="t", routing=on_top.spec.routing.model_copy(update={"bias": -10.0})),
+        FLEET, shape))
     assert top.keys() == cheap_first.keys()
     retried = [t for t in top if "L" in cheap_first[t] and "S" in cheap_first[t]]
     assert len(retried) >= 100
