@@ -379,8 +379,16 @@ def run(argv, tmp: Path) -> int:
                          "as the loop's exploration for each logs them (as "
                          "--explore-variants RATE and --explore-adapters RATE): the windows "
                          "the loop decides them on. 0: skip")
+    ap.add_argument("--model-refits", type=int, default=None, metavar="K",
+                    help="half-sample refits of the outcome model per window "
+                         "(experiments.replay.attach_model_refits; default: the estimator's "
+                         "own, MODEL_REFITS; 0: none)")
     ap.add_argument("--json", default=None, help="write every (window, change) row here")
     args = ap.parse_args(argv)
+    if args.model_refits is None:
+        from experiments.replay import MODEL_REFITS
+
+        args.model_refits = MODEL_REFITS
 
     from telemetry.synthetic import WorkloadShape
 
@@ -499,7 +507,7 @@ def _measure(active, fleet, named: list[tuple[str, str]], args, overrides, tmp: 
     name."""
     from experiments.estimator import bootstrap_weights, compare, estimate
     from experiments.outcomes import fit_outcome_models
-    from experiments.replay import ReplayContext
+    from experiments.replay import ReplayContext, attach_model_refits
     from experiments.window import build_window
 
     # Changes, drawn on a reference window of the active policy.
@@ -533,6 +541,8 @@ def _measure(active, fleet, named: list[tuple[str, str]], args, overrides, tmp: 
                                                           seed=seed, day=DAY)), tmp, f"w{w}")
         window = build_window(*frames, fleet)
         ctx = ReplayContext(window, fit_outcome_models(window, seed=w))
+        if args.model_refits:
+            attach_model_refits(ctx, args.model_refits, seed=w)
         weights = bootstrap_weights(window.n, args.bootstrap, w)
         act = estimate(active, window, context=ctx, weights=weights, level=args.level)
         for c in changes:

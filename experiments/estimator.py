@@ -25,7 +25,9 @@ from experiments.outcomes import OutcomeModels
 from experiments.replay import (
     ReplayContext,
     TaskValues,
+    attach_model_refits,
     evidence_influence,
+    model_deviations,
     price_influence,
     replay_policy,
 )
@@ -174,7 +176,8 @@ def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
     if context is None:
         window = as_window(window, fleet)
         models = models if models is not None else fit_outcome_models(window, seed=seed)
-        context = ReplayContext(window, models, min_support=min_support)
+        context = attach_model_refits(ReplayContext(window, models, min_support=min_support),
+                                      seed=seed)
     window = context.window
     if fleet is not None:
         from policies.policy import validate_against_fleet
@@ -195,6 +198,15 @@ def estimate(policy, window, fleet=None, models: OutcomeModels | None = None, *,
     scale = window.n / np.maximum(counts, 1.0)  # report totals on the window's size
     g_rep, c_rep = sums[:, 0] * scale, sums[:, 1] * scale
     f_rep = sums[:, 2] / np.maximum(counts, 1.0)
+    dev = model_deviations(policy, context)
+    if len(dev):
+        # The outcome model's own fit error (``replay.attach_model_refits``): resample b
+        # also moves by refit b mod k's deviation, the same refit for every policy.
+        pick = np.arange(len(g_rep)) % len(dev)
+        col = {c: TaskValues.COLUMN_NAMES.index(c) for c in ("green", "cost", "fpy")}
+        g_rep = g_rep + dev[pick, col["green"]]
+        c_rep = c_rep + dev[pick, col["cost"]]
+        f_rep = f_rep + dev[pick, col["fpy"]] / max(window.n, 1)
     cpg_rep = _ratio(c_rep, g_rep)
     envelope: dict[str, tuple[float, float, float]] = {}
     notes: list[str] = list(window.notes)

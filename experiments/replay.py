@@ -36,7 +36,8 @@ import numpy as np
 from experiments.outcomes import OutcomeModels
 from experiments.window import Window
 
-__all__ = ["ReplayContext", "RoutingMismatch", "TaskValues", "evidence_influence",
+__all__ = ["MODEL_REFITS", "ReplayContext", "RoutingMismatch", "TaskValues",
+           "attach_model_refits", "evidence_influence", "model_deviations",
            "price_influence", "replay_policy"]
 
 # Tasks checked per family and replay against policies.routing.start_index.
@@ -105,6 +106,9 @@ class ReplayContext:
         self._prob_cache: dict[tuple, np.ndarray] = {}
         # (family, plan position) -> spend draws for the cap odds (``_spend_draws``)
         self.cap_draws: dict[tuple[int, int], np.ndarray] = {}
+        # The same window under outcome models fitted on halves of its tasks
+        # (``attach_model_refits``): how much the fit itself moves a replay.
+        self.refits: list[ReplayContext] = []
 
     def is_supported(self, combo: int, hist: tuple[float, ...]) -> bool:
         """Observed often enough: the combination, and it after these failures."""
@@ -351,6 +355,54 @@ def evidence_influence(policy, ctx: ReplayContext, values: TaskValues, *,
         each = ctx._gain_influence - ctx._gain_influence.mean()
         np.add.at(influence, ctx._gain_rows, each[:, None] * sensitivity[None, :])
     return influence
+
+
+# Half-sample refits of the outcome model an estimate's interval carries by default. Each
+# costs one more replay per interval estimate; 8 covered no better than 4 (BENCHMARKS.md).
+MODEL_REFITS = 4
+
+
+def attach_model_refits(ctx: ReplayContext, k: int = MODEL_REFITS, seed: int = 0
+                        ) -> ReplayContext:
+    """Give ``ctx`` ``k`` contexts on its window whose outcome models were fitted on halves of
+    its tasks (complementary pairs of random halves), for ``model_deviations``.
+
+    The bootstrap resamples tasks under one fitted model. Where a policy leans on the model
+    (the steps of a cascade after a try the window seldom shows, such as a served adapter's
+    failures) the fit's own sampling error is missing from it: explored distillation's
+    predictions varied 1.23x the spread their intervals implied across windows, and refits
+    on halves moved the same prediction by 0.0068 (s.d.) against the 0.0085 missing. Fits
+    on halves spread about as far as the full fit's own sampling error (the delete-half
+    jackknife), so their spread is added as it is."""
+    from experiments.outcomes import fit_outcome_models
+
+    w = ctx.window
+    ctx.refits = []
+    if k <= 0 or w.n < 4:
+        return ctx
+    rng = np.random.default_rng(seed)
+    for i in range(0, k, 2):
+        order = rng.permutation(w.n)
+        for half in (order[: w.n // 2], order[w.n // 2:])[: k - i]:
+            models = fit_outcome_models(w.subset(np.sort(half)), seed=seed)
+            ctx.refits.append(ReplayContext(w, models, min_support=ctx.min_support,
+                                            evidence_prior=ctx.evidence_prior))
+    return ctx
+
+
+def model_deviations(policy, ctx: ReplayContext, *, doubly_robust: bool = True
+                     ) -> np.ndarray:
+    """[len(ctx.refits), len(TaskValues.COLUMN_NAMES)]: each refit's column totals about the
+    refits' mean (a half-sample fit is more shrunk than the full one: that offset is no
+    sampling error), scaled by sqrt(k / (k - 1)) for the degree of freedom the mean takes,
+    for the estimator to add to its resamples in turn, the same refit to the same resample
+    for every policy (paired deltas). Empty with fewer than two refits."""
+    k = len(ctx.refits)
+    if k < 2:
+        return np.zeros((0, len(TaskValues.COLUMN_NAMES)))
+    totals = np.array([replay_policy(policy, rc, doubly_robust=doubly_robust).columns().sum(
+        axis=0) for rc in ctx.refits])
+    return (totals - totals.mean(axis=0)) * np.sqrt(k / (k - 1))
 
 
 def price_influence(policy, ctx: ReplayContext, values: TaskValues, *,

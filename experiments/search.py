@@ -38,7 +38,7 @@ from experiments.estimator import (
     estimate,
     point_summary,
 )
-from experiments.replay import ReplayContext, replay_policy
+from experiments.replay import ReplayContext, attach_model_refits, replay_policy
 from experiments.window import Window, as_window
 
 __all__ = ["Candidate", "SearchResult", "feasibility_reasons", "lever_context", "objective",
@@ -626,6 +626,8 @@ def search_candidates(window, fleet, active_policy, *,
         if (r["hash"] != active_policy.content_hash and key != same_as_active
                 and r["objective"] < INFEASIBLE_PENALTY):
             seen.setdefault(key, (label, names, r))
+    # Intervals carry the outcome model's own fit error (the points above did not need it).
+    attach_model_refits(ctx, seed=seed)
     weights = bootstrap_weights(window.n, bootstrap, seed)
     active_est = estimate(active_policy, window, context=ctx, weights=weights, level=level)
     result = SearchResult(active_estimate=active_est, evaluated=len(evaluated),
