@@ -423,17 +423,16 @@ def run(argv, tmp: Path) -> int:
                            _exploring(active, 0.0, args.explored)))
     changes: list[Change] = []
     rows: list[dict[str, Any]] = []
-    by_logging: dict[str, list[tuple[str, str]]] = {}
-    logging_of: dict[str, Any] = {}
+    # Passes logged by the same policy share their windows: (logging policy, [(name, lever)]).
+    by_logging: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
     for name, lever, logging in passes:
-        by_logging.setdefault(logging.content_hash, []).append((name, lever))
-        logging_of[logging.content_hash] = logging
-    for k, (key, named) in enumerate(by_logging.items()):
+        by_logging.setdefault(logging.content_hash, (logging, []))[1].append((name, lever))
+    for k, (logging, named) in enumerate(by_logging.values()):
         if len(by_logging) > 1:
             print(f"windows logged by {', '.join(n for n, _ in named)}:", flush=True)
         # Each pass in its own folder: ingesting into a used one would add to its tables.
         (tmp / f"pass{k}").mkdir()
-        got_changes, got_rows = _measure(logging_of[key], fleet, named, args, overrides,
+        got_changes, got_rows = _measure(logging, fleet, named, args, overrides,
                                          tmp / f"pass{k}")
         changes += got_changes
         rows += got_rows

@@ -22,8 +22,9 @@ that try's cache rolls; its review). Two policies simulated with the same seed t
 same tasks, and a task's k-th try on a tier draws the same numbers under both (its verdict
 is the same draw against each try's own odds, so a first try on L and a retry on L after S
 failed pass together as far as their odds allow): a difference between the two windows is
-the policies', not the draws' (common random numbers). The default, one stream for the whole window, is the same process
-drawn in another order, and keeps every window written so far as it was.
+the policies', not the draws' (common random numbers). The default, one stream for the
+whole window, is the same process drawn in another order, and keeps every window written
+so far as it was.
 """
 
 from __future__ import annotations
@@ -146,9 +147,10 @@ def simulate_spans(
         probs = _attempt_probabilities(policy, family, features)
         # Draws only a shape or policy that uses them takes: other windows stay as they were.
         latent = drawn.gauss(0.0, shape.latent_sd) if shape.latent_sd > 0 else 0.0
-        shadowed = draws.stream("shadow")
-        shadow = (shadow_tier(policy, family, tiers[0], shadowed.random(), shadowed.random())
-                  if routing.shadow_rate > 0 else None)
+        shadow = None
+        if routing.shadow_rate > 0:
+            shadowed = draws.stream("shadow")
+            shadow = shadow_tier(policy, family, tiers[0], shadowed.random(), shadowed.random())
 
         task = _Task(policy, fleet, shape, rank, version, task_id, trace_id, task_span,
                      difficulty, size, latent, draws)
@@ -224,8 +226,10 @@ def _attempt(task: _Task, tier: str, j: int, adapter: str | None,
     policy, fleet, shape = task.policy, task.fleet, task.shape
     variant = variant or policy.spec.quantization.get(tier) or fleet.tier(tier).variant().name
     rng = task.draws.stream(purpose, tier, try_on_tier)
-    # The cache rolls from their own stream: caching a tier or not leaves its tokens as drawn.
-    cache_rolls = task.draws.stream(purpose, tier, try_on_tier, "cache")
+    # The cache rolls from their own stream (drawn only where the tier caches): caching a
+    # tier or not leaves its tokens as drawn.
+    prefix = bool(policy.spec.cache.prefix.get(tier))
+    cache_rolls = task.draws.stream(purpose, tier, try_on_tier, "cache") if prefix else rng
     ok = rng.random() < pass_probability(shape, task.rank[tier], task.difficulty, j,
                                          adapter=adapter is not None, latent=task.latent)
     attempt_span = _hex(rng, 8)
@@ -236,7 +240,7 @@ def _attempt(task: _Task, tier: str, j: int, adapter: str | None,
         input_tokens = rng.randint(400, 1500) * (1 + task.size // 6)
         output_tokens = rng.randint(60, 400)
         cached = int(input_tokens * cache_rolls.uniform(0.3, 0.9)) if (
-            policy.spec.cache.prefix.get(tier) and cache_rolls.random() < shape.prefix_hit_rate
+            prefix and cache_rolls.random() < shape.prefix_hit_rate
         ) else 0
         dur = int((0.05 + output_tokens / 200) * 1e9)
         call = {
