@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,16 +49,45 @@ def served_pool(tmp_path_factory):
              "worker", "--work-pool", POOL],
             env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
+        # Drained as it comes (a full pipe would stall the worker); the flow runs' own log
+        # lines, the hook's among them, are in it.
+        worker.lines = []
+        reader = threading.Thread(target=lambda: worker.lines.extend(worker.stdout),
+                                  daemon=True)
+        reader.start()
         try:
             yield state, deployed, worker
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             try:
-                output, _ = worker.communicate(timeout=30)
+                worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
-                output, _ = worker.communicate()
-            print(output[-4000:])
+                worker.wait()
+            reader.join(timeout=10)
+            print("".join(worker.lines)[-4000:])
+
+
+# Upper bounds only (a passing run never waits them out): wide, because the CI machine may
+# be loaded and a Prefect server on SQLite then answers slowly.
+RUN_S = 300
+HOOK_S = 120
+
+
+def _verify_runs_asked_by(client, verify_id, nightly_run_id) -> list:
+    """The verify runs the nightly run ``nightly_run_id`` asked for (the hook keys each by
+    the night it follows), so a run an earlier test asked for late is not counted here."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+        id=DeploymentFilterId(any_=[verify_id])))
+    return [r for r in runs if r.idempotency_key == f"verify-after-{nightly_run_id}"]
+
+
+def _hook_lines(worker, flow_run_name: str) -> list[str]:
+    """What the nightly's end-of-run hook logged for the run named ``flow_run_name``."""
+    mark = f"Flow run '{flow_run_name}' - "
+    return [line for line in list(worker.lines) if mark in line and "verify run" in line]
 
 
 def _wait_for(read, ok, timeout_s: float, what: str):
@@ -102,7 +132,6 @@ def test_schedule_creates_the_pool_and_deploys_the_three_flows(served_pool):
 
 def test_a_nightly_through_the_pool_completes_and_its_end_runs_verify(served_pool):
     from prefect import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.objects import DeploymentStatus
     from prefect.deployments import run_deployment
 
@@ -114,15 +143,14 @@ def test_a_nightly_through_the_pool_completes_and_its_end_runs_verify(served_poo
                   lambda s: s == DeploymentStatus.READY, 60, "nightly deployment status")
         run = run_deployment(nightly.id, timeout=0, as_subflow=False)
         final = _wait_for(lambda: client.read_flow_run(run.id).state,
-                          lambda s: s is not None and s.is_final(), 120, "nightly run")
+                          lambda s: s is not None and s.is_final(), RUN_S, "nightly run")
         assert final.is_completed(), (final, worker.poll())
         verify_runs = _wait_for(
-            lambda: client.read_flow_runs(deployment_filter=DeploymentFilter(
-                id=DeploymentFilterId(any_=[verify.id]))),
-            lambda runs: bool(runs), 30, "verify runs asked for")
+            lambda: _verify_runs_asked_by(client, verify.id, run.id),
+            lambda runs: bool(runs), HOOK_S, "verify runs asked for")
         assert len(verify_runs) == 1
         done = _wait_for(lambda: client.read_flow_run(verify_runs[0].id).state,
-                         lambda s: s is not None and s.is_final(), 120, "verify run")
+                         lambda s: s is not None and s.is_final(), RUN_S, "verify run")
         assert done.is_completed(), done
 
 
@@ -130,25 +158,24 @@ def test_a_nightly_ending_just_before_the_next_one_leaves_verify_to_it(served_po
     from datetime import UTC, datetime, timedelta
 
     from prefect import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.deployments import run_deployment
     from prefect.states import Scheduled
 
+    _state, _deployed, worker = served_pool
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("autopilot-nightly/autopilot-nightly")
         verify = client.read_deployment_by_name("autopilot-verify/autopilot-verify")
 
-        def verify_runs():
-            return client.read_flow_runs(deployment_filter=DeploymentFilter(
-                id=DeploymentFilterId(any_=[verify.id])))
-
-        before = len(verify_runs())
         # What Prefect's scheduler would have queued: the next night, 20 minutes away.
         client.create_flow_run_from_deployment(
             nightly.id, state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(minutes=20)))
         run = run_deployment(nightly.id, timeout=0, as_subflow=False)
         final = _wait_for(lambda: client.read_flow_run(run.id).state,
-                          lambda s: s is not None and s.is_final(), 120, "nightly run")
+                          lambda s: s is not None and s.is_final(), RUN_S, "nightly run")
         assert final.is_completed(), final
-        time.sleep(2)  # a verify run asked for would be recorded before the state settles
-        assert len(verify_runs()) == before
+        # The hook runs after the state is final: wait for what it says it decided.
+        name = client.read_flow_run(run.id).name
+        said = _wait_for(lambda: _hook_lines(worker, name), bool, HOOK_S,
+                         "the hook's decision in the worker's output")
+        assert "no verify run asked for (the next nightly is due at" in said[0], said
+        assert _verify_runs_asked_by(client, verify.id, run.id) == []
