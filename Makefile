@@ -20,11 +20,13 @@ demo: $(STAMP)
 # pytest exits 5 when it collected no test: that is not a failure of the suite.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check --quiet $(PACKAGES) tests benchmarks
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The pure tests only (no Ray, vLLM or Prefect engines started): a minute or two.
 test-fast: $(STAMP)
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check --quiet $(PACKAGES) tests benchmarks
 	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: $(STAMP)

@@ -32,6 +32,7 @@ __all__ = [
     "SELF_HOSTED_FIELDS",
     "Adapter",
     "CapacityType",
+    "DocumentError",
     "Economics",
     "FleetManifest",
     "FleetSpec",
@@ -509,6 +510,3 @@ def check_fleet_pins(manifest: FleetManifest, manifest_dir: str | Path) -> list[
                 check(tier.name, variant.name, adapter.name, adapter.path, dict(adapter.files))
     return reports
 
-
-# Re-exported so callers catch one error type for every refused document.
-DocumentError = DocumentError

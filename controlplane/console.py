@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["emit_table", "fmt", "json_default", "terminal_width"]
@@ -19,7 +20,7 @@ def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if value != value:  # NaN
+        if math.isnan(value):
             return "-"
         if abs(value) >= 100:
             return f"{value:,.2f}"

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from contracts.errors import PermanentError
 from controlplane.schedules import (
-    VERIFY_AFTER_STATES,
     VERIFY_DEPLOYMENT,
     VERIFY_GUARD,
     quarter_that_ended,

@@ -21,9 +21,9 @@ from prefect.cache_policies import NO_CACHE
 
 from contracts.errors import TransientError
 from contracts.prediction import Prediction
-from controlplane.schedules import quarter_that_ended, verify_after_nightly
 from controlplane.loop.approvals import Approval
 from controlplane.loop.context import LoopContext
+from controlplane.schedules import quarter_that_ended, verify_after_nightly
 
 __all__ = ["NIGHTLY_LEASE", "nightly", "quarterly_report", "verify"]
 

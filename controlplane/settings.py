@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,7 +96,7 @@ class RolloutSettings(Strict):
     @field_validator("steps")
     @classmethod
     def _ascending_to_one(cls, v: list[float]) -> list[float]:
-        if any(not 0 < s <= 1 for s in v) or any(b <= a for a, b in zip(v, v[1:])) \
+        if any(not 0 < s <= 1 for s in v) or any(b <= a for a, b in pairwise(v)) \
                 or v[-1] != 1.0:
             raise ValueError(f"steps must rise strictly within (0, 1] and end at 1.0 (got {v})")
         return v

@@ -117,7 +117,7 @@ def best_static(info: FullInformation, *, reference_green: int | None = None,
         singles[tier] = {"green_prs": int(green.sum()), "spend": float(spend.sum()),
                          "cost_per_green_pr": float(spend.sum() / max(green.sum(), 1))}
     return AnchorResult(
-        cost_per_green_pr=best[0], green_prs=int(round(g[rows, pick].sum())),
+        cost_per_green_pr=best[0], green_prs=round(g[rows, pick].sum()),
         tasks=len(info.cells), spend=float(c[rows, pick].sum()),
         choice={cells[i]: tuple(info.tiers[t] for t in options[pick[i]]) for i in rows},
         reference_green_prs=reference_green, single_tier=singles)

@@ -41,8 +41,18 @@ from experiments.estimator import (
 from experiments.replay import ReplayContext, attach_model_refits, replay_policy
 from experiments.window import Window, as_window
 
-__all__ = ["Candidate", "SearchResult", "feasibility_reasons", "lever_context", "objective",
-           "escalation_seeds", "rank_key", "risk_level", "risk_reasons", "search_candidates"]
+__all__ = [
+    "Candidate",
+    "SearchResult",
+    "escalation_seeds",
+    "feasibility_reasons",
+    "lever_context",
+    "objective",
+    "rank_key",
+    "risk_level",
+    "risk_reasons",
+    "search_candidates",
+]
 
 INFEASIBLE_PENALTY = 1e3
 # Below this share of a candidate's attempts on observed states its estimate leans on the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,7 +51,7 @@ __all__ = [
 
 
 def _ascending(values: list[float]) -> list[float]:
-    if any(b <= a for a, b in zip(values, values[1:])):
+    if any(b <= a for a, b in pairwise(values)):
         raise ValueError(f"thresholds must be strictly ascending (got {values})")
     return values
 
@@ -362,8 +363,8 @@ def validate_against_fleet(policy: Policy, fleet: FleetManifest) -> None:
             if variant not in names:
                 problems.append((path, f"unknown variant {variant!r} (has: {names})"))
             elif variant == served:
-                problems.append((path, f"{variant!r} is the variant the policy serves on "
-                                       f"{tier}: a shadow of it shows nothing new"))
+                problems.append((path, (f"{variant!r} is the variant the policy serves on "
+                                        f"{tier}: a shadow of it shows nothing new")))
     for fam, o in r.families.items():
         for tier, adapter in (o.shadow_adapters or {}).items():
             path = f"spec.routing.families.{fam}.shadow_adapters.{tier}"
@@ -373,11 +374,11 @@ def validate_against_fleet(policy: Policy, fleet: FleetManifest) -> None:
                                           or policy.spec.quantization.get(tier))
             served = policy.spec.distillation.get(fam)
             if adapter not in [a.name for a in variant.adapters]:
-                problems.append((path, f"tier {tier} variant {variant.name} has no adapter "
-                                       f"{adapter!r}"))
+                problems.append((path, (f"tier {tier} variant {variant.name} has no adapter "
+                                        f"{adapter!r}")))
             elif served is not None and (served.tier, served.adapter) == (tier, adapter):
-                problems.append((path, f"{adapter!r} is the adapter the policy serves for "
-                                       f"{fam} on {tier}: a shadow of it shows nothing new"))
+                problems.append((path, (f"{adapter!r} is the adapter the policy serves for "
+                                        f"{fam} on {tier}: a shadow of it shows nothing new")))
     for tier, variant in policy.spec.quantization.items():
         if tier_ok(f"spec.quantization.{tier}", tier):
             names = [v.name for v in tiers[tier].variants]
@@ -393,8 +394,8 @@ def validate_against_fleet(policy: Policy, fleet: FleetManifest) -> None:
             variant = tiers[d.tier].variant(policy.spec.quantization.get(d.tier))
             if d.adapter not in [a.name for a in variant.adapters]:
                 problems.append(
-                    (f"{path}.adapter", f"tier {d.tier} variant {variant.name} has no adapter "
-                     f"{d.adapter!r}")
+                    (f"{path}.adapter", (f"tier {d.tier} variant {variant.name} has no "
+                                         f"adapter {d.adapter!r}"))
                 )
     if problems:
         raise DocumentError(f"policy v{policy.metadata.version}", problems)

@@ -211,7 +211,7 @@ def attempt_tier_probabilities(
     This is the ``autopilot.propensity`` the gateway logs for each attempt.
     """
     routing = resolve_routing(policy, family)
-    out: list[dict[str, float]] = [dict() for _ in range(routing.max_attempts)]
+    out: list[dict[str, float]] = [{} for _ in range(routing.max_attempts)]
     for start, p in first_tier_probabilities(policy, family, features).items():
         for j, tier in enumerate(attempt_tiers(routing, start)):
             out[j][tier] = out[j].get(tier, 0.0) + p

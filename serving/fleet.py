@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from contracts.errors import PermanentError, TransientError
 from policies.policy import Policy
@@ -193,7 +193,7 @@ class FleetHandle:
         # one request for all, so the replicas (vLLM engines) stop side by side
         serve_client().delete_apps(names, blocking=True)
 
-    def __enter__(self) -> FleetHandle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

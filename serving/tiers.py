@@ -328,7 +328,7 @@ def deploy_tiers(manifest_path: str | Path, keys: Iterable[DeploymentKey],
         try:
             # Engines start side by side: most of a start is waiting on process spawns.
             serve.run_many(targets)
-        except Exception as exc:  # Serve reports a failed constructor as RuntimeError
+        except Exception as exc:  # noqa: BLE001 - Serve: a failed constructor is a RuntimeError
             status = running_apps()
             failed = [k for k in missing if status.get(k.app_name) != "RUNNING"] or missing
             failures = [f"{k.app_name}: {_replica_error(k.app_name) or exc}" for k in failed]

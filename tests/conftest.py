@@ -70,5 +70,5 @@ def pytest_unconfigure(config) -> None:
     if not _PG:
         return
     subprocess.run(_as_postgres_user([str(_PG["pg_ctl"]), "-D", str(_PG["data"]), "-m",
-                                      "immediate", "stop"]), capture_output=True, timeout=60)
+                                      "immediate", "stop"]), capture_output=True, timeout=60, check=False)
     shutil.rmtree(str(_PG["root"]), ignore_errors=True)

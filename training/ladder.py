@@ -130,8 +130,8 @@ def ladder_markdown(ladder: dict[str, Any]) -> str:
     rows = ladder["results"]
     summary = ladder["summary"]
     lines = [
-        f"Held-out pass rate ({ladder['per_cell']} distinct prompts per family x difficulty, "
-        f"evaluator `{ladder['evaluator']}`, greedy, stop at newline).",
+        (f"Held-out pass rate ({ladder['per_cell']} distinct prompts per family x difficulty, "
+         f"evaluator `{ladder['evaluator']}`, greedy, stop at newline)."),
         "",
         "| tier | variant | d1 | d2 | d3 | all |",
         "|---|---|---|---|---|---|",

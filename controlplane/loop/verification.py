@@ -27,11 +27,11 @@ from controlplane.settings import VerifySettings
 __all__ = [
     "RatioEstimate",
     "RolloutStep",
-    "rollout_step",
     "VerifyDecision",
     "VerifyOutcome",
     "VerifySettings",
     "ratio_estimate",
+    "rollout_step",
     "verify_decision",
 ]
 

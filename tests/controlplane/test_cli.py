@@ -105,8 +105,8 @@ def test_audit_verify_detects_tampering(state, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(state, copy)
     db = sqlite3.connect(copy / "autopilot.db")
-    table = [r[0] for r in db.execute("select name from sqlite_master where type='table'")
-             if "audit" in r[0]][0]
+    table = next(r[0] for r in db.execute("select name from sqlite_master where type='table'")
+                 if "audit" in r[0])
     cols = [r[1] for r in db.execute(f"pragma table_info({table})")]
     col = "actor" if "actor" in cols else cols[2]
     db.execute(f"update {table} set {col} = 'mallory' where rowid = 1")

@@ -192,14 +192,14 @@ def test_the_budget_holds_when_naming_shadow_tiers_also_wakes_the_active_shadow_
         risk = "high"
         reasons = ["Green PRs may fall"]
 
-        class deltas:  # noqa: N801 - a stand-in for experiments.estimator.Deltas
-            class cost_per_green_pr:  # noqa: N801
+        class deltas:
+            class cost_per_green_pr:
                 point, low, high = -0.3, -0.5, 0.1
 
-            class green_prs:  # noqa: N801
+            class green_prs:
                 point, low, high = 0.0, -0.1, 0.05
 
-        class estimate:  # noqa: N801
+        class estimate:
             support = 0.6
 
     class Result(list):

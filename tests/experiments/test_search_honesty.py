@@ -240,8 +240,8 @@ def test_from_top_tier_only_the_search_reaches_the_cheap_first_cascade(logged, m
     assert best.policy.spec.routing.escalation[0] != "L"
     assert best.deltas.cost_per_green_pr.high < -0.2 and best.deltas.green_prs.low > -0.02
 
-    from experiments.search import _Evaluator  # the seeds themselves: one per order
     from experiments.estimator import point_summary
+    from experiments.search import _Evaluator  # the seeds themselves: one per order
 
     ctx = ReplayContext(window, models)
     ev = _Evaluator(ctx, lever_context(window, fleet), top, ("routing",),

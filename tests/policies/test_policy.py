@@ -1,6 +1,7 @@
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from contracts.manifest import load_fleet
 from policies import DocumentError, Policy, describe_diff, load_policy, policy_diff
@@ -40,7 +41,7 @@ def test_hash_survives_yaml_round_trip(tmp_path):
 
 def test_policy_is_frozen():
     p = make()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         p.spec.routing.max_attempts = 9  # type: ignore[misc]
 
 
