@@ -312,6 +312,20 @@ def _median(values) -> float:
 PRECISE_TRUTH = 0.25
 
 
+def precise_truth_se(median_width: float) -> float:
+    """The truth s.e. at or under which the exact count decides alone (``PRECISE_TRUTH`` of
+    the predictions' own s.e.: the median half-width / Z90)."""
+    return PRECISE_TRUTH * (median_width / 2) / Z90
+
+
+def truth_score(low: float, high: float, truth: float, truth_se: float) -> dict[str, Any]:
+    """A row's scoring against a truth: inside the interval, and inside allowing the truth's
+    own 90% noise band (outside by no more than that: undecidable at this truth size)."""
+    outside = max(low - truth, truth - high, 0.0)
+    return {"truth": truth, "truth_se": truth_se, "inside": bool(low <= truth <= high),
+            "inside_within_noise": bool(outside <= Z90 * truth_se)}
+
+
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Coverage counts the simulated truth as exact; "within noise" also counts a truth
     outside the interval by less than its own 90% noise band (undecidable at this truth
@@ -322,7 +336,7 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     lenient = sum(r["inside_within_noise"] for r in rows) / len(rows)
     width = _median([r["high"] - r["low"] for r in rows])
     truth_se = _median([r["truth_se"] for r in rows])
-    precise = bool(truth_se <= PRECISE_TRUTH * (width / 2) / Z90)
+    precise = bool(truth_se <= precise_truth_se(width))
     lo, hi = AIM
     if lo <= cov <= hi and (lo <= lenient <= hi or precise):
         verdict = "yes"
@@ -552,13 +566,10 @@ def _measure(active, fleet, named: list[tuple[str, str]], args, overrides, tmp: 
         for c in changes:
             est = estimate(c.policy, window, context=ctx, weights=weights, level=args.level)
             d = compare(est, act).cost_per_green_pr
-            outside = max(d.low - c.truth, c.truth - d.high, 0.0)
             rows.append({"window": w, "lever": c.lever, "kind": c.kind, "change": c.label,
                          "predicted": d.point, "low": d.low, "high": d.high,
-                         "truth": c.truth, "truth_se": c.truth_se, "support": est.support,
-                         "inside": bool(d.low <= c.truth <= d.high),
-                         # outside by no more than the truth's own 90% noise: undecidable
-                         "inside_within_noise": bool(outside <= Z90 * c.truth_se)})
+                         "support": est.support,
+                         **truth_score(d.low, d.high, c.truth, c.truth_se)})
         if (w + 1) % 5 == 0 or w + 1 == args.windows:
             print(f"  window {w + 1}/{args.windows} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
@@ -570,7 +581,7 @@ def truth_tasks_needed(n: int, truth_se: float, median_width: float) -> int | No
     """The truth size at which a truth of standard error ``truth_se`` at ``n`` tasks becomes
     precise (``PRECISE_TRUTH`` of the predictions' own s.e., the median half-width / Z90),
     with a tenth to spare; None when it already is (or cannot be read)."""
-    target = PRECISE_TRUTH * (median_width / 2) / Z90
+    target = precise_truth_se(median_width)
     if not (truth_se > target > 0):
         return None
     return math.ceil(1.1 * n * (truth_se / target) ** 2)
@@ -583,12 +594,15 @@ def _refine_truths(changes: list[Change], rows: list[dict[str, Any]], active, fl
     (``truth_tasks_needed``), up to ``--max-truth-tasks``, and the change's rows are scored
     again against it. A cache change moves the cost by a point or less, so its truth needs
     more tasks than a routing change's."""
+    if args.max_truth_tasks <= args.truth_tasks:
+        return
+    rows_of = [[r for r in rows if r["change"] == c.label and r["lever"] == c.lever]
+               for c in changes]
     need: dict[int, int] = {}
     for i, c in enumerate(changes):
-        mine = [r for r in rows if r["change"] == c.label and r["lever"] == c.lever]
         n = truth_tasks_needed(args.truth_tasks, c.truth_se,
-                               _median([r["high"] - r["low"] for r in mine]))
-        if n is not None and args.max_truth_tasks > args.truth_tasks:
+                               _median([r["high"] - r["low"] for r in rows_of[i]]))
+        if n is not None:
             need[i] = min(n, args.max_truth_tasks)
     if not need:
         return
@@ -601,12 +615,8 @@ def _refine_truths(changes: list[Change], rows: list[dict[str, Any]], active, fl
         c.truth, c.truth_se = true_delta(
             truth_of(c.policy, fleet, size, base_seed, overrides, tmp, f"t-{i}-{size}"),
             act_truth)
-        for r in rows:
-            if r["change"] == c.label and r["lever"] == c.lever:
-                outside = max(r["low"] - c.truth, c.truth - r["high"], 0.0)
-                r.update(truth=c.truth, truth_se=c.truth_se,
-                         inside=bool(r["low"] <= c.truth <= r["high"]),
-                         inside_within_noise=bool(outside <= Z90 * c.truth_se))
+        for r in rows_of[i]:
+            r.update(truth_score(r["low"], r["high"], c.truth, c.truth_se))
         print(f"  truth of {c.lever} {c.label}: s.e. {100 * before:.2f} -> "
               f"{100 * c.truth_se:.2f} pts", flush=True)
     print(f"truth: {len(need)} changes drawn again on {size} paired tasks in "
